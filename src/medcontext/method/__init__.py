@@ -1,0 +1,37 @@
+"""The MedContext method core: masking, EMA teacher, losses and the training-step wrapper.
+
+Architecture-agnostic: imports nothing from data loading or the training engine, so a user's own
+training loop can use it directly.
+"""
+
+from .adapters import TokenAdapter, find_token_adapter, register_token_adapter
+from .losses import SegmentationLoss, consistency_loss, deep_supervision_weights
+from .masking import InputMasker, default_cell_size, tube_mask, upsample_mask
+from .medcontext import VARIANTS, LossBreakdown, MedContext
+from .schedules import cosine_schedule, momentum_at, poly, warmup_cosine
+from .teacher import ema_update, make_teacher, unwrap_model
+from .token_masking import TokenMasker
+
+__all__ = [
+    "MedContext",
+    "LossBreakdown",
+    "VARIANTS",
+    "tube_mask",
+    "upsample_mask",
+    "default_cell_size",
+    "InputMasker",
+    "TokenMasker",
+    "TokenAdapter",
+    "register_token_adapter",
+    "find_token_adapter",
+    "SegmentationLoss",
+    "consistency_loss",
+    "deep_supervision_weights",
+    "momentum_at",
+    "cosine_schedule",
+    "warmup_cosine",
+    "poly",
+    "ema_update",
+    "make_teacher",
+    "unwrap_model",
+]

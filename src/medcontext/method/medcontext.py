@@ -1,0 +1,367 @@
+"""The MedContext wrapper: adds the masked-view and teacher terms to any segmentation network.
+
+One training step (SPEC 1, paper Algorithm 1)::
+
+    losses = mc.losses(images, labels)   # student on X and X_M, teacher on X
+    losses.total.backward()
+    optimizer.step()                      # optimizer over mc.parameters(): student + mask tokens
+    mc.update_teacher(step)               # EMA, momentum cosine 0.996 -> 1 over the global step
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .adapters import TokenAdapter, find_token_adapter
+from .losses import SegmentationLoss, consistency_loss, first_head
+from .masking import InputMasker, default_cell_size, tube_mask
+from .schedules import momentum_at
+from .teacher import ema_update, make_teacher, unwrap_model
+from .token_masking import TokenMasker
+
+__all__ = ["MedContext", "LossBreakdown", "VARIANTS"]
+
+
+@dataclass(frozen=True)
+class _Variant:
+    masked_pass: bool
+    msl: bool
+    cl: bool
+    teacher: bool
+
+
+VARIANTS: dict[str, _Variant] = {
+    # supervised DiceCE on X only: no teacher, no mask token, no extra pass
+    "baseline": _Variant(masked_pass=False, msl=False, cl=False, teacher=False),
+    # the full step of SPEC 1: sup + MSL + beta * CL
+    "medcontext": _Variant(masked_pass=True, msl=True, cl=True, teacher=True),
+    # paper Fig. 4 left: one model, DiceCE on X and X_M, no teacher
+    "no_teacher": _Variant(masked_pass=True, msl=True, cl=False, teacher=False),
+    # paper Table 8: MSL without CL; the teacher is still kept (selectable at inference)
+    "msl_only": _Variant(masked_pass=True, msl=True, cl=False, teacher=True),
+    # paper Table 8: CL without MSL
+    "cl_only": _Variant(masked_pass=True, msl=False, cl=True, teacher=True),
+}
+
+
+@dataclass
+class LossBreakdown:
+    """Loss terms of one step; absent terms are zero tensors. All are scalars."""
+
+    total: torch.Tensor
+    sup: torch.Tensor
+    msl: torch.Tensor
+    cl: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        """The terms as Python floats (one device sync), for logging."""
+        values = torch.stack([self.total, self.sup, self.msl, self.cl]).detach().float().cpu().tolist()
+        return dict(zip(("total", "sup", "msl", "cl"), values))
+
+
+def _choose(name: str, value: str, options: Sequence[str]) -> str:
+    if value not in options:
+        close = difflib.get_close_matches(str(value), list(options), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}.{hint}")
+    return value
+
+
+def _triple(value: int | Sequence[int]) -> tuple[int, int, int]:
+    if isinstance(value, int):
+        return (value, value, value)
+    triple = tuple(int(v) for v in value)
+    if len(triple) != 3:
+        raise ValueError(f"expected an int or 3 sizes, got {value!r}")
+    return triple  # type: ignore[return-value]
+
+
+def _first_conv_in_channels(network: nn.Module) -> int | None:
+    for module in network.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            return module.in_channels
+    return None
+
+
+def _has_training_batchnorm(network: nn.Module) -> bool:
+    return any(isinstance(m, _BatchNorm) and m.training for m in network.modules())
+
+
+def _teacher_state_dict_hook(module: "MedContext", state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    if module.teacher is not None:
+        for key, value in module.teacher.state_dict().items():
+            state_dict[f"{prefix}teacher.{key}"] = value
+
+
+def _teacher_load_pre_hook(
+    module: "MedContext", state_dict: dict, prefix: str, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+) -> None:
+    teacher_prefix = f"{prefix}teacher."
+    teacher_state = {k[len(teacher_prefix):]: state_dict.pop(k) for k in list(state_dict) if k.startswith(teacher_prefix)}
+    if module.teacher is None:
+        unexpected_keys.extend(teacher_prefix + k for k in teacher_state)
+        return
+    result = module.teacher.load_state_dict(teacher_state, strict=False)
+    missing_keys.extend(teacher_prefix + k for k in result.missing_keys)
+    unexpected_keys.extend(teacher_prefix + k for k in result.unexpected_keys)
+
+
+class MedContext(nn.Module):
+    """MedContext training around any segmentation network.
+
+    Args:
+        network: the student, mapping (B, C, H, W, D) to logits (B, K, H, W, D) or a list of
+            deep-supervision heads (full resolution first).
+        variant: ``"baseline"``, ``"medcontext"``, ``"no_teacher"``, ``"msl_only"``, ``"cl_only"``.
+        mask_ratio: fraction of in-plane mask positions masked (paper: 0.4).
+        beta: weight of the consistency loss (SPEC default 0.5).
+        momentum: EMA momentum at step 0 (0.996), cosine to 1.0 at the last step.
+        total_steps: number of optimizer steps of the run (needed when there is a teacher).
+        mask_space: ``"token"`` (after the patch embedding, needs a registered adapter),
+            ``"input"`` (voxel cubes, any network) or ``"auto"`` (token where possible).
+        depth_axis: spatial axis the mask tubes run along (default: last, axial in RAS).
+        mask_cell: voxels per mask cell (int or triple); ``None`` = SPEC 2 defaults.
+        roi_size: training crop (H, W, D), used to pick the default input-space cell size.
+        mask_mode: ``"exact"`` (round(ratio*N) masked) or ``"bernoulli"``.
+        output_mode: ``"softmax"`` (labels (B, 1, ...) int) or ``"sigmoid"`` (regions (B, R, ...)).
+        loss: optional replacement for the supervised loss ``(output, labels) -> scalar``.
+        head_weights: deep-supervision head weights (default 1/2^i normalised).
+        student_passes: ``"separate"`` (two forwards), ``"concat"`` (one forward over 2B; not
+            allowed with BatchNorm in training mode) or ``"auto"`` (concat on CUDA when allowed,
+            separate otherwise: measured faster on CPU, BENCHMARKS.md).
+        seed: seeds the mask generator (CPU ``torch.Generator``); ``None`` uses torch's global RNG.
+        in_channels: image channels, when they cannot be read off the network.
+        adapter: explicit token adapter, overriding the registered one.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        variant: str = "medcontext",
+        mask_ratio: float = 0.4,
+        beta: float = 0.5,
+        momentum: float = 0.996,
+        total_steps: int | None = None,
+        mask_space: str = "auto",
+        depth_axis: int = -1,
+        mask_cell: int | Sequence[int] | None = None,
+        roi_size: Sequence[int] | None = None,
+        mask_mode: str = "exact",
+        output_mode: str = "softmax",
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        head_weights: Sequence[float] | None = None,
+        student_passes: str = "auto",
+        seed: int | None = None,
+        in_channels: int | None = None,
+        adapter: TokenAdapter | None = None,
+    ):
+        super().__init__()
+        self.variant = _choose("variant", variant, list(VARIANTS))
+        self.config = VARIANTS[variant]
+        if not 0.0 <= mask_ratio <= 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1], got {mask_ratio}")
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        if self.config.teacher and (total_steps is None or total_steps < 1):
+            raise ValueError(
+                f"variant {variant!r} keeps an EMA teacher whose momentum follows the global step: "
+                f"pass total_steps (the number of optimizer steps of the run), got {total_steps!r}"
+            )
+        if not -3 <= depth_axis < 3:
+            raise ValueError(f"depth_axis must be a spatial axis in [-3, 2], got {depth_axis}")
+        self.mask_ratio = float(mask_ratio)
+        self.beta = float(beta)
+        self.base_momentum = float(momentum)
+        self.total_steps = total_steps
+        self.depth_axis = depth_axis
+        self.mask_mode = _choose("mask_mode", mask_mode, ["exact", "bernoulli"])
+        self.output_mode = _choose("output_mode", output_mode, ["softmax", "sigmoid"])
+        self.student_passes = _choose("student_passes", student_passes, ["auto", "separate", "concat"])
+        if self.student_passes == "concat" and _has_training_batchnorm(network):
+            raise ValueError(
+                "student_passes='concat' runs the clean and masked views as one batch, which couples them "
+                "through BatchNorm in training mode; use student_passes='separate' or a network with "
+                "instance/group/layer norm"
+            )
+
+        self.network = network
+        self.criterion = loss if loss is not None else SegmentationLoss(self.output_mode, head_weights)
+        self.mask_generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+        self.mask_space = "none"
+        self.masker: InputMasker | TokenMasker | None = None
+        if self.config.masked_pass:
+            self.masker = self._build_masker(network, mask_space, mask_cell, roi_size, in_channels, adapter)
+
+        # The teacher is held outside the module tree: parameters()/named_parameters() never
+        # yield it (so no optimizer or DDP reducer sees it), state_dict() still saves it.
+        object.__setattr__(self, "teacher", make_teacher(network) if self.config.teacher else None)
+        self.register_state_dict_post_hook(_teacher_state_dict_hook)
+        self.register_load_state_dict_pre_hook(_teacher_load_pre_hook)
+
+    # ------------------------------------------------------------------ construction
+    def _build_masker(self, network, mask_space, mask_cell, roi_size, in_channels, adapter):
+        mask_space = _choose("mask_space", mask_space, ["auto", "token", "input"])
+        adapter = adapter or find_token_adapter(unwrap_model(network))
+        if mask_space == "token" and adapter is None:
+            raise ValueError(
+                f"mask_space='token' needs a token adapter for {type(network).__name__}; none is registered "
+                "(see medcontext.method.adapters.register_token_adapter), use mask_space='input'"
+            )
+        if mask_space in ("token", "auto") and adapter is not None:
+            self.mask_space = "token"
+            if mask_cell is not None:
+                cell = _triple(mask_cell)
+            elif adapter.default_mask_cell is not None:
+                cell = _triple(adapter.default_mask_cell(network))
+            else:
+                patch = adapter.token_patch(network)
+                cell = tuple(-(-16 // p) * p for p in patch)
+            return TokenMasker(network, adapter, cell)
+        self.mask_space = "input"
+        channels = in_channels or _first_conv_in_channels(network)
+        if channels is None:
+            raise ValueError(f"cannot read the input channels of {type(network).__name__}; pass in_channels=")
+        cell = _triple(mask_cell) if mask_cell is not None else default_cell_size(roi_size)
+        return InputMasker(channels, cell)
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        if self.teacher is not None:
+            self.teacher._apply(fn, *args, **kwargs)
+        return self
+
+    def train(self, mode: bool = True) -> "MedContext":
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    # ------------------------------------------------------------------ masks
+    def mask_grid(self, roi_size: Sequence[int]) -> tuple[int, int, int]:
+        """Grid shape (gx, gy, gz) masks are drawn on for a crop of ``roi_size`` voxels."""
+        if self.masker is None:
+            raise ValueError(f"variant {self.variant!r} has no masked view")
+        return self.masker.grid(_triple(roi_size))
+
+    def draw_mask(self, batch: int, spatial: Sequence[int]) -> torch.Tensor:
+        """A fresh tube mask (B, *grid), bool on the CPU, drawn from the mask generator."""
+        return tube_mask(
+            batch, self.mask_grid(spatial), self.mask_ratio, self.depth_axis, self.mask_mode, self.mask_generator
+        )
+
+    # ------------------------------------------------------------------ forward passes
+    def student_masked(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Student output on the masked view of ``images`` (B, C, H, W, D) for ``mask`` (B, *grid)."""
+        if self.masker is None:
+            raise ValueError(f"variant {self.variant!r} has no masked view")
+        mask = mask.to(device=images.device, dtype=torch.bool)
+        if isinstance(self.masker, TokenMasker):
+            return self.masker(self.network, images, mask)
+        return self.network(self.masker(images, mask))
+
+    def _concatenate_passes(self, images: torch.Tensor) -> bool:
+        if self.student_passes == "separate":
+            return False
+        batchnorm = _has_training_batchnorm(self.network)
+        if self.student_passes == "concat":
+            if batchnorm:
+                raise ValueError(
+                    "student_passes='concat' is not allowed while the network has BatchNorm in training mode "
+                    "(the clean and masked views would share batch statistics); use 'separate'"
+                )
+            return True
+        return images.is_cuda and not batchnorm
+
+    def _student_both(self, images: torch.Tensor, mask: torch.Tensor):
+        """Student outputs on the clean and the masked view, as two passes or one of 2B."""
+        if not self._concatenate_passes(images):
+            return self.network(images), self.student_masked(images, mask)
+        batch = images.shape[0]
+        if isinstance(self.masker, TokenMasker):
+            masked_images = self.masker.input(images, mask)
+            joint_mask = torch.cat([torch.zeros_like(mask), mask])
+            with self.masker.applied(self.network, joint_mask, images.shape[2:]):
+                output = self.network(torch.cat([images, masked_images]))
+        else:
+            output = self.network(torch.cat([images, self.masker(images, mask)]))
+        if isinstance(output, (list, tuple)):
+            return [o[:batch] for o in output], [o[batch:] for o in output]
+        return output[:batch], output[batch:]
+
+    def losses(self, images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> LossBreakdown:
+        """Loss terms of one training step.
+
+        Args:
+            images: clean crops (B, C, H, W, D).
+            labels: (B, 1, H, W, D) integer classes (softmax) or (B, R, H, W, D) regions (sigmoid).
+            mask: optional fixed mask (B, *grid); drawn from the mask generator when omitted.
+
+        Returns:
+            :class:`LossBreakdown` with ``total = sup + msl + beta * cl`` (terms the variant
+            does not use are zero tensors).
+        """
+        zero = torch.zeros((), device=images.device)
+        if not self.config.masked_pass:
+            sup = self.criterion(self.network(images), labels)
+            return LossBreakdown(total=sup, sup=sup, msl=zero, cl=zero)
+        if mask is None:
+            mask = self.draw_mask(images.shape[0], images.shape[2:])
+        mask = mask.to(device=images.device, dtype=torch.bool)
+        clean_out, masked_out = self._student_both(images, mask)
+        sup = self.criterion(clean_out, labels)
+        msl = self.criterion(masked_out, labels) if self.config.msl else zero
+        cl = zero
+        if self.config.cl:
+            with torch.no_grad():
+                teacher_out = first_head(self.teacher(images))
+            cl = consistency_loss(first_head(masked_out), teacher_out)
+        return LossBreakdown(total=sup + msl + self.beta * cl, sup=sup, msl=msl, cl=cl)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> LossBreakdown:
+        """Same as :meth:`losses` (so ``DistributedDataParallel`` can wrap the whole module)."""
+        return self.losses(images, labels, mask)
+
+    # ------------------------------------------------------------------ teacher
+    def momentum_at(self, step: int) -> float:
+        """Teacher momentum after optimizer step ``step`` (0-based)."""
+        return momentum_at(step, self.total_steps, self.base_momentum)
+
+    @torch.no_grad()
+    def update_teacher(self, step: int) -> float | None:
+        """EMA update of the teacher after optimizer step ``step``; returns the momentum used
+        (``None`` when the variant has no teacher)."""
+        if self.teacher is None:
+            return None
+        momentum = self.momentum_at(step)
+        ema_update(self.teacher, self.network, momentum)
+        return momentum
+
+    # ------------------------------------------------------------------ inference
+    def inference_network(self, use: str = "student") -> nn.Module:
+        """The network to run at inference: the student (default) or the teacher."""
+        _choose("use", use, ["student", "teacher"])
+        if use == "teacher":
+            if self.teacher is None:
+                raise ValueError(f"variant {self.variant!r} has no teacher; use='student'")
+            return self.teacher
+        return unwrap_model(self.network)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, use: str = "student") -> torch.Tensor:
+        """Full-resolution logits (B, K, H, W, D) in eval mode, without gradients."""
+        network = self.inference_network(use)
+        was_training = network.training
+        network.eval()
+        try:
+            return first_head(network(images))
+        finally:
+            network.train(was_training)

@@ -1,0 +1,58 @@
+"""Schedules as pure functions of the global optimizer step.
+
+Every schedule takes ``(step, total_steps, ...)`` and is recomputed from the step, so a resumed
+run needs no stored schedule state. ``step`` counts optimizer steps from 0; the last step of a
+run of ``total_steps`` steps is ``total_steps - 1``.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["cosine_schedule", "momentum_at", "warmup_cosine", "poly"]
+
+
+def _check_step(step: int, total_steps: int) -> None:
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if not 0 <= step < total_steps:
+        raise ValueError(f"step must be in [0, {total_steps - 1}] for total_steps={total_steps}, got {step}")
+
+
+def cosine_schedule(step: int, total_steps: int, start: float, end: float) -> float:
+    """Cosine interpolation from ``start`` at step 0 to ``end`` at step ``total_steps - 1``.
+
+    ``value = end - (end - start) * (cos(pi * step / (total_steps - 1)) + 1) / 2``; a run of a
+    single step returns ``end``.
+    """
+    _check_step(step, total_steps)
+    if total_steps == 1:
+        return float(end)
+    return float(end - (end - start) * (math.cos(math.pi * step / (total_steps - 1)) + 1.0) / 2.0)
+
+
+def momentum_at(step: int, total_steps: int, base: float = 0.996) -> float:
+    """EMA teacher momentum (SPEC 1.6): ``base`` at step 0, cosine up to 1.0 at the last step.
+
+    ``m(k) = 1 - (1 - base) * (cos(pi * k / K) + 1) / 2`` with ``K = total_steps - 1``.
+    """
+    if not 0.0 <= base <= 1.0:
+        raise ValueError(f"momentum base must be in [0, 1], got {base}")
+    return cosine_schedule(step, total_steps, base, 1.0)
+
+
+def warmup_cosine(step: int, total_steps: int, base_lr: float, warmup_steps: int = 0, final_lr: float = 0.0) -> float:
+    """Learning rate: linear warmup from ``base_lr / warmup_steps`` to ``base_lr`` over
+    ``warmup_steps`` steps, then cosine decay to ``final_lr`` at the last step."""
+    _check_step(step, total_steps)
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"warmup_steps must be in [0, total_steps), got {warmup_steps} for {total_steps} steps")
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    return cosine_schedule(step - warmup_steps, total_steps - warmup_steps, base_lr, final_lr)
+
+
+def poly(step: int, total_steps: int, base_lr: float, power: float = 0.9) -> float:
+    """nnU-Net's polynomial decay: ``base_lr * (1 - step / total_steps) ** power``."""
+    _check_step(step, total_steps)
+    return float(base_lr * (1.0 - step / total_steps) ** power)

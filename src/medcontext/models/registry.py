@@ -1,0 +1,111 @@
+"""A registry of segmentation networks built by name.
+
+Builders are plain functions ``(in_channels, out_channels, roi_size, **options) -> nn.Module``
+registered with :func:`register_model`. They know nothing about training or MedContext: the
+only MedContext-specific piece a model may add is a :class:`~medcontext.method.adapters.TokenAdapter`
+registered for its class.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from torch import nn
+
+__all__ = ["ModelSpec", "register_model", "create_model", "list_models", "get_model_spec"]
+
+Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered architecture.
+
+    Attributes:
+        name: registry name, e.g. ``"unetr"``.
+        builder: ``(in_channels, out_channels, roi_size, **options) -> nn.Module``.
+        description: one line for ``--help`` and error messages.
+        roi_multiple: every ROI side must be a multiple of this (token patch or total stride).
+        test_options: small options for CPU contract tests and ``--size tiny`` style use.
+    """
+
+    name: str
+    builder: Builder
+    description: str
+    roi_multiple: int | tuple[int, int, int] = 1
+    test_options: dict | None = None
+    test_roi: tuple[int, int, int] = (32, 32, 32)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    description: str,
+    roi_multiple: int | tuple[int, int, int] = 1,
+    test_options: dict | None = None,
+    test_roi: tuple[int, int, int] = (32, 32, 32),
+) -> Callable[[Builder], Builder]:
+    """Decorator that registers a model builder under ``name``."""
+
+    def decorator(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model name {name!r} is already registered")
+        _REGISTRY[name] = ModelSpec(name, builder, description, roi_multiple, dict(test_options or {}), tuple(test_roi))
+        return builder
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` for ``name``; an unknown name raises with the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}.{hint}") from None
+
+
+def create_model(
+    name: str, in_channels: int, out_channels: int, roi_size: Sequence[int] | int, **options
+) -> nn.Module:
+    """Build a registered network.
+
+    Args:
+        name: registry name (see :func:`list_models`).
+        in_channels: image channels C of the input ``(B, C, H, W, D)``.
+        out_channels: output channels (classes incl. background, or sigmoid regions).
+        roi_size: training crop ``(H, W, D)`` in voxels (an int means a cube).
+        **options: architecture options; unknown ones pass through to the underlying network.
+    """
+    spec = get_model_spec(name)
+    roi = _as_triple(roi_size)
+    multiple = _as_triple(spec.roi_multiple)
+    bad = [(r, m) for r, m in zip(roi, multiple) if r % m]
+    if bad:
+        raise ValueError(
+            f"model {name!r} needs every ROI side to be a multiple of {multiple}, got roi_size={roi}; "
+            f"choose e.g. {tuple(max(m, (r // m) * m) for r, m in zip(roi, multiple))}"
+        )
+    if in_channels < 1 or out_channels < 1:
+        raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
+    return spec.builder(in_channels, out_channels, roi, **options)
+
+
+def _as_triple(value: Sequence[int] | int) -> tuple[int, int, int]:
+    if isinstance(value, int):
+        return (value, value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 3:
+        raise ValueError(f"expected 3 spatial sizes, got {value}")
+    return value  # type: ignore[return-value]

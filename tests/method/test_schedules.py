@@ -1,0 +1,38 @@
+import math
+
+import pytest
+
+from medcontext.method import cosine_schedule, momentum_at, poly, warmup_cosine
+
+
+def test_momentum_endpoints_and_table():
+    assert momentum_at(0, 100) == pytest.approx(0.996, abs=1e-12)
+    assert momentum_at(99, 100) == pytest.approx(1.0, abs=1e-12)
+    # halfway: 1 - 0.004 * (cos(pi/2) + 1) / 2 = 0.998
+    assert momentum_at(50, 101) == pytest.approx(0.998, abs=1e-12)
+    for k in (1, 17, 60):
+        expected = 1 - (1 - 0.996) * (math.cos(math.pi * k / 99) + 1) / 2
+        assert momentum_at(k, 100) == pytest.approx(expected, abs=1e-15)
+    assert momentum_at(0, 1) == 1.0
+
+
+def test_schedule_inputs_are_checked():
+    with pytest.raises(ValueError, match="step"):
+        momentum_at(100, 100)
+    with pytest.raises(ValueError, match="step"):
+        cosine_schedule(-1, 10, 0.0, 1.0)
+    with pytest.raises(ValueError, match="total_steps"):
+        cosine_schedule(0, 0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="momentum base"):
+        momentum_at(0, 10, base=1.5)
+
+
+def test_lr_schedules():
+    assert warmup_cosine(0, 100, 1.0, warmup_steps=10) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 1.0, warmup_steps=10) == pytest.approx(1.0)
+    assert warmup_cosine(10, 100, 1.0, warmup_steps=10) == pytest.approx(1.0)
+    assert warmup_cosine(99, 100, 1.0, warmup_steps=10, final_lr=0.01) == pytest.approx(0.01)
+    assert poly(0, 10, 0.01) == pytest.approx(0.01)
+    assert poly(5, 10, 0.01) == pytest.approx(0.01 * 0.5**0.9)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        warmup_cosine(0, 10, 1.0, warmup_steps=10)
