@@ -1,0 +1,158 @@
+"""What is evaluated: named classes or regions, each the union of some label values.
+
+A *class map* is a plain ``dict[str, tuple[int, ...]]`` from a name to the label values it
+unites. A softmax network's classes map to one value each (``{"spleen": (1,)}``); BraTS's
+sigmoid region outputs unite several (``{"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}``).
+:func:`label_masks` turns an integer label map into one boolean mask per name.
+
+Data enters as an integer label map ``(H, W, D)`` and leaves as boolean masks of the same
+shape; nothing here reads files.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "ClassMap",
+    "SYNAPSE_ORGANS",
+    "ACDC_CLASSES",
+    "BRATS21_REGIONS",
+    "BRATS_MSD_REGIONS",
+    "validate_classes",
+    "classes_from_dataset_labels",
+    "label_masks",
+]
+
+ClassMap = Mapping[str, Sequence[int]]
+"""A name -> label values mapping, e.g. ``{"WT": [1, 2, 4]}``."""
+
+SYNAPSE_ORGANS: dict[str, tuple[int, ...]] = {
+    "spleen": (1,),
+    "right_kidney": (2,),
+    "left_kidney": (3,),
+    "gallbladder": (4,),
+    "liver": (6,),
+    "stomach": (7,),
+    "aorta": (8,),
+    "pancreas": (11,),
+}
+"""The 8 Synapse organs the paper reports, of the 13 BTCV labels (SPEC section 4)."""
+
+ACDC_CLASSES: dict[str, tuple[int, ...]] = {"RV": (1,), "MYO": (2,), "LV": (3,)}
+"""ACDC right ventricle, myocardium, left ventricle."""
+
+BRATS21_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+"""BraTS 2021 labels (1 necrosis, 2 edema, 4 enhancing) as whole tumour, tumour core, enhancing tumour."""
+
+BRATS_MSD_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}
+"""MSD Task01 / BraTS 2017 labels (1 edema, 2 non-enhancing, 3 enhancing) as WT, TC, ET."""
+
+
+def validate_classes(classes: ClassMap) -> dict[str, tuple[int, ...]]:
+    """Check a class map and return it as ``dict[str, tuple[int, ...]]``.
+
+    Args:
+        classes: name -> label values, e.g. ``{"spleen": [1]}`` or ``{"WT": [1, 2, 4]}``.
+
+    Returns:
+        A new dict with the same order, values as tuples of Python ints.
+
+    Raises:
+        TypeError: when ``classes`` is not a mapping or a label value is not an integer.
+        ValueError: when it is empty, a name is empty, a class has no label values, repeats
+            one, or uses the background label 0.
+    """
+    if not isinstance(classes, Mapping):
+        raise TypeError(
+            f"classes must be a mapping name -> label values such as {{'spleen': [1]}}, got {type(classes).__name__}"
+        )
+    if not classes:
+        raise ValueError("classes is empty: give at least one class, e.g. {'spleen': [1]}")
+    out: dict[str, tuple[int, ...]] = {}
+    for name, values in classes.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"class names must be non-empty strings, got {name!r}")
+        if isinstance(values, (numbers.Integral, np.integer)) and not isinstance(values, bool):
+            raise TypeError(f"class {name!r}: label values must be a list such as [{int(values)}], got {values!r}")
+        try:
+            seq = list(values)
+        except TypeError as err:
+            raise TypeError(f"class {name!r}: label values must be a list of integers, got {values!r}") from err
+        if not seq:
+            raise ValueError(f"class {name!r} has no label values; give at least one, e.g. [1]")
+        ints = []
+        for value in seq:
+            if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+                raise TypeError(f"class {name!r}: label value {value!r} is not an integer")
+            ints.append(int(value))
+        if len(set(ints)) != len(ints):
+            raise ValueError(f"class {name!r} repeats a label value: {ints}")
+        if 0 in ints:
+            raise ValueError(f"class {name!r} includes label 0, which is background; evaluate foreground labels only")
+        out[name] = tuple(ints)
+    return out
+
+
+def classes_from_dataset_labels(labels: Mapping[str | int, str]) -> dict[str, tuple[int, ...]]:
+    """One class per foreground label of a Medical Segmentation Decathlon ``dataset.json``.
+
+    Args:
+        labels: the ``"labels"`` entry, e.g. ``{"0": "background", "1": "Anterior", "2": "Posterior"}``.
+
+    Returns:
+        ``{"Anterior": (1,), "Posterior": (2,)}``: label 0 is skipped, order is by label value.
+
+    Raises:
+        ValueError: when a key is not an integer, two labels share a name, or no foreground
+            label is left.
+    """
+    parsed: list[tuple[int, str]] = []
+    for key, name in labels.items():
+        try:
+            value = int(key)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"dataset labels: key {key!r} is not an integer label value") from err
+        if value != 0:
+            parsed.append((value, str(name)))
+    parsed.sort()
+    names = [name for _, name in parsed]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"dataset labels: names {duplicates} are used by more than one label value: {dict(labels)}")
+    if not parsed:
+        raise ValueError(f"dataset labels: no foreground label (only background) in {dict(labels)}")
+    return {name: (value,) for value, name in parsed}
+
+
+def label_masks(labels: np.ndarray, classes: ClassMap) -> dict[str, np.ndarray]:
+    """Boolean masks of each class or region in an integer label map.
+
+    Args:
+        labels: integer label map of any shape, usually ``(H, W, D)``. Bool arrays count as
+            labels 0/1; float arrays are refused (round them first, see
+            :func:`medcontext.evaluation.folder.as_label_map`).
+        classes: name -> label values (see :func:`validate_classes`).
+
+    Returns:
+        name -> boolean mask with the shape of ``labels``, in the order of ``classes``.
+
+    Raises:
+        TypeError: when ``labels`` is not an integer or bool array.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype != bool and not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(
+            f"labels must be an integer label map, got dtype {labels.dtype}; "
+            "round a float map with np.rint(...).astype(np.int64) after checking it holds whole numbers"
+        )
+    masks: dict[str, np.ndarray] = {}
+    for name, values in validate_classes(classes).items():
+        if len(values) == 1:
+            masks[name] = labels == values[0]
+        else:
+            masks[name] = np.isin(labels, values)
+    return masks
