@@ -1,0 +1,95 @@
+"""Step time of baseline vs MedContext training steps, per model (issue: cost bound of SPEC 3).
+
+A MedContext step runs two student forward/backward passes and one teacher forward: 7 units
+against 3 for a baseline step (ratio bound 2.33). The script times full optimizer steps
+(losses, backward, AdamW step, EMA update) of ``baseline`` and ``medcontext`` with both
+student-pass forms, interleaving the three so that machine noise hits all alike, and prints a
+markdown table of medians.
+
+    python benchmarks/bench_step.py --models unetr swin_unetr unet3d nnformer --roi 64 --batch 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from medcontext import MedContext
+from medcontext.models import create_model
+
+SMALL_OPTIONS = {
+    "unetr": {"size": "small"},
+    "swin_unetr": {"size": "small"},
+    "unet3d": {"size": "small"},
+    "nnformer": {"preset": "small"},
+}
+
+
+def _step(mc: MedContext, optimizer, images, labels, step: int) -> float:
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    mc.losses(images, labels).total.backward()
+    optimizer.step()
+    mc.update_teacher(step)
+    return time.perf_counter() - start
+
+
+def bench_model(name: str, roi: int, batch: int, repeats: int, warmup: int, classes: int) -> dict:
+    roi_size = (roi, roi, roi)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 1, *roi_size, generator=gen)
+    labels = torch.randint(0, classes, (batch, 1, *roi_size), generator=gen)
+    setups = {}
+    for label, variant, passes in [
+        ("baseline", "baseline", "separate"),
+        ("separate", "medcontext", "separate"),
+        ("concat", "medcontext", "concat"),
+    ]:
+        torch.manual_seed(0)
+        network = create_model(name, 1, classes, roi_size, **SMALL_OPTIONS[name])
+        mc = MedContext(network, variant=variant, total_steps=10_000, roi_size=roi_size, student_passes=passes, seed=0)
+        setups[label] = (mc, torch.optim.AdamW(mc.parameters(), lr=1e-4))
+    times = {label: [] for label in setups}
+    for step in range(warmup + repeats):
+        for label, (mc, optimizer) in setups.items():
+            elapsed = _step(mc, optimizer, images, labels, step)
+            if step >= warmup:
+                times[label].append(elapsed)
+    medians = {label: statistics.median(values) for label, values in times.items()}
+    params = sum(p.numel() for p in setups["baseline"][0].network.parameters())
+    return {"name": name, "params": params, **medians}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(SMALL_OPTIONS), choices=list(SMALL_OPTIONS))
+    parser.add_argument("--roi", type=int, default=64, help="cubic crop side in voxels (default 64)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per setting (default 5)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--classes", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
+        f"roi {args.roi}^3, batch {args.batch}, median of {args.repeats} steps after {args.warmup} warm-up\n"
+    )
+    print("| model (CPU size) | params | baseline s/step | MedContext 2 passes | ratio | MedContext concat | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in args.models:
+        r = bench_model(name, args.roi, args.batch, args.repeats, args.warmup, args.classes)
+        print(
+            f"| {name} | {r['params'] / 1e6:.2f}M | {r['baseline']:.3f} | {r['separate']:.3f} | "
+            f"{r['separate'] / r['baseline']:.2f} | {r['concat']:.3f} | {r['concat'] / r['baseline']:.2f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
