@@ -1,0 +1,335 @@
+"""The ``medcontext`` command line: train, evaluate, predict, demo, data.
+
+Every command is a thin layer over a library function (``medcontext.engine.train``,
+``evaluate_run``, ``predict_run``, ``medcontext.demo.run_demo``, ``medcontext.data``).
+Expected failures (bad configuration, dataset problems, missing files) end with exit code 2
+and a one-paragraph message; ``--debug`` shows the traceback instead. A training run stopped
+by SIGINT/SIGTERM saves ``last.pt`` and exits with 130/143.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+EXIT_ERROR = 2
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults and keep the description's line breaks."""
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback on errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``medcontext`` (all sub-commands)."""
+    from medcontext import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="medcontext",
+        formatter_class=_Formatter,
+        description="MedContext: train 3D medical segmentation networks with masked-view self-distillation.",
+        epilog="Start with `medcontext demo --quick`. Each command has its own --help.",
+    )
+    parser.add_argument("--version", action="version", version=f"medcontext {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # ------------------------------------------------------------------ train
+    train = sub.add_parser(
+        "train", formatter_class=_Formatter, help="train a network (baseline or MedContext)",
+        description=textwrap.dedent("""\
+            Train a segmentation network. Settings come from the defaults, then --config FILE, then the
+            options below, then --set KEY=VALUE (later wins). The resolved settings are saved as
+            RUN_DIR/config.yaml; `--print-config` shows them and every valid key without training.
+            Example:
+              medcontext train --data Task04_Hippocampus --model unet3d --variant medcontext \\
+                  --train-cases 5 --seed 0 --steps 300 --roi 32 48 32 --out runs/hippo_k5"""),
+    )
+    _add_common(train)
+    train.add_argument("--out", metavar="RUN_DIR", help="run folder (checkpoints, logs, split); required to train")
+    train.add_argument("--data", metavar="DATASET_DIR", help="dataset folder (MSD layout, datalist JSON, folders)")
+    train.add_argument("--config", metavar="FILE", help="YAML configuration (see configs/)")
+    train.add_argument("--model", help="network name: unetr, swin_unetr, unet3d, nnformer (model.name)")
+    train.add_argument("--size", help="network size preset: paper, small or tiny (model.options.size)")
+    train.add_argument("--variant", help="baseline, medcontext, no_teacher, msl_only or cl_only (method.variant)")
+    train.add_argument("--train-cases", type=int, metavar="K", help="number of training cases drawn by seed (data.train_cases)")
+    train.add_argument("--seed", type=int, help="seed of weights, split, data order, augmentation and masks (train.seed)")
+    train.add_argument("--steps", type=int, metavar="N", help="optimizer steps of the run (train.steps)")
+    train.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="training crop in voxels (model.roi)")
+    train.add_argument("--preset", help="dataset preset: auto, msd, generic, synapse, acdc, brats21, brats17 (data.preset)")
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:N (train.device)")
+    train.add_argument("--precision", help="auto, fp32, bf16, fp16 (train.precision)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any setting, e.g. --set optim.lr=3e-4 (repeatable)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    train.add_argument("--stop-after", type=int, metavar="N",
+                       help="stop after N steps of this invocation with a checkpoint (continue with --resume)")
+    train.add_argument("--init-checkpoint", metavar="PATH", help="initialise the student from these weights")
+    train.add_argument("--init-prefix-map", action="append", default=[], metavar="OLD=NEW",
+                       help="rename key prefixes of --init-checkpoint, e.g. module.= or encoder.=swinViT. (repeatable)")
+    train.add_argument("--init-skip-mismatch", action="store_true",
+                       help="skip --init-checkpoint tensors whose shape differs instead of failing")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved configuration and every valid --set key, then exit")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in batch jobs)")
+
+    # ------------------------------------------------------------------ evaluate
+    evaluate = sub.add_parser(
+        "evaluate", formatter_class=_Formatter, help="evaluate a run on its held-out cases",
+        description="Predict the run's test (or val) cases and compute Dice and HD95 at the labels' original "
+                    "geometry; writes RUN_DIR/eval/metrics.csv and summary.md.",
+    )
+    _add_common(evaluate)
+    evaluate.add_argument("--run", required=True, metavar="RUN_DIR", help="run folder from `medcontext train`")
+    evaluate.add_argument("--data", metavar="DATASET_DIR", help="dataset folder, if it moved since training")
+    evaluate.add_argument("--split", default="test", choices=["test", "val", "all"], help="which cases of split.json")
+    evaluate.add_argument("--use", default="student", choices=["student", "teacher"], help="which weights")
+    evaluate.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    # ------------------------------------------------------------------ predict
+    predict = sub.add_parser(
+        "predict", formatter_class=_Formatter, help="segment NIfTI files with a trained run",
+        description="Write <case>.nii.gz label maps with exactly the input's shape and affine.",
+    )
+    _add_common(predict)
+    predict.add_argument("--run", required=True, metavar="RUN_DIR", help="run folder from `medcontext train`")
+    predict.add_argument("--input", required=True, metavar="FILE_OR_DIR", help="a NIfTI file or a folder of them")
+    predict.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    predict.add_argument("--use", default="student", choices=["student", "teacher"], help="which weights")
+    predict.add_argument("--checkpoint", default="best", help="best (falls back to last), last or a path")
+    predict.add_argument("--probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+
+    # ------------------------------------------------------------------ demo
+    demo = sub.add_parser(
+        "demo", formatter_class=_Formatter, help="baseline vs MedContext on a synthetic phantom (CPU)",
+        description="Generate a phantom dataset, train a baseline and MedContext few-shot with the same budget "
+                    "and seed, evaluate both on held-out cases; prints a table, writes overlay.png and curves.png.",
+    )
+    _add_common(demo)
+    demo.add_argument("--out", default="medcontext-demo", metavar="DIR", help="output folder")
+    demo.add_argument("--quick", action="store_true", help="a smaller budget (about 2 minutes on 2 CPU cores)")
+    demo.add_argument("--steps", type=int, help="training steps per run (overrides the budget)")
+    demo.add_argument("--train-cases", type=int, default=2, metavar="K", help="training cases (few-shot)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of data, weights, split and masks")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    # ------------------------------------------------------------------ data
+    data = sub.add_parser("data", formatter_class=_Formatter, help="check, generate or download datasets")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    check = data_sub.add_parser("check", formatter_class=_Formatter, help="load every case and report problems")
+    _add_common(check)
+    check.add_argument("path", metavar="DIR", help="dataset folder or datalist JSON")
+    check.add_argument("--preset", default="auto", help="dataset preset")
+    check.add_argument("--rows", type=int, default=20, help="cases listed in the summary")
+    phantom = data_sub.add_parser("phantom", formatter_class=_Formatter, help="write a synthetic dataset (MSD layout)")
+    _add_common(phantom)
+    phantom.add_argument("--out", required=True, metavar="DIR", help="dataset folder")
+    phantom.add_argument("--cases", type=int, default=12, help="labelled cases")
+    phantom.add_argument("--shape", type=int, nargs=3, default=[48, 48, 48], metavar=("X", "Y", "Z"), help="volume shape")
+    phantom.add_argument("--seed", type=int, default=0, help="seed")
+    phantom.add_argument("--test", type=int, default=0, help="extra unlabelled cases in imagesTs")
+    download = data_sub.add_parser("download", formatter_class=_Formatter, help="download a Medical Segmentation Decathlon task")
+    _add_common(download)
+    download.add_argument("task", metavar="TASK", help="e.g. Task04_Hippocampus, Task04, hippocampus")
+    download.add_argument("--out", required=True, metavar="DIR", help="folder receiving <task>/")
+    download.add_argument("--base-url", help="mirror serving <task>.tar")
+    return parser
+
+
+# ---------------------------------------------------------------------- commands
+def _train_config(args: argparse.Namespace):
+    from medcontext.engine.config import TrainConfig, load_config, parse_override, read_yaml
+
+    base = None
+    if args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
+        base = load_config(Path(args.out) / "config.yaml")
+    flags = {
+        "data.path": args.data,
+        "data.preset": args.preset,
+        "data.train_cases": args.train_cases,
+        "model.name": args.model,
+        "model.roi": list(args.roi) if args.roi else None,
+        "method.variant": args.variant,
+        "train.seed": args.seed,
+        "train.steps": args.steps,
+        "train.device": args.device,
+        "train.precision": args.precision,
+        "model.init_checkpoint": args.init_checkpoint,
+    }
+    overrides: dict = {k: v for k, v in flags.items() if v is not None}
+    if args.data is not None:
+        overrides["data.path"] = str(Path(args.data).resolve())
+    if args.init_prefix_map:
+        mapping = {}
+        for item in args.init_prefix_map:
+            if "=" not in item:
+                raise ValueError(f"--init-prefix-map {item!r}: expected OLD=NEW, e.g. module.= or encoder.=swinViT.")
+            old, new = item.split("=", 1)
+            mapping[old] = new
+        overrides["model.init_prefix_map"] = mapping
+    if args.init_skip_mismatch:
+        overrides["model.init_skip_mismatch"] = True
+    cfg = TrainConfig.from_dict(base.to_dict()) if base is not None else TrainConfig()
+    if args.config:
+        cfg.update(read_yaml(_config_file(args.config)), source=str(args.config))
+    if args.size is not None:
+        cfg.model.options = {**cfg.model.options, "size": args.size}
+    for key, value in overrides.items():
+        cfg.set(key, value, source=f"--{key.split('.')[-1].replace('_', '-')}")
+    for item in args.overrides:
+        key, value = parse_override(item)
+        cfg.set(key, value, source=f"--set {key}")
+    return cfg.validate()
+
+
+def _config_file(name: str) -> Path:
+    """``--config`` as given, or the name of a shipped config (``cpu_phantom``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    repo_configs = Path(__file__).resolve().parents[2] / "configs"
+    for folder in (repo_configs, Path(__file__).resolve().parent / "configs"):
+        candidate = folder / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+        if candidate.is_file():
+            return candidate
+    return path  # read_yaml names the missing file
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from medcontext.engine import TrainConfig, train
+
+    if not args.out and not args.print_config:
+        raise ValueError("--out RUN_DIR is required: the folder that receives checkpoints, logs and the split")
+    cfg = _train_config(args)
+    if args.print_config:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        print("# valid keys: " + ", ".join(TrainConfig.keys()))
+        return 0
+    result = train(cfg, args.out, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+    timing = result.timing
+    share = timing.get("data_share")
+    if timing.get("steps"):
+        print(
+            f"steps {result.start_step} -> {result.step} of {result.total_steps}: {timing['step_time']:.3f} s/step, "
+            f"data wait {100 * share:.1f}% of step time"
+        )
+    if result.best_metric is not None:
+        print(f"best validation mean Dice {result.best_metric:.4f} at step {result.best_step}")
+    if result.stopped_by in ("SIGINT", "SIGTERM"):
+        print(f"stopped by {result.stopped_by} after step {result.step}; continue with --resume", file=sys.stderr)
+        return result.exit_code
+    if result.stopped_by == "stop_after":
+        print(f"stopped after step {result.step} (--stop-after); continue with --resume")
+    else:
+        print(f"run finished: {Path(args.out) / 'last.pt'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from medcontext.engine.evaluate import evaluate_run
+
+    evaluate_run(args.run, data=args.data, split=args.split, use=args.use, checkpoint=args.checkpoint,
+                 device=args.device, progress=not args.no_progress)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from medcontext.engine.predict import predict_run
+
+    predict_run(args.run, args.input, args.output, checkpoint=args.checkpoint, use=args.use,
+                probabilities=args.probabilities, device=args.device)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from medcontext.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, steps=args.steps, train_cases=args.train_cases, seed=args.seed,
+             progress=not args.no_progress)
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from medcontext import data
+
+    if args.data_command == "check":
+        spec = data.load_dataset(args.path, preset=args.preset)
+        summary = data.validate_dataset(spec)
+        print(summary.format(max_rows=args.rows))
+        return 0
+    if args.data_command == "phantom":
+        out = data.generate_phantom(args.out, num_cases=args.cases, shape=tuple(args.shape), seed=args.seed,
+                                    num_test=args.test)
+        print(f"wrote a phantom dataset with {args.cases} labelled cases to {out}")
+        return 0
+    if args.data_command == "download":
+        kwargs = {"base_url": args.base_url} if args.base_url else {}
+        out = data.download_task(args.task, args.out, **kwargs)
+        print(f"downloaded to {out}")
+        return 0
+    raise ValueError(f"unknown data command {args.data_command!r}")
+
+
+_COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "demo": _cmd_demo, "data": _cmd_data}
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from medcontext.data import DatasetError
+    from medcontext.engine.checkpoint import CheckpointError
+    from medcontext.engine.trainer import NonFiniteLossError
+    from medcontext.models.pretrained import PretrainedLoadError
+
+    errors: list[type[BaseException]] = [DatasetError, CheckpointError, NonFiniteLossError, PretrainedLoadError,
+                                         ValueError, FileNotFoundError, NotADirectoryError, PermissionError]
+    try:
+        from medcontext.data import DownloadError
+
+        errors.append(DownloadError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def _one_paragraph(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1:  # keep listed problems readable but inside one paragraph
+        return lines[0] + " " + " ".join(f"[{line.lstrip('-* ')}]" for line in lines[1:])
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (``python -m medcontext`` exits with it)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("medcontext: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug or not isinstance(err, _expected_errors()):
+            raise
+        print(f"medcontext {args.command}: error: {_one_paragraph(err)}", file=sys.stderr)
+        if not debug:
+            print("(run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Training checkpoints: what they hold, atomic writing, strict loading.
+
+A checkpoint (``last.pt``, ``best.pt``) is a dict::
+
+    {
+      "format": "medcontext-checkpoint", "format_version": 1,
+      "version": medcontext.__version__,
+      "step": completed optimizer steps,
+      "model": mc.state_dict(),          # student, teacher.*, mask tokens
+      "optimizer": ..., "scaler": ... | None,
+      "rng": {"python", "numpy", "torch", "cuda", "mask_generator"},
+      "config": TrainConfig.to_dict(),
+      "model_info": {"name", "in_channels", "out_channels", "roi", "output_mode"},
+      "best": {"metric", "step"}, "extra": {...},
+    }
+
+It is written with :func:`medcontext.engine.atomic.atomic_write` (temp file, fsync,
+``os.replace``): a crash during a save leaves the previous file intact. Loading is strict:
+any key difference between the checkpoint and the model is an error listing the keys.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+import medcontext
+from medcontext.engine.atomic import atomic_write
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "save_checkpoint",
+    "read_checkpoint",
+    "load_model_state",
+    "capture_rng_state",
+    "restore_rng_state",
+]
+
+CHECKPOINT_FORMAT = "medcontext-checkpoint"
+FORMAT_VERSION = 1
+_LIST_LIMIT = 12
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or does not match the model."""
+
+
+def capture_rng_state(mask_generator: torch.Generator | None = None) -> dict:
+    """Every random state a training step consumes (python, numpy, torch CPU/CUDA, masks)."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "mask_generator": mask_generator.get_state() if mask_generator is not None else None,
+    }
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any], mask_generator: torch.Generator | None = None) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if mask_generator is not None:
+        if state.get("mask_generator") is None:
+            raise CheckpointError("the checkpoint has no mask generator state but the model draws seeded masks")
+        mask_generator.set_state(state["mask_generator"])
+
+
+def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
+    """Write ``payload`` (plus format and version fields) to ``path`` atomically."""
+    data = {"format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION, "version": medcontext.__version__}
+    data.update(payload)
+    return atomic_write(path, lambda handle: torch.save(data, handle))
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a medcontext checkpoint dict, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises many types for corrupt files
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it may be truncated") from err
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a medcontext training checkpoint (no format={CHECKPOINT_FORMAT!r} field); "
+            "to initialise a network from foreign weights use --init-checkpoint"
+        )
+    return data
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_LIST_LIMIT])
+    return shown + (f", ... ({len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else "")
+
+
+def load_model_state(module: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "checkpoint") -> None:
+    """``module.load_state_dict(state, strict=True)`` with an error naming differing keys/shapes."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing in {source} ({len(missing)}): {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected in {source} ({len(unexpected)}): {_listing(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches ({len(shapes)}): {_listing(shapes)}")
+        raise CheckpointError(
+            f"{source} does not match the model: " + "; ".join(parts) + ". Was it written by a run with a "
+            "different model, variant or dataset?"
+        )
+    module.load_state_dict(state, strict=True)

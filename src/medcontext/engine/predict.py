@@ -1,0 +1,171 @@
+"""Prediction with a trained run: NIfTI files in, label maps with the input's geometry out.
+
+For each case: preprocess with the run's :class:`~medcontext.data.PreprocessConfig`, run the
+sliding window (the run's crop, overlap 0.5, Gaussian blending), turn logits into label
+values (argmax for softmax; sigmoid regions painted ET over TC over WT), map the result back
+onto the input's voxel grid and write ``<case>.nii.gz`` with exactly the input's shape and
+affine (atomically). ``probabilities=True`` also writes ``<case>_probabilities.nii.gz``
+(``(H, W, D, K)`` float32, softmax or per-region sigmoid).
+
+Inputs: one NIfTI file, or a folder of them. Multi-channel cases are one 4D file
+(MSD layout) or one file per channel named ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``...
+(nnU-Net layout).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from medcontext.engine.inference import logits_to_labels, logits_to_probabilities, sliding_window_logits
+from medcontext.engine.precision import resolve_device, resolve_precision
+from medcontext.engine.run import RunInfo, load_model, load_run
+
+__all__ = ["InputCase", "find_input_cases", "Predictor", "predict_run"]
+
+_NIFTI = re.compile(r"^(?P<stem>.+?)(?:_(?P<channel>\d{4}))?\.nii(?:\.gz)?$")
+
+
+@dataclass
+class InputCase:
+    """One case to predict: its id and its image file(s), one per channel or one 4D file."""
+
+    case_id: str
+    paths: list[Path]
+
+
+def find_input_cases(path: str | Path, num_channels: int) -> list[InputCase]:
+    """The cases under ``path`` (a NIfTI file or a folder of them).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist or holds no NIfTI file.
+        ValueError: channel files ``<case>_0000...`` do not match ``num_channels``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input {path} does not exist")
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and _NIFTI.match(p.name))
+    if path.is_file() and not _NIFTI.match(path.name):
+        raise ValueError(f"input {path} is not a NIfTI file (.nii or .nii.gz)")
+    if not files:
+        raise FileNotFoundError(f"input folder {path} holds no .nii/.nii.gz files")
+    grouped: dict[str, list[tuple[int, Path]]] = {}
+    cases: list[InputCase] = []
+    for file in files:
+        match = _NIFTI.match(file.name)
+        assert match is not None
+        if num_channels > 1 and match.group("channel") is not None:
+            grouped.setdefault(match.group("stem"), []).append((int(match.group("channel")), file))
+        else:  # one file per case (3D, or 4D with channels last)
+            stem = file.name[: -len(".nii.gz")] if file.name.endswith(".nii.gz") else file.name[: -len(".nii")]
+            cases.append(InputCase(stem, [file]))
+    for stem, channels in grouped.items():
+        channels.sort()
+        indices = [c for c, _ in channels]
+        if indices != list(range(num_channels)):
+            names = ", ".join(p.name for _, p in channels)
+            raise ValueError(
+                f"case {stem!r}: channel files {names} do not form channels 0000..{num_channels - 1:04d} "
+                f"(the run expects {num_channels} channels)"
+            )
+        cases.append(InputCase(stem, [p for _, p in channels]))
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+class Predictor:
+    """A loaded run ready to predict cases.
+
+    Args:
+        run: the run folder (or a loaded :class:`RunInfo`).
+        checkpoint: ``best`` (falls back to ``last`` without validation), ``last`` or a path.
+        use: ``student`` (default) or ``teacher`` weights.
+        device: ``auto``, ``cpu``, ``cuda``...
+        precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` for the forward passes.
+    """
+
+    def __init__(
+        self,
+        run: str | Path | RunInfo,
+        checkpoint: str = "best",
+        use: str = "student",
+        device: str = "auto",
+        precision: str = "fp32",
+    ):
+        self.run = run if isinstance(run, RunInfo) else load_run(run)
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.mc, self.checkpoint = load_model(self.run, checkpoint, self.device)
+        self.network = self.mc.inference_network(use)
+        self.use = use
+        self.spec = self.run.spec
+
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Sliding-window logits (K, H, W, D) of one preprocessed image (C, H, W, D)."""
+        cfg = self.run.cfg.eval
+        return sliding_window_logits(
+            self.network, image.unsqueeze(0), self.run.roi, overlap=cfg.overlap, mode=cfg.mode,
+            sw_batch_size=cfg.sw_batch_size, precision=self.precision, device=self.device,
+        )[0]
+
+    def predict_case(self, case: InputCase, output_dir: str | Path, probabilities: bool = False) -> list[Path]:
+        """Predict one case and write ``<case>.nii.gz`` (+ probabilities) into ``output_dir``."""
+        from medcontext.data import load_for_inference
+
+        image, restore = load_for_inference(self.run.preprocess, case.paths)
+        if image.shape[0] != self.spec.num_channels:
+            names = ", ".join(str(p) for p in case.paths)
+            raise ValueError(
+                f"{names}: the image has {image.shape[0]} channel(s) but the run was trained on "
+                f"{self.spec.num_channels} ({', '.join(self.spec.channel_names)}); give one 4D file or one file per "
+                "channel named <case>_0000.nii.gz, <case>_0001.nii.gz, ..."
+            )
+        logits = self.logits(image)
+        labels = logits_to_labels(logits, self.spec.output_mode, regions=self.spec.regions)
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        max_label = max(self.spec.labels)
+        dtype = np.uint8 if max_label < 256 else np.int16
+        written = [restore.save(labels.astype(dtype), output_dir / f"{case.case_id}.nii.gz", dtype=dtype, is_label=True)]
+        if probabilities:
+            probs = logits_to_probabilities(logits, self.spec.output_mode).numpy().astype(np.float32)
+            written.append(
+                restore.save(probs, output_dir / f"{case.case_id}_probabilities.nii.gz", dtype=np.float32, is_label=False)
+            )
+        return written
+
+
+def predict_run(
+    run_dir: str | Path,
+    input_path: str | Path,
+    output_dir: str | Path,
+    *,
+    checkpoint: str = "best",
+    use: str = "student",
+    probabilities: bool = False,
+    device: str = "auto",
+    echo: Callable[[str], None] = print,
+) -> list[Path]:
+    """``medcontext predict``: predict every case under ``input_path`` into ``output_dir``.
+
+    Raises:
+        FileNotFoundError: a missing input (named); ValueError: a wrong channel count (named).
+    """
+    predictor = Predictor(run_dir, checkpoint=checkpoint, use=use, device=device)
+    cases = find_input_cases(input_path, predictor.spec.num_channels)
+    echo(
+        f"predicting {len(cases)} case(s) with {predictor.checkpoint['path']} (step {predictor.checkpoint['step']}, "
+        f"{use} weights) on {predictor.device}"
+    )
+    written: list[Path] = []
+    for case in cases:
+        start = time.perf_counter()
+        files = predictor.predict_case(case, output_dir, probabilities=probabilities)
+        written.extend(files)
+        echo(f"  {case.case_id}: {files[0]} ({time.perf_counter() - start:.1f} s)")
+    return written

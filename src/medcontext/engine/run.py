@@ -1,0 +1,346 @@
+"""A run folder: starting, resuming and reloading a training run.
+
+``train(cfg, run_dir)`` validates the dataset, draws the split, builds the network and the
+MedContext wrapper from the config and hands them to the :class:`Trainer`. Everything needed
+to use the run later is written into ``run_dir`` before the first step:
+
+========================  =====================================================
+``config.yaml``           the resolved :class:`TrainConfig`
+``split.json``            the train / val / test case ids actually used
+``dataset.json``          the dataset description (cases, labels, regions, ...)
+``preprocess.json``       the :class:`~medcontext.data.PreprocessConfig`
+``metrics.jsonl``         one JSON record per step and per validation
+``tensorboard/``          TensorBoard event files
+``last.pt``, ``best.pt``  checkpoints (best by validation mean Dice)
+``eval/``                 ``medcontext evaluate`` output
+========================  =====================================================
+
+:func:`load_run` and :func:`load_model` read it back for prediction and evaluation without
+the dataset or the command line that started it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from medcontext.engine.atomic import write_text_atomic
+from medcontext.engine.checkpoint import CheckpointError, load_model_state, read_checkpoint
+from medcontext.engine.config import ConfigError, TrainConfig, load_config, save_config
+from medcontext.engine.trainer import RESUME_MAY_CHANGE, TrainResult, Trainer, ValidationCase
+
+__all__ = [
+    "RunInfo",
+    "class_map",
+    "resolve_roi",
+    "build_network",
+    "build_medcontext",
+    "seed_everything",
+    "train",
+    "load_run",
+    "load_model",
+    "checkpoint_path",
+]
+
+
+def class_map(spec) -> dict[str, tuple[int, ...]]:
+    """Evaluated classes of a dataset as ``name -> label values``.
+
+    Softmax datasets: one label value per class (Synapse: 8 of 13 organs). Sigmoid region
+    datasets: each evaluated region unites its label values (BraTS WT/TC/ET).
+    """
+    names = list(spec.eval_class_names)
+    if spec.output_mode == "sigmoid":
+        region_names = list(spec.regions)
+        return {names[i]: tuple(spec.regions[region_names[c]]) for i, c in enumerate(spec.eval_classes)}
+    return {names[i]: (int(c),) for i, c in enumerate(spec.eval_classes)}
+
+
+def resolve_roi(cfg: TrainConfig, spec) -> tuple[int, int, int]:
+    """The training crop: ``model.roi``, else the dataset preset's default crop."""
+    roi = cfg.model.roi if cfg.model.roi is not None else spec.default_roi
+    if roi is None:
+        raise ConfigError(
+            f"no training crop for dataset {spec.name!r} (its preset {spec.preset!r} has no default): "
+            "pass --roi X Y Z or set model.roi, e.g. --roi 32 48 32"
+        )
+    return tuple(int(r) for r in roi)  # type: ignore[return-value]
+
+
+def build_network(cfg: TrainConfig, in_channels: int, out_channels: int, roi: Sequence[int]) -> nn.Module:
+    """The student network from the model registry."""
+    from medcontext.models import create_model
+
+    return create_model(cfg.model.name, in_channels, out_channels, tuple(roi), **cfg.model.options)
+
+
+def build_medcontext(cfg: TrainConfig, network: nn.Module, roi: Sequence[int], output_mode: str) -> nn.Module:
+    """The MedContext wrapper configured by ``cfg.method`` (``variant: baseline`` included)."""
+    from medcontext.method import MedContext
+
+    m = cfg.method
+    return MedContext(
+        network,
+        variant=m.variant,
+        mask_ratio=m.mask_ratio,
+        beta=m.beta,
+        momentum=m.momentum,
+        total_steps=cfg.train.steps,
+        mask_space=m.mask_space,
+        depth_axis=m.depth_axis,
+        mask_cell=m.mask_cell,
+        roi_size=tuple(roi),
+        mask_mode=m.mask_mode,
+        output_mode=output_mode,
+        student_passes=m.student_passes,
+        seed=cfg.train.seed,
+    )
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch; optionally ask for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+@dataclass
+class RunInfo:
+    """What a run folder says about itself (see the module docstring)."""
+
+    run_dir: Path
+    cfg: TrainConfig
+    spec: object  # medcontext.data.DatasetSpec
+    preprocess: object  # medcontext.data.PreprocessConfig
+    split: object  # medcontext.data.Split
+    roi: tuple[int, int, int]
+
+    @property
+    def classes(self) -> dict[str, tuple[int, ...]]:
+        return class_map(self.spec)
+
+
+def _write_json(path: Path, data: Mapping) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def _validation_cases(spec, case_ids: Sequence[str], preprocess) -> list[ValidationCase]:
+    from medcontext.data import make_eval_dataset
+
+    from medcontext.engine.inference import regions_to_labels
+
+    if not case_ids:
+        return []
+    dataset = make_eval_dataset(spec, list(case_ids), preprocess, cache=False)
+    cases = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        image = item["image"]
+        affine = np.asarray(image.affine, dtype=np.float64)
+        spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+        label = item["label"]
+        label = label.as_tensor() if hasattr(label, "as_tensor") else label
+        if spec.output_mode == "sigmoid":
+            label_map = regions_to_labels(label.numpy(), spec.regions)
+        else:
+            label_map = label[0].numpy().astype(np.int16)
+        cases.append(ValidationCase(str(item["case_id"]), image.as_tensor().float(), label_map, spacing))
+    return cases
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    if resume:
+        if not (run_dir / "last.pt").is_file():
+            raise CheckpointError(f"--resume: {run_dir / 'last.pt'} does not exist; start the run without --resume")
+        return
+    if (run_dir / "last.pt").exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run (last.pt); continue it with --resume or choose a new --out folder"
+        )
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    trainer_class: type[Trainer] = Trainer,
+    network_hook: Callable[[nn.Module], nn.Module] | None = None,
+) -> TrainResult:
+    """Train (or resume) a run in ``run_dir`` as ``cfg`` says.
+
+    Args:
+        cfg: the configuration; ``data.path`` must name the dataset.
+        run_dir: the run folder (created).
+        resume: continue from ``run_dir/last.pt``; ``cfg`` must equal the saved config
+            except for settings that do not change the result (paths, workers, device).
+        stop_after: stop after this many steps of this call (with a checkpoint).
+        progress: show progress bars.
+        echo: where to print status lines.
+        trainer_class: a :class:`Trainer` subclass (custom hooks).
+        network_hook: called on the freshly built student network, returns the network
+            to use (e.g. to wrap it for tests or debugging).
+
+    Returns:
+        The :class:`TrainResult`.
+
+    Raises:
+        ConfigError, DatasetError, CheckpointError, NonFiniteLossError.
+    """
+    from medcontext.data import PreprocessConfig, Split, load_dataset, split_for_spec, validate_dataset
+    from medcontext.data import make_train_dataset
+
+    run_dir = Path(run_dir)
+    cfg = TrainConfig.from_dict(cfg.to_dict()).validate()
+    _check_run_dir(run_dir, resume)
+    if not cfg.data.path:
+        raise ConfigError("no dataset: pass --data DATASET_DIR (or set data.path in the config)")
+
+    spec = load_dataset(cfg.data.path, preset=cfg.data.preset)
+    cfg.data.path = str(Path(cfg.data.path).resolve())
+    cfg.data.preset = spec.preset
+    roi = resolve_roi(cfg, spec)
+    cfg.model.roi = list(roi)
+    if resume:
+        saved = load_config(run_dir / "config.yaml")
+        differences = {k: v for k, v in saved.diff(cfg).items() if k not in RESUME_MAY_CHANGE}
+        if differences:
+            listing = "; ".join(f"{k}: run {a!r}, now {b!r}" for k, (a, b) in differences.items())
+            raise ConfigError(
+                f"--resume: the settings differ from the run's config.yaml ({listing}); resume with the same "
+                "settings (drop the changed options) or start a new run"
+            )
+    preprocess = PreprocessConfig.from_spec(spec, **cfg.data.preprocess)
+
+    if resume:
+        split = Split.load(run_dir / "split.json")
+    else:
+        echo(f"checking dataset {spec.name!r} ({len(spec.cases)} labelled cases) in {spec.root} ...")
+        summary = validate_dataset(spec, progress=progress)
+        echo(f"dataset OK: {len(summary.cases)} cases, {spec.num_channels} channel(s), {spec.num_outputs} outputs ({spec.output_mode})")
+        split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.train.seed
+        split = split_for_spec(
+            spec,
+            train_cases=cfg.data.train_cases,
+            train_case_ids=cfg.data.train_case_ids,
+            val_cases=cfg.data.val_cases,
+            test_cases=cfg.data.test_cases,
+            use_official_test=cfg.data.use_official_test,
+            seed=split_seed,
+        )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        split.save(run_dir / "split.json")
+    save_config(cfg, run_dir / "config.yaml")
+    _write_json(run_dir / "dataset.json", spec.to_dict())
+    _write_json(run_dir / "preprocess.json", preprocess.to_dict())
+    echo(f"split: {len(split.train)} train, {len(split.val)} val, {len(split.test)} test cases -> {run_dir / 'split.json'}")
+
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    network = build_network(cfg, spec.num_channels, spec.num_outputs, roi)
+    if cfg.model.init_checkpoint and not resume:
+        from medcontext.models.pretrained import load_pretrained
+
+        report = load_pretrained(
+            network, cfg.model.init_checkpoint, prefix_map=cfg.model.init_prefix_map or None,
+            skip_mismatch=cfg.model.init_skip_mismatch,
+        )
+        echo(report.format())
+    if network_hook is not None:
+        network = network_hook(network)
+    mc = build_medcontext(cfg, network, roi, spec.output_mode)
+
+    train_data = make_train_dataset(
+        spec, split.train, preprocess, roi,
+        num_samples=cfg.data.num_samples, pos=cfg.data.pos, neg=cfg.data.neg,
+        cache_dir=cfg.data.cache_dir, seed=cfg.train.seed, progress=progress,
+    )
+    val_ids = split.val[: cfg.eval.max_val_cases] if cfg.eval.max_val_cases is not None else split.val
+    val_cases = _validation_cases(spec, val_ids, preprocess)
+    trainer = trainer_class(
+        mc, cfg, run_dir, train_data, val_cases,
+        classes=class_map(spec),
+        output_mode=spec.output_mode,
+        roi_size=roi,
+        regions=spec.regions,
+        progress=progress,
+        checkpoint_extra={
+            "name": cfg.model.name, "options": dict(cfg.model.options), "in_channels": spec.num_channels,
+            "out_channels": spec.num_outputs, "roi": list(roi), "output_mode": spec.output_mode,
+            "variant": cfg.method.variant,
+        },
+    )
+    echo(
+        f"training {cfg.model.name} ({cfg.method.variant}) for {cfg.train.steps} steps on {trainer.device} "
+        f"({trainer.precision.name}), crop {roi}, batch {cfg.train.batch_size}x{cfg.data.num_samples} crops"
+    )
+    return trainer.fit(resume=resume, stop_after=stop_after)
+
+
+def load_run(run_dir: str | Path, data: str | Path | None = None) -> RunInfo:
+    """Read a run folder's description; ``data`` re-locates a dataset that moved.
+
+    Raises:
+        ConfigError: the folder is not a run folder (names the missing file).
+    """
+    from medcontext.data import DatasetSpec, PreprocessConfig, Split, load_dataset
+
+    run_dir = Path(run_dir)
+    needed = ["config.yaml", "dataset.json", "preprocess.json", "split.json"]
+    missing = [n for n in needed if not (run_dir / n).is_file()]
+    if missing:
+        raise ConfigError(
+            f"{run_dir} is not a medcontext run folder (missing {', '.join(missing)}); "
+            "pass the --out folder of `medcontext train`"
+        )
+    cfg = load_config(run_dir / "config.yaml")
+    if data is not None:
+        spec = load_dataset(data, preset=cfg.data.preset)
+    else:
+        spec = DatasetSpec.from_dict(json.loads((run_dir / "dataset.json").read_text()))
+    preprocess = PreprocessConfig.from_dict(json.loads((run_dir / "preprocess.json").read_text()))
+    split = Split.load(run_dir / "split.json")
+    roi = tuple(int(r) for r in cfg.model.roi) if cfg.model.roi else resolve_roi(cfg, spec)
+    return RunInfo(run_dir, cfg, spec, preprocess, split, roi)  # type: ignore[arg-type]
+
+
+def checkpoint_path(run_dir: str | Path, checkpoint: str = "best") -> Path:
+    """``best``/``last`` -> the file (``best`` falls back to ``last`` when the run had no
+    validation); any other value is taken as a path."""
+    run_dir = Path(run_dir)
+    if checkpoint == "best":
+        best = run_dir / "best.pt"
+        return best if best.is_file() else run_dir / "last.pt"
+    if checkpoint == "last":
+        return run_dir / "last.pt"
+    return Path(checkpoint)
+
+
+def load_model(run: RunInfo, checkpoint: str = "best", device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """The run's MedContext module with the checkpoint's weights (strict), in eval mode.
+
+    Returns:
+        ``(mc, checkpoint_dict_without_tensors)`` where the dict holds ``step``, ``best``,
+        ``model_info`` and ``path``.
+    """
+    path = checkpoint_path(run.run_dir, checkpoint)
+    data = read_checkpoint(path, map_location="cpu")
+    cfg = TrainConfig.from_dict(data["config"], source=f"{path} config")
+    network = build_network(cfg, run.spec.num_channels, run.spec.num_outputs, run.roi)
+    mc = build_medcontext(cfg, network, run.roi, run.spec.output_mode)
+    load_model_state(mc, data["model"], source=str(path))
+    mc.to(device).eval()
+    info = {"path": path, "step": data.get("step"), "best": data.get("best"), "model_info": data.get("model_info")}
+    return mc, info

@@ -1,0 +1,419 @@
+"""The training loop, with named hooks and every hyperparameter from a :class:`TrainConfig`.
+
+One optimizer step (``train_step``)::
+
+    lr = learning_rate(step)                    # pure function of the global step
+    losses = model(images, labels)              # MedContext: student on X and X_M, teacher on X
+    check every loss term is finite             # else stop; the last checkpoint stays intact
+    scaler.scale(losses.total).backward(); clip; scaler.step(optimizer)
+    mc.update_teacher(step)                     # EMA, momentum cosine 0.996 -> 1
+
+Around it: validation every ``eval.every`` steps (sliding window over whole preprocessed
+validation volumes, mean Dice over the evaluated classes, ``best.pt`` on improvement),
+``last.pt`` every ``train.checkpoint_every`` steps and at the end, a graceful stop on
+SIGINT/SIGTERM, and logs (``metrics.jsonl``, TensorBoard, progress bar).
+
+Exact resume: weights, optimizer, scaler and every RNG (python, numpy, torch, mask
+generator) are checkpointed, schedules are recomputed from the step, and batches are a pure
+function of ``(seed, step)`` (:mod:`medcontext.engine.sampling`). A run resumed from step
+``k`` therefore repeats the uninterrupted run's losses bit for bit on CPU.
+
+Distributed training: all model access goes through ``self.model`` (which may be a DDP
+wrapper around ``mc``) and ``self.mc`` (the unwrapped MedContext); the data stream is
+sharded by ``world.rank``; only ``world.is_main`` writes files.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from medcontext.engine.checkpoint import (
+    capture_rng_state,
+    load_model_state,
+    read_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from medcontext.engine.config import TrainConfig
+from medcontext.engine.inference import logits_to_labels, sliding_window_logits
+from medcontext.engine.optim import build_optimizer, learning_rate, set_learning_rate
+from medcontext.engine.precision import Precision, resolve_device, resolve_precision
+from medcontext.engine.run_log import RunLog, read_metrics, summarize_timing
+from medcontext.engine.sampling import make_step_loader
+from medcontext.engine.signals import GracefulStop
+from medcontext.method.teacher import unwrap_model
+
+__all__ = ["World", "ValidationCase", "TrainResult", "NonFiniteLossError", "Trainer"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; training stopped before applying that step."""
+
+    def __init__(self, step: int, terms: Mapping[str, float], checkpoint: Path | None, checkpoint_step: int | None):
+        self.step, self.terms, self.checkpoint, self.checkpoint_step = step, dict(terms), checkpoint, checkpoint_step
+        shown = ", ".join(f"{k}={v:.6g}" for k, v in terms.items())
+        kept = (
+            f"the last good checkpoint {checkpoint} (after step {checkpoint_step}) is intact"
+            if checkpoint is not None
+            else "no checkpoint had been written yet"
+        )
+        super().__init__(
+            f"training stopped at step {step}: the loss is not finite ({shown}); the weights of this step were not "
+            f"applied and {kept}. Try a lower optim.lr, gradient clipping (optim.grad_clip) or train.precision=fp32."
+        )
+
+
+@dataclass(frozen=True)
+class World:
+    """Process-group facts the loop needs (single process by default)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+
+@dataclass
+class ValidationCase:
+    """One whole preprocessed validation volume.
+
+    Attributes:
+        case_id: case identifier.
+        image: (C, H, W, D) float tensor, preprocessed like the training crops.
+        label: (H, W, D) integer label values in the same (preprocessed) space.
+        spacing: voxel size in mm of the preprocessed space.
+    """
+
+    case_id: str
+    image: torch.Tensor
+    label: np.ndarray
+    spacing: tuple[float, float, float]
+
+
+@dataclass
+class TrainResult:
+    """How :meth:`Trainer.fit` ended."""
+
+    run_dir: Path
+    start_step: int
+    step: int
+    total_steps: int
+    stopped_by: str = ""  # "", "SIGINT", "SIGTERM" or "stop_after"
+    exit_code: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    timing: dict = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.total_steps
+
+
+class Trainer:
+    """Trains a :class:`~medcontext.method.MedContext` module as a :class:`TrainConfig` says.
+
+    Args:
+        mc: the MedContext module (student, teacher, mask tokens).
+        cfg: the resolved configuration (saved with every checkpoint).
+        run_dir: folder for checkpoints and logs.
+        train_dataset: one item per training case, ``{"image", "label"}`` after random
+            transforms (a MONAI dataset whose ``transform`` has ``set_random_state``).
+        val_cases: whole validation volumes (may be empty: no validation, no ``best.pt``).
+        classes: evaluated classes or regions, name -> label values.
+        output_mode: ``softmax`` or ``sigmoid`` (region outputs).
+        roi_size: training crop (H, W, D); the sliding-window size.
+        channel_labels: softmax only: label value of each output channel.
+        regions: sigmoid only: region name -> label values, in output-channel order.
+        world: process group facts (rank 0 writes).
+        progress: show a progress bar.
+        checkpoint_extra: stored in every checkpoint under ``"model_info"``.
+        collate_fn: batch collation (default MONAI's ``list_data_collate``).
+    """
+
+    def __init__(
+        self,
+        mc: nn.Module,
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        train_dataset: Any,
+        val_cases: Sequence[ValidationCase],
+        *,
+        classes: Mapping[str, Sequence[int]],
+        output_mode: str,
+        roi_size: Sequence[int],
+        channel_labels: Sequence[int] | None = None,
+        regions: Mapping[str, Sequence[int]] | None = None,
+        world: World | None = None,
+        progress: bool = True,
+        checkpoint_extra: Mapping[str, Any] | None = None,
+        collate_fn: Callable | None = None,
+    ):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.world = world or World()
+        self.device = resolve_device(cfg.train.device)
+        self.precision: Precision = resolve_precision(cfg.train.precision, self.device)
+        self.model = mc.to(self.device)  # a DDP wrapper may replace this; self.mc stays unwrapped
+        self.train_dataset = train_dataset
+        self.val_cases = list(val_cases)
+        self.classes = {k: tuple(v) for k, v in classes.items()}
+        self.output_mode = output_mode
+        self.roi_size = tuple(int(r) for r in roi_size)
+        self.channel_labels = list(channel_labels) if channel_labels is not None else None
+        self.regions = dict(regions) if regions is not None else None
+        self.progress = progress
+        self.checkpoint_extra = dict(checkpoint_extra or {})
+        self.collate_fn = collate_fn
+        self.total_steps = cfg.train.steps
+        if cfg.eval.use == "teacher" and getattr(self.mc, "teacher", None) is None:
+            raise ValueError(f"eval.use=teacher but variant {cfg.method.variant!r} has no teacher; use eval.use=student")
+        self.optimizer = build_optimizer(self.mc.parameters(), cfg.optim)
+        self.scaler = self.precision.grad_scaler()
+        self.step = 0  # completed optimizer steps
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+        self.last_checkpoint_step: int | None = None
+        self.log: RunLog | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def mc(self) -> nn.Module:
+        """The unwrapped MedContext module."""
+        return unwrap_model(self.model)
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.pt"
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_payload(self) -> dict:
+        """Everything needed to continue the run exactly (see :mod:`medcontext.engine.checkpoint`)."""
+        return {
+            "step": self.step,
+            "model": self.mc.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "rng": capture_rng_state(getattr(self.mc, "mask_generator", None)),
+            "config": self.cfg.to_dict(),
+            "model_info": self.checkpoint_extra,
+            "best": {"metric": self.best_metric, "step": self.best_step},
+        }
+
+    def save(self, path: Path) -> None:
+        """Write a checkpoint atomically (main process only)."""
+        if self.world.is_main:
+            save_checkpoint(path, self.checkpoint_payload())
+        if path == self.last_path:
+            self.last_checkpoint_step = self.step
+
+    def restore(self, path: Path) -> None:
+        """Continue from a checkpoint written by :meth:`save` (strict)."""
+        data = read_checkpoint(path, map_location="cpu")
+        saved = TrainConfig.from_dict(data["config"], source=f"{path} config")
+        differences = {k: v for k, v in saved.diff(self.cfg).items() if k not in RESUME_MAY_CHANGE}
+        if differences:
+            listing = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differences.items())
+            raise ValueError(f"cannot resume from {path}: the configuration differs ({listing})")
+        load_model_state(self.mc, data["model"], source=str(path))
+        self.optimizer.load_state_dict(data["optimizer"])
+        if data.get("scaler") is not None:
+            self.scaler.load_state_dict(data["scaler"])
+        restore_rng_state(data["rng"], getattr(self.mc, "mask_generator", None))
+        self.step = int(data["step"])
+        self.best_metric = data.get("best", {}).get("metric")
+        self.best_step = data.get("best", {}).get("step")
+        self.last_checkpoint_step = self.step
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_start(self) -> None:
+        """Called once before the first step (after a resume restored the state)."""
+
+    def train_step(self, batch: Mapping[str, torch.Tensor], step: int) -> dict[str, float]:
+        """One optimizer step on ``batch``; ``step`` is 0-based. Returns the values to log."""
+        images = batch["image"].to(self.device, non_blocking=True)
+        labels = batch["label"].to(self.device, non_blocking=True)
+        lr = learning_rate(step, self.total_steps, self.cfg.optim)
+        set_learning_rate(self.optimizer, lr)
+        self.model.train()
+        with self.precision.autocast():
+            losses = self.model(images, labels)
+        terms = losses.as_floats()
+        if not all(math.isfinite(v) for v in terms.values()):
+            raise NonFiniteLossError(
+                step + 1, terms, self.last_path if self.last_checkpoint_step is not None else None, self.last_checkpoint_step
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses.total).backward()
+        grad_norm = float("nan")
+        if self.cfg.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.mc.parameters(), self.cfg.optim.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        momentum = self.mc.update_teacher(step)
+        values = {**terms, "lr": lr, "grad_norm": grad_norm}
+        if momentum is not None:
+            values["momentum"] = momentum
+        return values
+
+    def on_train_step_end(self, step: int, values: dict[str, float]) -> None:
+        """Called after every step with the logged values (``step`` = completed steps)."""
+
+    def validation_step(self, case: ValidationCase) -> dict[str, float]:
+        """Dice per evaluated class of one whole validation volume."""
+        from medcontext.evaluation import dice_score, label_masks
+
+        network = self.mc.inference_network(self.cfg.eval.use)
+        logits = sliding_window_logits(
+            network,
+            case.image.unsqueeze(0),
+            self.roi_size,
+            overlap=self.cfg.eval.overlap,
+            mode=self.cfg.eval.mode,
+            sw_batch_size=self.cfg.eval.sw_batch_size,
+            precision=self.precision,
+            device=self.device,
+        )[0]
+        pred = logits_to_labels(logits, self.output_mode, channel_labels=self.channel_labels, regions=self.regions)
+        pred_masks = label_masks(pred, self.classes)
+        truth_masks = label_masks(case.label, self.classes)
+        return {name: dice_score(pred_masks[name], truth_masks[name]) for name in self.classes}
+
+    def on_validation_end(self, step: int, results: dict[str, dict[str, float]]) -> dict[str, Any]:
+        """Aggregate per-case Dice, keep the best checkpoint; returns the logged record."""
+        per_class = {name: float(np.mean([r[name] for r in results.values()])) for name in self.classes}
+        mean_dice = float(np.mean(list(per_class.values())))
+        improved = self.best_metric is None or mean_dice > self.best_metric
+        if improved:
+            self.best_metric, self.best_step = mean_dice, step
+            self.save(self.best_path)
+        return {"mean_dice": mean_dice, "dice": per_class, "cases": len(results), "best": improved}
+
+    def on_train_end(self, result: TrainResult) -> None:
+        """Called once after the loop (also after a graceful stop)."""
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> dict[str, Any] | None:
+        """Run validation at the current step (main process), log it, return the record."""
+        if not self.val_cases:
+            return None
+        record = None
+        if self.world.is_main:
+            start = time.perf_counter()
+            results = {case.case_id: self.validation_step(case) for case in self.val_cases}
+            record = self.on_validation_end(self.step, results)
+            record["time"] = time.perf_counter() - start
+            if self.log is not None:
+                self.log.validation(self.step, record)
+        self.world.barrier()
+        return record
+
+    def _should_validate(self, step: int) -> bool:
+        every = self.cfg.eval.every
+        return step == self.total_steps or (every > 0 and step % every == 0)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, *, resume: bool = False, stop_after: int | None = None, handle_signals: bool = True) -> TrainResult:
+        """Train from step 0 (or from ``last.pt`` with ``resume``) to ``train.steps``.
+
+        Args:
+            resume: continue from ``run_dir/last.pt``.
+            stop_after: stop (with a checkpoint) after this many steps of this call; the
+                run can be continued with ``resume`` (for time-limited jobs and tests).
+            handle_signals: turn SIGINT/SIGTERM into a graceful stop.
+
+        Returns:
+            A :class:`TrainResult`; ``stopped_by`` says why it ended early.
+
+        Raises:
+            NonFiniteLossError: a loss term became NaN/Inf (that step was not applied).
+        """
+        if resume:
+            self.restore(self.last_path)
+        start_step = self.step
+        result = TrainResult(self.run_dir, start_step, self.step, self.total_steps)
+        self.log = RunLog(
+            self.run_dir,
+            self.total_steps,
+            start_step,
+            enabled=self.world.is_main,
+            progress=self.progress,
+            tensorboard=self.cfg.train.tensorboard,
+            log_every=self.cfg.train.log_every,
+        )
+        loader = make_step_loader(
+            self.train_dataset,
+            seed=self.cfg.train.seed,
+            start_step=start_step,
+            total_steps=self.total_steps,
+            batch_size=self.cfg.train.batch_size * self.cfg.data.num_samples,
+            num_workers=self.cfg.data.num_workers,
+            collate_fn=self.collate_fn,
+            world_size=self.world.world_size,
+            rank=self.world.rank,
+            pin_memory=self.device.type == "cuda",
+        )
+        try:
+            with GracefulStop(enabled=handle_signals) as stop:
+                self.on_train_start()
+                batches = iter(loader)
+                while self.step < self.total_steps:
+                    tick = time.perf_counter()
+                    batch = next(batches)
+                    data_time = time.perf_counter() - tick
+                    values = self.train_step(batch, self.step)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    self.step += 1
+                    step_time = time.perf_counter() - tick
+                    values.update(data_time=data_time, step_time=step_time, data_share=data_time / step_time)
+                    self.log.train_step(self.step, values)
+                    self.on_train_step_end(self.step, values)
+                    if self._should_validate(self.step):
+                        self.validate()
+                    ran = self.step - start_step
+                    if stop.requested or (stop_after is not None and ran >= stop_after) or self.step == self.total_steps:
+                        self.save(self.last_path)
+                        if stop.requested:
+                            result.stopped_by, result.exit_code = stop.name, stop.exit_code
+                        elif self.step < self.total_steps:
+                            result.stopped_by = "stop_after"
+                        break
+                    if self.step % self.cfg.train.checkpoint_every == 0:
+                        self.save(self.last_path)
+            result.step = self.step
+            result.best_metric, result.best_step = self.best_metric, self.best_step
+            result.timing = summarize_timing(read_metrics(self.log.path, "train")) if self.world.is_main else {}
+            if result.stopped_by in ("SIGINT", "SIGTERM"):
+                self.log.message(
+                    f"received {result.stopped_by}: stopped after step {self.step} and saved {self.last_path}; "
+                    "continue with --resume"
+                )
+            self.on_train_end(result)
+            return result
+        finally:
+            self.log.close()
+
+
+RESUME_MAY_CHANGE = frozenset(
+    {"data.path", "data.num_workers", "data.cache_dir", "train.device", "train.log_every", "train.tensorboard"}
+)
+"""Settings that do not change the training trajectory and may differ on ``--resume``."""

@@ -1,0 +1,104 @@
+"""Prediction and evaluation of a trained run: output geometry, label values, errors."""
+
+from __future__ import annotations
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medcontext.cli import main
+from medcontext.engine.predict import find_input_cases
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from medcontext.data import generate_phantom
+
+    root = tmp_path_factory.mktemp("predict")
+    data = generate_phantom(root / "Phantom", num_cases=6, shape=(24, 24, 24), seed=1)
+    out = root / "run"
+    argv = ["train", "--data", str(data), "--out", str(out), "--variant", "medcontext", "--steps", "3", "--seed", "0",
+            "--model", "unet3d", "--size", "tiny", "--roi", "16", "16", "16", "--no-progress",
+            "--set", "data.num_samples=1", "--set", "data.val_cases=1", "--set", "data.test_cases=2",
+            "--set", "train.tensorboard=false"]
+    assert main(argv) == 0
+    return data, out
+
+
+def _oblique_copy(src, dst, spacing=(1.5, 0.8, 2.0)):
+    """The same voxels with an LPS-flipped, anisotropic, shifted affine."""
+    img = nib.load(str(src))
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    affine[:3, 3] = [30.0, -12.5, 7.0]
+    out = nib.Nifti1Image(np.asarray(img.dataobj)[:, :20, :], affine)  # also a non-cubic shape
+    nib.save(out, str(dst))
+    return out
+
+
+def test_predict_writes_the_input_geometry_exactly(trained_run, tmp_path):
+    data, run = trained_run
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    ref = _oblique_copy(data / "imagesTr" / "phantom_000.nii.gz", inputs / "oblique.nii.gz")
+    _oblique_copy(data / "imagesTr" / "phantom_001.nii.gz", inputs / "second.nii", spacing=(1.0, 1.0, 1.0))
+    assert main(["predict", "--run", str(run), "--input", str(inputs), "--output", str(tmp_path / "out"),
+                 "--probabilities", "--use", "teacher", "--checkpoint", "last"]) == 0
+    pred = nib.load(str(tmp_path / "out" / "oblique.nii.gz"))
+    assert pred.shape == ref.shape == (24, 20, 24)
+    np.testing.assert_allclose(pred.affine, ref.affine, atol=1e-6)
+    values = np.unique(np.asarray(pred.dataobj))
+    assert np.issubdtype(pred.get_data_dtype(), np.integer) and set(values.tolist()) <= set(range(8))
+    probs = nib.load(str(tmp_path / "out" / "oblique_probabilities.nii.gz"))
+    assert probs.shape == (24, 20, 24, 8)
+    p = np.asarray(probs.dataobj)
+    np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-3)
+    np.testing.assert_array_equal(np.argmax(p, -1), np.asarray(pred.dataobj))  # labels agree with probabilities
+    assert (tmp_path / "out" / "second.nii.gz").is_file()
+
+
+def test_predict_errors_name_the_file(trained_run, tmp_path, capsys):
+    data, run = trained_run
+    missing = tmp_path / "nope.nii.gz"
+    assert main(["predict", "--run", str(run), "--input", str(missing), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.nii.gz" in err and "Traceback" not in err
+    two_channels = np.stack([np.zeros((24, 24, 24), np.float32)] * 2, axis=-1)
+    nib.save(nib.Nifti1Image(two_channels, np.eye(4)), str(tmp_path / "two.nii.gz"))
+    assert main(["predict", "--run", str(run), "--input", str(tmp_path / "two.nii.gz"), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "two.nii.gz" in err and "2 channel" in err
+    assert main(["predict", "--run", str(tmp_path), "--input", str(missing), "--output", str(tmp_path / "o")]) == 2
+    assert "not a medcontext run folder" in capsys.readouterr().err
+
+
+def test_evaluate_scores_the_test_split(trained_run, capsys):
+    data, run = trained_run
+    assert main(["evaluate", "--run", str(run), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader(open(run / "eval" / "metrics.csv")))
+    test_cases = {r["case_id"] for r in rows}
+    import json
+
+    assert test_cases == set(json.loads((run / "split.json").read_text())["test"]) and len(test_cases) == 2
+    assert {r["class_name"] for r in rows} >= {"liver", "spleen"} and len(rows) == 2 * 7
+    assert (run / "eval" / "summary.md").read_text().strip()
+    assert "mean" in printed
+    for case in test_cases:
+        pred = nib.load(str(run / "eval" / "predictions" / f"{case}.nii.gz"))
+        truth = nib.load(str(data / "labelsTr" / f"{case}.nii.gz"))
+        assert pred.shape == truth.shape and np.allclose(pred.affine, truth.affine)
+
+
+def test_find_input_cases_groups_channel_files(tmp_path):
+    for name in ("b_0000.nii.gz", "b_0001.nii.gz", "a.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    cases = find_input_cases(tmp_path, num_channels=2)
+    assert [(c.case_id, [p.name for p in c.paths]) for c in cases] == [
+        ("a", ["a.nii.gz"]), ("b", ["b_0000.nii.gz", "b_0001.nii.gz"])]
+    single = find_input_cases(tmp_path, num_channels=1)
+    assert [c.case_id for c in single] == ["a", "b_0000", "b_0001"]
+    (tmp_path / "c_0001.nii.gz").write_bytes(b"")
+    with pytest.raises(ValueError, match="c_0001"):
+        find_input_cases(tmp_path, num_channels=2)
