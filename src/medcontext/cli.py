@@ -1,4 +1,4 @@
-"""The ``medcontext`` command line: train, evaluate, predict, demo, data.
+"""The ``medcontext`` command line: train, evaluate, predict, demo, experiment, report, data.
 
 Every command is a thin layer over a library function (``medcontext.engine.train``,
 ``evaluate_run``, ``predict_run``, ``medcontext.demo.run_demo``, ``medcontext.data``).
@@ -124,6 +124,39 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-cases", type=int, default=2, metavar="K", help="training cases (few-shot)")
     demo.add_argument("--seed", type=int, default=0, help="seed of data, weights, split and masks")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    # ------------------------------------------------------------------ experiment / report
+    experiment = sub.add_parser(
+        "experiment", formatter_class=_Formatter, help="run a multi-run study (resumable) and write its report",
+        description=textwrap.dedent("""\
+            Run every training run of a study, skipping finished runs and resuming interrupted ones, then
+            write the study report (tables, paired differences with bootstrap intervals, plots).
+            Studies:
+              hippocampus  few-shot study on MSD Task04_Hippocampus: baseline / medcontext / no_teacher,
+                           3 seeds, unet3d at k=5 and k=20, unetr at k=5, plus mask-ratio and loss-term
+                           ablations (45 runs); the fixed 50-case test split is --test-split."""),
+    )
+    _add_common(experiment)
+    experiment.add_argument("study", choices=["hippocampus"], help="which study")
+    experiment.add_argument("--data", required=True, metavar="DATASET_DIR", help="the Task04_Hippocampus folder")
+    experiment.add_argument("--out", required=True, metavar="DIR", help="study folder (one sub-folder per run)")
+    experiment.add_argument("--test-split", default="benchmarks/splits/hippocampus_test.json", metavar="JSON",
+                            help='fixed test case ids, {"test": [...]}; never trained or selected on')
+    experiment.add_argument("--only", nargs="+", metavar="GROUP",
+                            help="run only these groups (unet3d_k5, unet3d_k20, unetr_k5)")
+    experiment.add_argument("--max-runs", type=int, metavar="N", help="stop after N newly finished runs")
+    experiment.add_argument("--report", metavar="MD", help="report path (default: DIR/report/report.md)")
+    experiment.add_argument("--no-progress", action="store_true", help="no progress bars")
+    report = sub.add_parser(
+        "report", formatter_class=_Formatter, help="markdown report over evaluated runs",
+        description="Aggregate evaluated run folders (config.yaml + eval/metrics.csv): per setting and method "
+                    "mean/std over seeds of Dice and HD95, MedContext minus baseline per seed with 95%% bootstrap "
+                    "intervals over test cases, box plots, training curves and an overlay figure.",
+    )
+    _add_common(report)
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluated run folders")
+    report.add_argument("--out", default="report/report.md", metavar="MD", help="report file (figures beside it)")
+    report.add_argument("--title", default="MedContext study", help="report title")
 
     # ------------------------------------------------------------------ data
     data = sub.add_parser("data", formatter_class=_Formatter, help="check, generate or download datasets")
@@ -263,6 +296,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from medcontext.study import collect_runs, hippocampus_plan, load_test_split, run_study, write_report
+    from medcontext.study.runner import DONE_MARKER
+
+    runs = [r for r in hippocampus_plan() if not args.only or r.group in args.only]
+    if not runs:
+        raise ValueError(f"--only {args.only} selects no run; groups are unet3d_k5, unet3d_k20, unetr_k5")
+    test_ids = load_test_split(args.test_split)
+    run_study(runs, args.data, args.out, test_ids, max_runs=args.max_runs, progress=not args.no_progress)
+    finished = [Path(args.out) / r.name for r in runs if (Path(args.out) / r.name / DONE_MARKER).is_file()]
+    if finished:
+        out = Path(args.report) if args.report else Path(args.out) / "report" / "report.md"
+        write_report(collect_runs(finished), out, title="MedContext few-shot study: Task04_Hippocampus")
+        print(f"wrote {out} ({len(finished)} of {len(runs)} runs)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from medcontext.study import collect_runs, write_report
+
+    out = write_report(collect_runs(args.runs), args.out, title=args.title)
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from medcontext import data
 
@@ -284,7 +342,15 @@ def _cmd_data(args: argparse.Namespace) -> int:
     raise ValueError(f"unknown data command {args.data_command!r}")
 
 
-_COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "demo": _cmd_demo, "data": _cmd_data}
+_COMMANDS = {
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "predict": _cmd_predict,
+    "demo": _cmd_demo,
+    "experiment": _cmd_experiment,
+    "report": _cmd_report,
+    "data": _cmd_data,
+}
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:

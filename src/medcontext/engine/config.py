@@ -58,7 +58,8 @@ class DataConfig:
             paper's 5-shot list.
         val_cases: number of validation cases held out of the non-test cases (0 = none).
         test_cases: held-out test cases when the dataset has no official test list: an int
-            (number of cases) or a float in (0, 1) (fraction). Ignored when the preset has an
+            (number of cases), a float in (0, 1) (fraction) or a list of case ids (a fixed
+            test split, e.g. a study's). Ignored when the preset has an
             official test list and ``use_official_test`` is true.
         use_official_test: use the preset's official test list (Synapse, ACDC, BraTS).
         split_seed: seed of the case split; ``None`` uses ``train.seed``.
@@ -76,7 +77,7 @@ class DataConfig:
     train_cases: int | None = None
     train_case_ids: list[str] | None = None
     val_cases: int = 1
-    test_cases: int | float | None = 0.2
+    test_cases: int | float | list[str] | None = 0.2
     use_official_test: bool = True
     split_seed: int | None = None
     num_samples: int = 2

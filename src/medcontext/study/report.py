@@ -1,0 +1,346 @@
+"""A markdown report over many evaluated runs: tables, paired differences, plots.
+
+For every setting (architecture and number of training cases) and method: mean and std over
+seeds of the per-class and mean Dice and HD95 (mm) on the test cases; the paired difference
+MedContext minus baseline per seed (same seed = same training subset and initialisation) with a
+95% bootstrap confidence interval over test cases; box plots of per-case Dice, training curves,
+and a qualitative overlay.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..engine.atomic import write_text_atomic
+from ..engine.config import load_config
+from ..engine.run_log import read_metrics
+from ..evaluation import read_csv
+
+__all__ = ["RunResult", "collect_runs", "paired_bootstrap", "write_report"]
+
+DEFAULT_RATIO = 0.4
+DEFAULT_MOMENTUM = 0.996
+
+
+@dataclass
+class RunResult:
+    """One evaluated run: its setting, method, seed and per-case metrics."""
+
+    path: Path
+    setting: str
+    method: str
+    seed: int
+    classes: list[str]
+    dice: dict[str, dict[str, float]]  # case -> class -> Dice
+    hd95: dict[str, dict[str, float]]  # case -> class -> HD95 (NaN = missing)
+    train_log: list[dict] = field(default_factory=list)
+    val_log: list[dict] = field(default_factory=list)
+
+    def case_mean_dice(self, cases: Sequence[str]) -> np.ndarray:
+        """Mean Dice over classes per case, in the order of ``cases``."""
+        return np.array([np.mean([self.dice[c][k] for k in self.classes]) for c in cases])
+
+
+def _method_label(variant: str, ratio: float, momentum: float) -> str:
+    notes = []
+    if variant != "baseline" and not math.isclose(ratio, DEFAULT_RATIO):
+        notes.append(f"ratio {ratio:g}")
+    if variant not in ("baseline", "no_teacher") and not math.isclose(momentum, DEFAULT_MOMENTUM):
+        notes.append(f"momentum {momentum:g}")
+    return f"{variant} ({', '.join(notes)})" if notes else variant
+
+
+def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> list[RunResult]:
+    """Read every run folder that has ``config.yaml`` and ``EVAL/metrics.csv``.
+
+    Raises:
+        FileNotFoundError: a folder lacks one of them (named in the message).
+    """
+    results = []
+    for run_dir in map(Path, run_dirs):
+        config_path, metrics_path = run_dir / "config.yaml", run_dir / eval_name / "metrics.csv"
+        for needed in (config_path, metrics_path):
+            if not needed.is_file():
+                raise FileNotFoundError(f"{run_dir} is not an evaluated run: {needed} is missing (run medcontext evaluate)")
+        cfg = load_config(config_path)
+        table = read_csv(metrics_path)
+        dice: dict[str, dict[str, float]] = defaultdict(dict)
+        hd95: dict[str, dict[str, float]] = defaultdict(dict)
+        for row in table.rows:
+            dice[row.case_id][row.class_name] = row.dice
+            hd95[row.case_id][row.class_name] = row.hd95
+        log = read_metrics(run_dir / "metrics.jsonl")
+        results.append(
+            RunResult(
+                path=run_dir,
+                setting=f"{cfg.model.name}, k={cfg.data.train_cases if cfg.data.train_cases is not None else 'all'}",
+                method=_method_label(cfg.method.variant, cfg.method.mask_ratio, cfg.method.momentum),
+                seed=cfg.train.seed,
+                classes=list(table.class_names),
+                dice=dict(dice),
+                hd95=dict(hd95),
+                train_log=[r for r in log if r.get("kind") == "train"],
+                val_log=[r for r in log if r.get("kind") == "val"],
+            )
+        )
+    return results
+
+
+def paired_bootstrap(diff_per_case: np.ndarray, *, samples: int = 5000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a paired per-case difference and its 95% percentile bootstrap interval.
+
+    Args:
+        diff_per_case: (N,) or (S, N) differences; with several seeds (rows) the cases are
+            resampled jointly and the statistic is the mean over seeds and cases.
+    """
+    values = np.atleast_2d(np.asarray(diff_per_case, dtype=float))
+    rng = np.random.default_rng(seed)
+    n = values.shape[1]
+    draws = rng.integers(0, n, size=(samples, n))
+    stats = values[:, draws].mean(axis=(0, 2))
+    low, high = np.percentile(stats, [2.5, 97.5])
+    return float(values.mean()), float(low), float(high)
+
+
+def _fmt(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def _run_summary(run: RunResult) -> dict[str, float]:
+    cases = sorted(run.dice)
+    out = {}
+    for k in run.classes:
+        out[f"dice:{k}"] = float(np.mean([run.dice[c][k] for c in cases]))
+        finite = [run.hd95[c][k] for c in cases if np.isfinite(run.hd95[c][k])]
+        out[f"hd95:{k}"] = float(np.mean(finite)) if finite else math.nan
+        out[f"missing:{k}"] = len(cases) - len(finite)
+    out["dice:mean"] = float(np.mean([out[f"dice:{k}"] for k in run.classes]))
+    out["hd95:mean"] = float(np.nanmean([out[f"hd95:{k}"] for k in run.classes]))
+    return out
+
+
+def _method_table(runs: list[RunResult]) -> list[str]:
+    classes = runs[0].classes
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        by_method[run.method].append(_run_summary(run))
+    header = (
+        "| method | seeds | " + " | ".join(f"Dice {k}" for k in classes) + " | **mean Dice** | "
+        + " | ".join(f"HD95 {k} (mm)" for k in classes) + " | mean HD95 (mm) | HD95 missing |"
+    )
+    lines = [header, "|" + "---|" * (4 + 2 * len(classes) + 1)]
+    for method, summaries in sorted(by_method.items(), key=lambda item: _method_order(item[0])):
+        def stat(key, scale=100.0, digits=1):
+            values = np.array([s[key] for s in summaries], dtype=float)
+            return _fmt(float(np.nanmean(values)), float(np.nanstd(values)), scale, digits)
+
+        missing = sum(s[f"missing:{k}"] for s in summaries for k in classes)
+        lines.append(
+            f"| {method} | {len(summaries)} | " + " | ".join(stat(f"dice:{k}") for k in classes)
+            + f" | **{stat('dice:mean')}** | " + " | ".join(stat(f"hd95:{k}", 1.0, 2) for k in classes)
+            + f" | {stat('hd95:mean', 1.0, 2)} | {missing} |"
+        )
+    return lines
+
+
+def _method_order(method: str) -> tuple[int, str]:
+    order = ["baseline", "medcontext", "no_teacher", "msl_only", "cl_only"]
+    base = method.split(" ")[0]
+    return (order.index(base) if base in order else len(order), method)
+
+
+def _paired_lines(runs: list[RunResult], reference: str = "baseline") -> list[str]:
+    by_key = {(r.method, r.seed): r for r in runs}
+    methods = sorted({r.method for r in runs if r.method != reference}, key=_method_order)
+    lines = [
+        f"| method − {reference} | seed | Δ mean Dice (points) | 95% CI over test cases | verdict |",
+        "|---|---|---:|---|---|",
+    ]
+    for method in methods:
+        rows = []
+        for seed in sorted({r.seed for r in runs if r.method == method}):
+            if (reference, seed) not in by_key:
+                continue
+            ours, base = by_key[(method, seed)], by_key[(reference, seed)]
+            cases = sorted(set(ours.dice) & set(base.dice))
+            diff = ours.case_mean_dice(cases) - base.case_mean_dice(cases)
+            rows.append(diff)
+            mean, low, high = paired_bootstrap(diff, seed=seed)
+            lines.append(f"| {method} | {seed} | {100 * mean:+.2f} | [{100 * low:+.2f}, {100 * high:+.2f}] | {_verdict(low, high)} |")
+        if len(rows) > 1 and len({len(r) for r in rows}) == 1:
+            mean, low, high = paired_bootstrap(np.stack(rows))
+            lines.append(
+                f"| **{method}** | all {len(rows)} | **{100 * mean:+.2f}** | **[{100 * low:+.2f}, {100 * high:+.2f}]** | "
+                f"**{_verdict(low, high)}** |"
+            )
+    return lines
+
+
+def _verdict(low: float, high: float) -> str:
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    return "no measurable difference"
+
+
+def _plot_boxes(by_setting: dict[str, list[RunResult]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(by_setting)
+    fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 4), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        runs = by_setting[setting]
+        methods = sorted({r.method for r in runs}, key=_method_order)
+        data = []
+        for method in methods:
+            values = [r.case_mean_dice(sorted(r.dice)) for r in runs if r.method == method]
+            data.append(np.concatenate(values))
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(methods) + 1), [m.replace(" (", "\n(") for m in methods], rotation=30, fontsize=8)
+        ax.set_title(setting)
+        ax.set_ylabel("per-case mean Dice (all seeds)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_curves(by_setting: dict[str, list[RunResult]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(by_setting)
+    fig, axes = plt.subplots(len(settings), 3, figsize=(15, 3.2 * len(settings)), squeeze=False)
+    for row, setting in zip(axes, settings):
+        for run in sorted(by_setting[setting], key=lambda r: (_method_order(r.method), r.seed)):
+            if run.seed != min(r.seed for r in by_setting[setting]):
+                continue
+            steps = [r["step"] for r in run.train_log]
+            row[0].plot(steps, _smooth([r.get("sup", np.nan) for r in run.train_log]), label=run.method)
+            if any(r.get("msl") for r in run.train_log):
+                row[1].plot(steps, _smooth([r.get("msl", np.nan) for r in run.train_log]), label=f"{run.method} MSL")
+            if any(r.get("cl") for r in run.train_log):
+                row[1].plot(steps, _smooth([r.get("cl", np.nan) for r in run.train_log]), "--", label=f"{run.method} CL")
+            if run.val_log:
+                row[2].plot([r["step"] for r in run.val_log], [r.get("mean_dice", np.nan) for r in run.val_log], "o-", label=run.method)
+        row[0].set_title(f"{setting}: supervised loss (seed {min(r.seed for r in by_setting[setting])})")
+        row[1].set_title("masked-student (MSL) and consistency (CL) losses")
+        row[2].set_title("validation mean Dice")
+        for ax in row:
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _smooth(values: Sequence[float], window: int = 10) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    if len(values) < window:
+        return values
+    kernel = np.ones(window) / window
+    padded = np.concatenate([np.full(window - 1, values[0]), values])
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def _plot_overlay(runs: list[RunResult], data_root: Path | None, path: Path) -> bool:
+    """Fig. 2-style panel: image, ground truth, baseline and MedContext on one test case."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+
+    base = next((r for r in runs if r.method == "baseline"), None)
+    ours = next((r for r in runs if r.method == "medcontext" and base is not None and r.seed == base.seed), None)
+    if base is None or ours is None:
+        return False
+    cases = sorted(set(base.dice) & set(ours.dice))
+    gain = ours.case_mean_dice(cases) - base.case_mean_dice(cases)
+    case = cases[int(np.argsort(gain)[len(gain) // 2])]  # the median case, not a cherry-pick
+    import json
+
+    spec = json.loads((base.path / "dataset.json").read_text())
+    record = next((c for c in spec["cases"] if c["case_id"] == case), None)
+    root = Path(data_root or spec.get("root", ""))
+    if record is None:
+        return False
+    image_path = root / record["images"][0]
+    label_path = root / record["label"]
+    pred_paths = [r.path / "eval" / "predictions" / f"{case}.nii.gz" for r in (base, ours)]
+    if not all(p.is_file() for p in [image_path, label_path, *pred_paths]):
+        return False
+    image = np.asarray(nib.load(image_path).dataobj, dtype=float)
+    label = np.asarray(nib.load(label_path).dataobj).astype(int)
+    preds = [np.asarray(nib.load(p).dataobj).astype(int) for p in pred_paths]
+    z = int(np.argmax((label > 0).sum(axis=(0, 1))))
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
+    titles = ["image", "ground truth", f"baseline (Dice {base.case_mean_dice([case])[0]:.3f})",
+              f"MedContext (Dice {ours.case_mean_dice([case])[0]:.3f})"]
+    for ax, title, overlay in zip(axes, titles, [None, label, *preds]):
+        ax.imshow(image[:, :, z].T, cmap="gray", origin="lower")
+        if overlay is not None:
+            masked = np.ma.masked_where(overlay[:, :, z].T == 0, overlay[:, :, z].T)
+            ax.imshow(masked, cmap="tab10", vmin=0, vmax=9, alpha=0.55, origin="lower", interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"test case {case} (median MedContext − baseline gain), axial slice {z}, seed {base.seed}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_report(
+    runs: list[RunResult],
+    out_md: str | Path,
+    *,
+    title: str = "MedContext study",
+    preamble: str = "",
+    data_root: str | Path | None = None,
+) -> Path:
+    """Write the markdown report and its PNG figures next to it; returns the report path."""
+    out_md = Path(out_md)
+    figures = out_md.parent
+    figures.mkdir(parents=True, exist_ok=True)
+    by_setting: dict[str, list[RunResult]] = defaultdict(list)
+    for run in runs:
+        by_setting[run.setting].append(run)
+    lines = [f"# {title}", ""]
+    if preamble:
+        lines += [preamble.strip(), ""]
+    lines += [
+        "Dice in percent (mean ± std over seeds of the test-set mean), HD95 in mm (finite values only; "
+        "cases where exactly one of prediction and truth is empty have no HD95 and are counted under "
+        "'HD95 missing'). Δ = paired difference per seed (same training subset and initialisation), "
+        "95% percentile bootstrap over test cases (5000 resamples); 'all' pools the seeds.",
+        "",
+    ]
+    for setting, setting_runs in by_setting.items():
+        lines += [f"## {setting}", "", *_method_table(setting_runs), ""]
+        if any(r.method == "baseline" for r in setting_runs) and len({r.method for r in setting_runs}) > 1:
+            lines += [*_paired_lines(setting_runs), ""]
+    box_path, curve_path, overlay_path = figures / "dice_boxplots.png", figures / "training_curves.png", figures / "overlay.png"
+    _plot_boxes(by_setting, box_path)
+    _plot_curves(by_setting, curve_path)
+    lines += ["## Figures", "", f"![per-case Dice]({box_path.name})", "", f"![training curves]({curve_path.name})", ""]
+    first_setting = next(iter(by_setting.values()))
+    if _plot_overlay(first_setting, Path(data_root) if data_root else None, overlay_path):
+        lines += [f"![qualitative comparison]({overlay_path.name})", ""]
+    write_text_atomic(out_md, "\n".join(lines) + "\n")
+    return out_md
