@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from medcontext.engine.atomic import write_text_atomic
+from medcontext.data.atomic import write_text_atomic
 from medcontext.engine.config import ConfigError, TrainConfig, load_config
 
 __all__ = ["DemoBudget", "BUDGETS", "demo_config", "run_demo", "DemoResult"]
@@ -284,6 +284,6 @@ def _smooth(values: np.ndarray, window: int = 10) -> np.ndarray:
 
 
 def _save_figure(fig, path: Path) -> None:
-    from medcontext.engine.atomic import atomic_write
+    from medcontext.data.atomic import atomic_write
 
     atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))

@@ -147,7 +147,8 @@ def test_train_transforms_crops(phantom_dir):
         assert not isinstance(crop["image"], MetaTensor)
         assert int((crop["label"] > 0).sum()) > 0  # pos=1, neg=0: centred on foreground
     assert "RandRotate90d" not in [type(t).__name__ for t in rand.transforms]  # 32x16 in-plane: no 90-degree turns
-    assert "RandRotate90d" in [type(t).__name__ for t in train_transforms(cfg, (16, 16, 32)).transforms]
+    not_lateral = PreprocessConfig.from_dict({**cfg.to_dict(), "lateral": False})  # the phantom is left/right aware
+    assert "RandRotate90d" in [type(t).__name__ for t in train_transforms(not_lateral, (16, 16, 32)).transforms]
     with pytest.raises(ValueError, match="roi_size"):
         train_transforms(cfg, (32, 32))
 

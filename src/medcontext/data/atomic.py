@@ -1,8 +1,9 @@
-"""Atomic file writes for the data layer: a reader sees the old file or the new one, never half.
+"""Atomic file writes: a reader sees the old file or the complete new one, never a torn one.
 
-Write to a temp file in the destination folder, then ``os.replace`` it over the destination
-(atomic within one file system). Used for split files, ``dataset.json``, NIfTI outputs and
-download markers.
+Every output (checkpoints, configs, splits, metrics tables, NIfTI predictions, download
+markers) goes through here: write to a temp file in the destination folder, flush and fsync
+it, then ``os.replace`` it over the destination (atomic within one file system). It lives in
+the data layer, the lowest layer that writes files; the engine and the CLI import it from here.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Callable, Iterator
 
-__all__ = ["atomic_path", "write_text_atomic"]
+__all__ = ["atomic_path", "atomic_write", "write_text_atomic"]
 
 
 @contextlib.contextmanager
@@ -36,13 +37,37 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``writer(handle)`` on a binary temp file beside ``path``, fsync it, move it into place.
+
+    If ``writer`` raises (or the process dies), ``path`` keeps its previous content.
+    """
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            writer(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return Path(path)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-    return Path(path)
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda handle: handle.write(data))
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist the rename itself (best effort; not supported on every platform)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -91,6 +91,9 @@ class PreprocessConfig:
         regions: sigmoid region name -> label values, e.g. ``{"WT": [1, 2, 4]}``.
         labels: the dataset's label values (incl. 0); a label map with a larger value is an
             error naming the file.
+        lateral: the labels tell left from right (e.g. BTCV's left/right kidney); training
+            augmentation then never mirrors the left-right axis (no flip along it, no 90-degree
+            rotation in a plane containing it), which would teach swapped sides.
     """
 
     orientation: str = "RAS"
@@ -101,6 +104,7 @@ class PreprocessConfig:
     output_mode: str = "softmax"
     regions: dict[str, list[int]] | None = None
     labels: list[int] | None = None
+    lateral: bool = False
 
     def __post_init__(self) -> None:
         if self.spacing is not None:
@@ -164,6 +168,7 @@ class PreprocessConfig:
             "output_mode": spec.output_mode,
             "regions": spec.regions,
             "labels": sorted(spec.labels),
+            "lateral": any(word in name.lower() for name in spec.labels.values() for word in ("left", "right")),
         }
         values.update(overrides)
         return cls(**values)
@@ -179,6 +184,7 @@ class PreprocessConfig:
             "output_mode": self.output_mode,
             "regions": None if self.regions is None else {k: list(v) for k, v in self.regions.items()},
             "labels": None if self.labels is None else list(self.labels),
+            "lateral": self.lateral,
         }
 
     @classmethod
@@ -287,7 +293,8 @@ def train_transforms(
 
     Pad to ``roi_size``, then ``num_samples`` crops centred on foreground with probability
     ``pos / (pos + neg)``, flips along each axis (p = 0.1), 90-degree rotations in the first
-    two axes when they have equal crop size (p = 0.1), intensity scale (+-10 %, p = 0.1)
+    two axes when they have equal crop size (p = 0.1) -- without mirroring the left-right axis
+    when ``cfg.lateral`` --, intensity scale (+-10 %, p = 0.1)
     and shift (+-0.1, p = 0.5). Outputs are plain tensors (no metadata).
 
     Returns:
@@ -306,11 +313,11 @@ def train_transforms(
         EnsureTyped(keys, track_meta=False),
         RandCropByPosNegLabeld(keys, label_key="label", spatial_size=roi, pos=pos, neg=neg, num_samples=num_samples),
         _Cloned(keys),
-        RandFlipd(keys, prob=0.1, spatial_axis=0),
-        RandFlipd(keys, prob=0.1, spatial_axis=1),
-        RandFlipd(keys, prob=0.1, spatial_axis=2),
     ]
-    if roi[0] == roi[1]:
+    left_right = cfg.orientation.find("L") if "L" in cfg.orientation else cfg.orientation.find("R")
+    mirror_free = [axis for axis in range(3) if not (cfg.lateral and axis == left_right)]
+    ts += [RandFlipd(keys, prob=0.1, spatial_axis=axis) for axis in mirror_free]
+    if roi[0] == roi[1] and not (cfg.lateral and left_right in (0, 1)):
         ts.append(RandRotate90d(keys, prob=0.1, max_k=3, spatial_axes=(0, 1)))
     ts += [
         RandScaleIntensityd("image", factors=0.1, prob=0.1),

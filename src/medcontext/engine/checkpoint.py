@@ -14,7 +14,7 @@ A checkpoint (``last.pt``, ``best.pt``) is a dict::
       "best": {"metric", "step"}, "extra": {...},
     }
 
-It is written with :func:`medcontext.engine.atomic.atomic_write` (temp file, fsync,
+It is written with :func:`medcontext.data.atomic.atomic_write` (temp file, fsync,
 ``os.replace``): a crash during a save leaves the previous file intact. Loading is strict:
 any key difference between the checkpoint and the model is an error listing the keys.
 """
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 import medcontext
-from medcontext.engine.atomic import atomic_write
+from medcontext.data.atomic import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",

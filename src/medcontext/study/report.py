@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..engine.atomic import write_text_atomic
+from ..data.atomic import write_text_atomic
 from ..engine.config import load_config
 from ..engine.run_log import read_metrics
 from ..evaluation import read_csv

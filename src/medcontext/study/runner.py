@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..engine.atomic import write_text_atomic
+from ..data.atomic import write_text_atomic
 from ..engine.config import load_config
 from ..engine.evaluate import evaluate_run
 from ..engine.run import train
