@@ -21,7 +21,7 @@ def _help(capsys, *argv):
     "argv, fragments",
     [
         (["train"], ["--data", "--model", "--variant", "--train-cases", "--seed", "--steps", "--out", "--roi", "--config",
-                     "--set", "--resume", "--preset", "--init-checkpoint", "--init-prefix-map", "--init-skip-mismatch",
+                     "--set", "--resume", "--preset", "--data-preset", "--init-checkpoint", "--init-prefix-map", "--init-skip-mismatch",
                      "(default: [])"]),
         (["predict"], ["--run", "--input", "--output", "--use", "--probabilities", "--checkpoint", "(default: best)",
                        "(default: student)"]),

@@ -59,13 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", metavar="DATASET_DIR", help="dataset folder (MSD layout, datalist JSON, folders)")
     train.add_argument("--config", metavar="FILE", help="YAML configuration (see configs/)")
     train.add_argument("--model", help="network name: unetr, swin_unetr, unet3d, nnformer (model.name)")
-    train.add_argument("--size", help="network size preset: paper, small or tiny (model.options.size)")
+    train.add_argument("--size", help="network size: paper, small or tiny (model.options.size)")
     train.add_argument("--variant", help="baseline, medcontext, no_teacher, msl_only or cl_only (method.variant)")
     train.add_argument("--train-cases", type=int, metavar="K", help="number of training cases drawn by seed (data.train_cases)")
     train.add_argument("--seed", type=int, help="seed of weights, split, data order, augmentation and masks (train.seed)")
     train.add_argument("--steps", type=int, metavar="N", help="optimizer steps of the run (train.steps)")
     train.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="training crop in voxels (model.roi)")
-    train.add_argument("--preset", help="dataset preset: auto, msd, generic, synapse, acdc, brats21, brats17 (data.preset)")
+    train.add_argument("--preset", help="network preset: nnformer synapse|acdc|tumor|small (model.options.preset); "
+                                        "for the other models the same as --size")
+    train.add_argument("--data-preset", help="dataset preset: auto, msd, generic, synapse, acdc, brats21, brats17 (data.preset)")
     train.add_argument("--device", help="auto, cpu, cuda, cuda:N (train.device)")
     train.add_argument("--precision", help="auto, fp32, bf16, fp16 (train.precision)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -190,7 +192,7 @@ def _train_config(args: argparse.Namespace):
         base = load_config(Path(args.out) / "config.yaml")
     flags = {
         "data.path": args.data,
-        "data.preset": args.preset,
+        "data.preset": args.data_preset,
         "data.train_cases": args.train_cases,
         "model.name": args.model,
         "model.roi": list(args.roi) if args.roi else None,
@@ -219,6 +221,10 @@ def _train_config(args: argparse.Namespace):
         cfg.update(read_yaml(_config_file(args.config)), source=str(args.config))
     if args.size is not None:
         cfg.model.options = {**cfg.model.options, "size": args.size}
+    if args.preset is not None:
+        model_name = args.model or cfg.model.name
+        key = "preset" if model_name == "nnformer" else "size"
+        cfg.model.options = {**{k: v for k, v in cfg.model.options.items() if k != "size"}, key: args.preset}
     for key, value in overrides.items():
         cfg.set(key, value, source=f"--{key.split('.')[-1].replace('_', '-')}")
     for item in args.overrides:

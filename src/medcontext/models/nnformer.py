@@ -612,14 +612,27 @@ _OPTIONS = ("patch_size", "embed_dim", "depths", "num_heads", "window_size", "do
     test_roi=(32, 32, 32),
 )
 def build_nnformer(
-    in_channels: int, out_channels: int, roi_size: Sequence[int] | int, preset: str = "small", **options
+    in_channels: int,
+    out_channels: int,
+    roi_size: Sequence[int] | int,
+    preset: str | None = None,
+    size: str | None = None,
+    **options,
 ) -> NnFormer:
     """Build :class:`NnFormer` from a preset (see :data:`PRESETS`); ``options`` override its values.
+
+    ``size`` is the registry-wide size vocabulary of the other models: ``"paper"`` means the
+    Synapse preset, ``"small"`` and ``"tiny"`` the CPU preset; an explicit ``preset`` wins.
 
     Raises:
         ValueError: unknown preset or option (with the closest valid name), or an ROI that does
             not fit the patch size and down-sampling.
     """
+    if preset is None:
+        sizes = {"paper": "synapse", "small": "small", "tiny": "small", None: "small"}
+        if size not in sizes:
+            raise ValueError(f"unknown nnFormer size {size!r}; choose paper, small or tiny (or a preset: {', '.join(PRESETS)})")
+        preset = sizes[size]
     if preset not in PRESETS:
         close = difflib.get_close_matches(str(preset), list(PRESETS), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
