@@ -47,7 +47,7 @@ def test_paired_lines_give_differences_per_seed_and_pooled():
 def test_plan_is_paired_and_within_budget():
     runs = hippocampus_plan()
     names = [r.name for r in runs]
-    assert len(names) == len(set(names)) == 45
+    assert len(names) == len(set(names)) == 47
     for group in ("unet3d_k5", "unet3d_k20", "unetr_k5"):
         for seed in (0, 1, 2):
             for variant in ("baseline", "medcontext", "no_teacher"):

@@ -101,6 +101,8 @@ def hippocampus_plan(seeds=SEEDS) -> list[StudyRun]:
                 StudyRun(group, model, k, "medcontext", seed, ablation="m0.95", overrides={"method.momentum": 0.95})
                 for seed in seeds
             ]
+            # the pipeline issue's first check: k = 10, one seed
+            runs += [StudyRun("unet3d_k10", model, 10, variant, seeds[0]) for variant in ("baseline", "medcontext")]
     for seed in seeds:
         for ratio in (0.2, 0.6, 0.8):
             runs.append(StudyRun("unet3d_k5", "unet3d", 5, "medcontext", seed, ratio, ablation=f"ratio{ratio}"))
