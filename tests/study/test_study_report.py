@@ -67,3 +67,18 @@ def test_fixed_test_split_file(tmp_path):
     bad.write_text(json.dumps({"train": []}))
     with pytest.raises(ValueError, match="'test' list"):
         load_test_split(bad)
+
+
+def test_runner_does_not_evaluate_a_run_stopped_by_a_signal(tmp_path, monkeypatch):
+    """A SIGTERM-stopped run must neither be evaluated nor marked done (it resumes next time)."""
+    from types import SimpleNamespace
+
+    from medcontext.study import runner
+
+    calls = []
+    monkeypatch.setattr(runner, "train", lambda cfg, run_dir, **kw: SimpleNamespace(finished=False, step=3))
+    monkeypatch.setattr(runner, "evaluate_run", lambda *a, **kw: calls.append(a))
+    plan = hippocampus_plan()[:2]
+    records = runner.run_study(plan, tmp_path, tmp_path / "study", ["x"], progress=False, echo=lambda _: None)
+    assert records == [] and calls == []
+    assert not any((tmp_path / "study" / r.name / runner.DONE_MARKER).exists() for r in plan)

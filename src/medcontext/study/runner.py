@@ -23,11 +23,16 @@ __all__ = ["run_study", "DONE_MARKER"]
 DONE_MARKER = "study_done.json"
 
 
-def _run_one(run: StudyRun, data: str, test_ids: list[str], run_dir: Path, echo: Callable[[str], None], progress: bool) -> dict:
+def _run_one(
+    run: StudyRun, data: str, test_ids: list[str], run_dir: Path, echo: Callable[[str], None], progress: bool
+) -> dict | None:
+    """Train (or resume) and evaluate one run; ``None`` when training was stopped early."""
     cfg = load_config(None, run.settings(data, test_ids))
     start = time.perf_counter()
     resume = (run_dir / "last.pt").is_file()
     result = train(cfg, run_dir, resume=resume, progress=progress, echo=echo)
+    if not result.finished:  # SIGINT/SIGTERM: last.pt is saved, the next call resumes it
+        return None
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     evaluation = evaluate_run(run_dir, split="test", progress=progress, echo=lambda _line: None)
@@ -83,6 +88,9 @@ def run_study(
             break
         echo(f"[{index}/{len(todo)}] {run.name}")
         record = _run_one(run, data, list(test_ids), out / run.name, echo, progress)
+        if record is None:
+            echo(f"study stopped during {run.name}; run the same command again to continue")
+            break
         echo(
             f"[{index}/{len(todo)}] {run.name}: test mean Dice {record['test_mean_dice']:.4f} "
             f"(train {record['train_seconds']:.0f} s, eval {record['eval_seconds']:.0f} s)"
