@@ -259,6 +259,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print("# valid keys: " + ", ".join(TrainConfig.keys()))
         return 0
     result = train(cfg, args.out, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+    if result.rank != 0:  # under torchrun only rank 0 reports
+        return result.exit_code if result.stopped_by in ("SIGINT", "SIGTERM") else 0
     timing = result.timing
     share = timing.get("data_share")
     if timing.get("steps"):
@@ -362,10 +364,11 @@ _COMMANDS = {
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from medcontext.data import DatasetError
     from medcontext.engine.checkpoint import CheckpointError
+    from medcontext.engine.distributed import DistributedError
     from medcontext.engine.trainer import NonFiniteLossError
     from medcontext.models.pretrained import PretrainedLoadError
 
-    errors: list[type[BaseException]] = [DatasetError, CheckpointError, NonFiniteLossError, PretrainedLoadError,
+    errors: list[type[BaseException]] = [DatasetError, CheckpointError, DistributedError, NonFiniteLossError, PretrainedLoadError,
                                          ValueError, FileNotFoundError, NotADirectoryError, PermissionError]
     try:
         from medcontext.data import DownloadError

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from medcontext.engine.atomic import write_text_atomic
+from medcontext.data.atomic import write_text_atomic
 
 __all__ = [
     "DataConfig",
@@ -35,6 +35,8 @@ __all__ = [
     "EvalConfig",
     "TrainConfig",
     "ConfigError",
+    "resolve_batch_scaling",
+    "lr_scale_factor",
     "load_config",
     "parse_override",
     "save_config",
@@ -153,6 +155,11 @@ class OptimConfig:
         final_lr: learning rate at the last step (``warmup_cosine``).
         poly_power: exponent of the ``poly`` schedule.
         grad_clip: clip the global gradient norm to this value; ``None`` or 0 disables it.
+        lr_scaling: how ``lr`` (and ``final_lr``) follow the effective batch size:
+            ``none`` (use them as given), ``linear`` (times ``effective / base_batch_size``)
+            or ``sqrt`` (times its square root). See :func:`lr_scale_factor`.
+        base_batch_size: the effective batch size (crops per optimizer step over all
+            processes) at which ``lr`` was tuned; the reference of ``lr_scaling``.
     """
 
     name: str = "adamw"
@@ -166,6 +173,8 @@ class OptimConfig:
     final_lr: float = 0.0
     poly_power: float = 0.9
     grad_clip: float | None = 12.0
+    lr_scaling: str = "none"
+    base_batch_size: int = 2
 
 
 @dataclass
@@ -174,7 +183,12 @@ class TrainingConfig:
 
     Attributes:
         steps: optimizer steps of the whole run (the schedules' ``total_steps``).
-        batch_size: volumes per step; each gives ``data.num_samples`` crops.
+        batch_size: volumes per step PER PROCESS; each gives ``data.num_samples`` crops.
+        effective_batch_size: crops per optimizer step over all processes,
+            ``batch_size x data.num_samples x world size``. ``None`` (default) is filled in
+            at start and saved; a set value is checked, so that launching a run with another
+            number of processes than planned is an error, not a silent change of the
+            optimisation (see :func:`resolve_batch_scaling`).
         seed: seeds weights, data order, augmentation and masks.
         precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` (``auto``: bf16 on CUDA when
             supported else fp16, fp32 on CPU).
@@ -184,10 +198,13 @@ class TrainingConfig:
             (``metrics.jsonl`` gets every step).
         deterministic: ask PyTorch for deterministic kernels (slower on GPU).
         tensorboard: write TensorBoard event files to ``RUN_DIR/tensorboard``.
+        dist_timeout_min: multi-process runs: minutes a collective waits for the slowest
+            process before the run fails (data caching at start can be slow).
     """
 
     steps: int = 200
     batch_size: int = 1
+    effective_batch_size: int | None = None
     seed: int = 0
     precision: str = "auto"
     device: str = "auto"
@@ -195,6 +212,7 @@ class TrainingConfig:
     log_every: int = 1
     deterministic: bool = False
     tensorboard: bool = True
+    dist_timeout_min: float = 60.0
 
 
 @dataclass
@@ -316,6 +334,11 @@ class TrainConfig:
             (0 <= self.optim.warmup_steps < self.train.steps, "optim.warmup_steps must be in [0, train.steps)"),
             (self.optim.grad_clip is None or self.optim.grad_clip >= 0, "optim.grad_clip must be >= 0 or null"),
             (len(self.optim.betas) == 2, "optim.betas must have two values"),
+            (self.optim.lr_scaling in LR_SCALING, "optim.lr_scaling must be none, linear or sqrt"),
+            (self.optim.base_batch_size >= 1, "optim.base_batch_size must be >= 1"),
+            (self.train.effective_batch_size is None or self.train.effective_batch_size >= 1,
+             "train.effective_batch_size must be >= 1 or null"),
+            (self.train.dist_timeout_min > 0, "train.dist_timeout_min must be > 0"),
             (self.eval.every >= 0, "eval.every must be >= 0"),
             (0 <= self.eval.overlap < 1, "eval.overlap must be in [0, 1)"),
             (self.eval.mode in ("gaussian", "constant"), "eval.mode must be gaussian or constant"),
@@ -515,3 +538,51 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:
     text = "# medcontext resolved training configuration\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     write_text_atomic(path, text)
     return path
+
+
+LR_SCALING = ("none", "linear", "sqrt")
+
+
+def resolve_batch_scaling(cfg: TrainConfig, world_size: int) -> TrainConfig:
+    """Fill in (or check) ``train.effective_batch_size`` for a run of ``world_size`` processes.
+
+    The effective batch is ``train.batch_size x data.num_samples x world_size`` crops per
+    optimizer step: every process draws its own ``batch_size`` volumes and the gradients are
+    averaged over processes. Modifies ``cfg`` in place and returns it.
+
+    Raises:
+        ConfigError: ``train.effective_batch_size`` is set and differs from that product.
+    """
+    per_process = cfg.train.batch_size * cfg.data.num_samples
+    derived = per_process * int(world_size)
+    if cfg.train.effective_batch_size is None:
+        cfg.train.effective_batch_size = derived
+    elif cfg.train.effective_batch_size != derived:
+        wanted = cfg.train.effective_batch_size
+        fits = f"; launch {wanted // per_process} processes" if wanted % per_process == 0 else ""
+        raise ConfigError(
+            f"train.effective_batch_size={wanted} but this launch gives {derived} crops per step "
+            f"(train.batch_size={cfg.train.batch_size} x data.num_samples={cfg.data.num_samples} x {world_size} "
+            f"process(es)){fits}, change train.batch_size, or set train.effective_batch_size=null to accept {derived}"
+        )
+    return cfg
+
+
+def lr_scale_factor(cfg: TrainConfig) -> float:
+    """The factor applied to ``optim.lr`` and ``optim.final_lr`` (``optim.lr_scaling``).
+
+    ``none``: 1; ``linear``: ``effective / base`` (Goyal et al. 2017, with warmup);
+    ``sqrt``: ``sqrt(effective / base)`` (common for Adam-type optimizers), where
+    ``effective = train.effective_batch_size`` (resolved, see :func:`resolve_batch_scaling`)
+    and ``base = optim.base_batch_size``.
+    """
+    if cfg.optim.lr_scaling == "none":
+        return 1.0
+    if cfg.train.effective_batch_size is None:
+        raise ConfigError("train.effective_batch_size is not resolved yet; call resolve_batch_scaling(cfg, world_size)")
+    ratio = cfg.train.effective_batch_size / cfg.optim.base_batch_size
+    if cfg.optim.lr_scaling == "linear":
+        return float(ratio)
+    if cfg.optim.lr_scaling == "sqrt":
+        return float(ratio) ** 0.5
+    raise ConfigError(f"optim.lr_scaling must be one of {', '.join(LR_SCALING)}, got {cfg.optim.lr_scaling!r}")

@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from medcontext.engine.atomic import write_text_atomic
+from medcontext.data.atomic import write_text_atomic
 from medcontext.engine.checkpoint import CheckpointError, load_model_state, read_checkpoint
-from medcontext.engine.config import ConfigError, TrainConfig, load_config, save_config
+from medcontext.engine.config import ConfigError, TrainConfig, load_config, resolve_batch_scaling, save_config
+from medcontext.engine.distributed import World, init_distributed
 from medcontext.engine.trainer import RESUME_MAY_CHANGE, TrainResult, Trainer, ValidationCase
 
 __all__ = [
@@ -158,9 +159,14 @@ def _validation_cases(spec, case_ids: Sequence[str], preprocess) -> list[Validat
     return cases
 
 
-def _check_run_dir(run_dir: Path, resume: bool) -> None:
+def _check_run_dir(run_dir: Path, resume: bool, world: World | None = None) -> None:
     if resume:
         if not (run_dir / "last.pt").is_file():
+            if world is not None and not world.is_main:
+                raise CheckpointError(
+                    f"--resume: rank {world.rank} cannot see {run_dir / 'last.pt'}; with several nodes the run folder "
+                    "must be on a filesystem that every node mounts at the same path"
+                )
             raise CheckpointError(f"--resume: {run_dir / 'last.pt'} does not exist; start the run without --resume")
         return
     if (run_dir / "last.pt").exists():
@@ -179,33 +185,68 @@ def train(
     echo: Callable[[str], None] = print,
     trainer_class: type[Trainer] = Trainer,
     network_hook: Callable[[nn.Module], nn.Module] | None = None,
+    world: World | None = None,
 ) -> TrainResult:
     """Train (or resume) a run in ``run_dir`` as ``cfg`` says.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) every process calls this: it
+    joins the process group (:func:`~medcontext.engine.distributed.init_distributed`), rank 0
+    checks the dataset, draws the split and writes the run folder while the others wait for
+    its result, each rank loads its share of the validation cases, and the
+    :class:`Trainer` trains with DistributedDataParallel. Only rank 0 prints and writes.
+
     Args:
         cfg: the configuration; ``data.path`` must name the dataset.
-        run_dir: the run folder (created).
+        run_dir: the run folder (created). Multi-node runs need it on a shared filesystem.
         resume: continue from ``run_dir/last.pt``; ``cfg`` must equal the saved config
             except for settings that do not change the result (paths, workers, device).
         stop_after: stop after this many steps of this call (with a checkpoint).
-        progress: show progress bars.
-        echo: where to print status lines.
+        progress: show progress bars (rank 0 only).
+        echo: where to print status lines (rank 0 only).
         trainer_class: a :class:`Trainer` subclass (custom hooks).
         network_hook: called on the freshly built student network, returns the network
             to use (e.g. to wrap it for tests or debugging).
+        world: an existing process group's facts; ``None`` reads the torchrun environment
+            (and leaves the group it created at the end).
 
     Returns:
         The :class:`TrainResult`.
 
     Raises:
-        ConfigError, DatasetError, CheckpointError, NonFiniteLossError.
+        ConfigError, DatasetError, CheckpointError, NonFiniteLossError,
+        DistributedError (another process of the group failed).
     """
+    run_dir = Path(run_dir)
+    cfg = TrainConfig.from_dict(cfg.to_dict()).validate()
+    owned = world is None
+    if world is None:
+        world = init_distributed(cfg.train.device, timeout_min=cfg.train.dist_timeout_min)
+    try:
+        return _train(
+            cfg, run_dir, world, resume=resume, stop_after=stop_after, progress=progress and world.is_main,
+            echo=echo if world.is_main else _silent, trainer_class=trainer_class, network_hook=network_hook,
+        )
+    except BaseException as err:
+        explained = world.explain_failure(err)
+        if explained is err:
+            raise
+        raise explained from err
+    finally:
+        if owned:
+            world.close()
+
+
+def _silent(_line: str) -> None:
+    """``echo`` of the ranks that do not print."""
+
+
+def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_after: int | None, progress: bool,
+           echo: Callable[[str], None], trainer_class: type[Trainer],
+           network_hook: Callable[[nn.Module], nn.Module] | None) -> TrainResult:
     from medcontext.data import PreprocessConfig, Split, load_dataset, split_for_spec, validate_dataset
     from medcontext.data import make_train_dataset
 
-    run_dir = Path(run_dir)
-    cfg = TrainConfig.from_dict(cfg.to_dict()).validate()
-    _check_run_dir(run_dir, resume)
+    _check_run_dir(run_dir, resume, world)
     if not cfg.data.path:
         raise ConfigError("no dataset: pass --data DATASET_DIR (or set data.path in the config)")
 
@@ -214,38 +255,50 @@ def train(
     cfg.data.preset = spec.preset
     roi = resolve_roi(cfg, spec)
     cfg.model.roi = list(roi)
+    resolve_batch_scaling(cfg, world.world_size)
     if resume:
         saved = load_config(run_dir / "config.yaml")
+        if saved.train.effective_batch_size is None:  # a run folder written before the setting existed
+            resolve_batch_scaling(saved, 1)
         differences = {k: v for k, v in saved.diff(cfg).items() if k not in RESUME_MAY_CHANGE}
         if differences:
             listing = "; ".join(f"{k}: run {a!r}, now {b!r}" for k, (a, b) in differences.items())
+            hint = (
+                " (the number of processes changed the effective batch: resume with the run's number of processes)"
+                if "train.effective_batch_size" in differences else ""
+            )
             raise ConfigError(
-                f"--resume: the settings differ from the run's config.yaml ({listing}); resume with the same "
+                f"--resume: the settings differ from the run's config.yaml ({listing}){hint}; resume with the same "
                 "settings (drop the changed options) or start a new run"
             )
     preprocess = PreprocessConfig.from_spec(spec, **cfg.data.preprocess)
 
-    if resume:
-        split = Split.load(run_dir / "split.json")
-    else:
-        echo(f"checking dataset {spec.name!r} ({len(spec.cases)} labelled cases) in {spec.root} ...")
-        summary = validate_dataset(spec, progress=progress)
-        echo(f"dataset OK: {len(summary.cases)} cases, {spec.num_channels} channel(s), {spec.num_outputs} outputs ({spec.output_mode})")
-        split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.train.seed
-        split = split_for_spec(
-            spec,
-            train_cases=cfg.data.train_cases,
-            train_case_ids=cfg.data.train_case_ids,
-            val_cases=cfg.data.val_cases,
-            test_cases=cfg.data.test_cases,
-            use_official_test=cfg.data.use_official_test,
-            seed=split_seed,
-        )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        split.save(run_dir / "split.json")
-    save_config(cfg, run_dir / "config.yaml")
-    _write_json(run_dir / "dataset.json", spec.to_dict())
-    _write_json(run_dir / "preprocess.json", preprocess.to_dict())
+    def prepare_run_folder() -> Split:
+        """Rank 0: check the data, draw the split and write the run folder's description."""
+        if resume:
+            split = Split.load(run_dir / "split.json")
+        else:
+            echo(f"checking dataset {spec.name!r} ({len(spec.cases)} labelled cases) in {spec.root} ...")
+            summary = validate_dataset(spec, progress=progress)
+            echo(f"dataset OK: {len(summary.cases)} cases, {spec.num_channels} channel(s), {spec.num_outputs} outputs ({spec.output_mode})")
+            split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.train.seed
+            split = split_for_spec(
+                spec,
+                train_cases=cfg.data.train_cases,
+                train_case_ids=cfg.data.train_case_ids,
+                val_cases=cfg.data.val_cases,
+                test_cases=cfg.data.test_cases,
+                use_official_test=cfg.data.use_official_test,
+                seed=split_seed,
+            )
+            run_dir.mkdir(parents=True, exist_ok=True)
+            split.save(run_dir / "split.json")
+        save_config(cfg, run_dir / "config.yaml")
+        _write_json(run_dir / "dataset.json", spec.to_dict())
+        _write_json(run_dir / "preprocess.json", preprocess.to_dict())
+        return split
+
+    split = world.main_first(prepare_run_folder, "checking the dataset and writing the run folder")
     echo(f"split: {len(split.train)} train, {len(split.val)} val, {len(split.test)} test cases -> {run_dir / 'split.json'}")
 
     seed_everything(cfg.train.seed, cfg.train.deterministic)
@@ -268,24 +321,28 @@ def train(
         cache_dir=cfg.data.cache_dir, seed=cfg.train.seed, progress=progress,
     )
     val_ids = split.val[: cfg.eval.max_val_cases] if cfg.eval.max_val_cases is not None else split.val
-    val_cases = _validation_cases(spec, val_ids, preprocess)
+    # each rank loads only the cases it validates (rank r: cases r, r + N, ...)
+    val_cases = _validation_cases(spec, val_ids[world.rank :: world.world_size], preprocess)
     trainer = trainer_class(
         mc, cfg, run_dir, train_data, val_cases,
         classes=class_map(spec),
         output_mode=spec.output_mode,
         roi_size=roi,
         regions=spec.regions,
+        world=world,
         progress=progress,
         checkpoint_extra={
             "name": cfg.model.name, "options": dict(cfg.model.options), "in_channels": spec.num_channels,
             "out_channels": spec.num_outputs, "roi": list(roi), "output_mode": spec.output_mode,
             "variant": cfg.method.variant,
         },
+        val_sharded=True,
     )
     echo(
         f"training {cfg.model.name} ({cfg.method.variant}) for {cfg.train.steps} steps on {trainer.device} "
         f"({trainer.precision.name}), crop {roi}, batch {cfg.train.batch_size}x{cfg.data.num_samples} crops"
     )
+    echo(f"scale: {trainer.scaling_summary()}")
     return trainer.fit(resume=resume, stop_after=stop_after)
 
 

@@ -4,6 +4,13 @@ While :class:`GracefulStop` is active the first SIGINT or SIGTERM only sets a fl
 training loop reads after each step; a second SIGINT raises ``KeyboardInterrupt`` at once
 (for a user who really wants out). Handlers are installed only in the main thread and the
 previous handlers are restored on exit.
+
+In a multi-process run a signal may reach one process only (``kill PID``, a node's OOM
+watchdog) or every process at slightly different moments (SLURM, torchrun forwarding its own
+SIGTERM). The training loop therefore agrees on the stop after every step: it takes the
+largest signal number over all ranks and hands it to :meth:`GracefulStop.request` on the
+ranks that saw none, so every rank stops after the same step, rank 0 writes the checkpoint,
+and every process exits with the same code. No rank is left waiting in a collective.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ class GracefulStop:
 
     Attributes:
         signum: the signal received (``None`` while none was).
+        from_peer: the stop was requested by another process of the group (see
+            :meth:`request`), not by a signal to this one.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -27,6 +36,7 @@ class GracefulStop:
     def __init__(self, enabled: bool = True):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.signum: int | None = None
+        self.from_peer = False
         self._previous: dict[int, object] = {}
 
     @property
@@ -44,9 +54,18 @@ class GracefulStop:
 
     def handle(self, signum: int, frame: FrameType | None = None) -> None:
         """The signal handler (also callable directly, e.g. from tests)."""
+        if self.from_peer:  # this process's own first signal after a peer's: still graceful
+            self.from_peer = False
+            return
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
+
+    def request(self, signum: int) -> None:
+        """Record a stop that another process of the group received (``signum``)."""
+        if self.signum is None:
+            self.signum = int(signum)
+            self.from_peer = True
 
     def __enter__(self) -> "GracefulStop":
         if self.enabled:

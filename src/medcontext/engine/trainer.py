@@ -18,14 +18,34 @@ generator) are checkpointed, schedules are recomputed from the step, and batches
 function of ``(seed, step)`` (:mod:`medcontext.engine.sampling`). A run resumed from step
 ``k`` therefore repeats the uninterrupted run's losses bit for bit on CPU.
 
-Distributed training: all model access goes through ``self.model`` (which may be a DDP
-wrapper around ``mc``) and ``self.mc`` (the unwrapped MedContext); the data stream is
-sharded by ``world.rank``; only ``world.is_main`` writes files.
+Distributed training (``torchrun``, :mod:`medcontext.engine.distributed`): with a
+``world`` of N processes the Trainer
+
+- wraps ``mc`` in ``DistributedDataParallel`` (``self.model``; ``self.mc`` stays the unwrapped
+  MedContext), so the gradients of the student AND the mask tokens are averaged over ranks;
+- broadcasts rank 0's teacher (DDP only broadcasts the wrapped module, and the teacher lives
+  outside it), re-broadcasts floating buffers (BatchNorm statistics) before every EMA update,
+  and checks at start and at every checkpoint that student, mask tokens and teacher are
+  bit-identical on every rank;
+- seeds each rank's masks (and dropout) with :func:`~medcontext.engine.distributed.rank_seed`
+  and checkpoints every rank's random states, so a resumed run continues every rank exactly;
+- reads a disjoint share of the training draws on each rank (:mod:`medcontext.engine.sampling`:
+  ``(step, rank)`` -> draws, re-shuffled per epoch with the run seed);
+- shards validation over ranks and gathers the per-case Dice, so every rank computes the same
+  mean and keeps the same ``best.pt`` decision;
+- gathers the loss terms every step (a NaN on one rank stops every rank at the same step) and
+  agrees on SIGINT/SIGTERM after every step (a signal to any rank stops all ranks after the
+  same step, with a checkpoint);
+- writes files (checkpoints, logs, TensorBoard, progress bar) on rank 0 only.
+
+The effective batch is ``train.batch_size x data.num_samples x world size`` crops per step
+(``train.effective_batch_size``); ``optim.lr_scaling`` scales the learning rate with it.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +56,15 @@ import torch
 from torch import nn
 
 from medcontext.engine.checkpoint import (
+    CheckpointError,
     capture_rng_state,
     load_model_state,
     read_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
-from medcontext.engine.config import TrainConfig
+from medcontext.engine.config import TrainConfig, lr_scale_factor, resolve_batch_scaling
+from medcontext.engine.distributed import World, rank_seed, wrap_ddp
 from medcontext.engine.inference import logits_to_labels, sliding_window_logits
 from medcontext.engine.optim import build_optimizer, learning_rate, set_learning_rate
 from medcontext.engine.precision import Precision, resolve_device, resolve_precision
@@ -57,9 +79,19 @@ __all__ = ["World", "ValidationCase", "TrainResult", "NonFiniteLossError", "Trai
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite; training stopped before applying that step."""
 
-    def __init__(self, step: int, terms: Mapping[str, float], checkpoint: Path | None, checkpoint_step: int | None):
+    def __init__(
+        self,
+        step: int,
+        terms: Mapping[str, float],
+        checkpoint: Path | None,
+        checkpoint_step: int | None,
+        ranks: Sequence[int] | None = None,
+    ):
         self.step, self.terms, self.checkpoint, self.checkpoint_step = step, dict(terms), checkpoint, checkpoint_step
+        self.ranks = list(ranks) if ranks is not None else None
         shown = ", ".join(f"{k}={v:.6g}" for k, v in terms.items())
+        if self.ranks:
+            shown += f" on rank {', '.join(map(str, self.ranks))}"
         kept = (
             f"the last good checkpoint {checkpoint} (after step {checkpoint_step}) is intact"
             if checkpoint is not None
@@ -69,22 +101,6 @@ class NonFiniteLossError(RuntimeError):
             f"training stopped at step {step}: the loss is not finite ({shown}); the weights of this step were not "
             f"applied and {kept}. Try a lower optim.lr, gradient clipping (optim.grad_clip) or train.precision=fp32."
         )
-
-
-@dataclass(frozen=True)
-class World:
-    """Process-group facts the loop needs (single process by default)."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            torch.distributed.barrier()
 
 
 @dataclass
@@ -116,7 +132,8 @@ class TrainResult:
     exit_code: int = 0
     best_metric: float | None = None
     best_step: int | None = None
-    timing: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)  # rank 0 only
+    rank: int = 0  # the process that returns this result (print only on rank 0)
 
     @property
     def finished(self) -> bool:
@@ -133,15 +150,19 @@ class Trainer:
         train_dataset: one item per training case, ``{"image", "label"}`` after random
             transforms (a MONAI dataset whose ``transform`` has ``set_random_state``).
         val_cases: whole validation volumes (may be empty: no validation, no ``best.pt``).
+            In a multi-process run each rank validates cases ``rank::world_size`` of them.
         classes: evaluated classes or regions, name -> label values.
         output_mode: ``softmax`` or ``sigmoid`` (region outputs).
         roi_size: training crop (H, W, D); the sliding-window size.
         channel_labels: softmax only: label value of each output channel.
         regions: sigmoid only: region name -> label values, in output-channel order.
-        world: process group facts (rank 0 writes).
+        world: process group facts (rank 0 writes); with several processes the module is
+            wrapped in ``DistributedDataParallel`` (see the module docstring).
         progress: show a progress bar.
         checkpoint_extra: stored in every checkpoint under ``"model_info"``.
         collate_fn: batch collation (default MONAI's ``list_data_collate``).
+        val_sharded: ``val_cases`` already hold only this rank's share (cases
+            ``rank::world_size`` of the full list), e.g. to load only those volumes.
     """
 
     def __init__(
@@ -161,15 +182,26 @@ class Trainer:
         progress: bool = True,
         checkpoint_extra: Mapping[str, Any] | None = None,
         collate_fn: Callable | None = None,
+        val_sharded: bool = False,
     ):
-        self.cfg = cfg
-        self.run_dir = Path(run_dir)
         self.world = world or World()
+        self.cfg = resolve_batch_scaling(TrainConfig.from_dict(cfg.to_dict()), self.world.world_size)
+        cfg = self.cfg
+        self.lr_scale = lr_scale_factor(cfg)
+        self.run_dir = Path(run_dir)
         self.device = resolve_device(cfg.train.device)
+        if self.world.is_distributed and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # cuda:LOCAL_RANK (init_distributed)
         self.precision: Precision = resolve_precision(cfg.train.precision, self.device)
-        self.model = mc.to(self.device)  # a DDP wrapper may replace this; self.mc stays unwrapped
+        self._mc = mc.to(self.device)
+        self.model: nn.Module = self._mc  # the DDP wrapper replaces it below; self.mc stays unwrapped
         self.train_dataset = train_dataset
-        self.val_cases = list(val_cases)
+        if val_sharded:
+            self.val_cases = list(val_cases)
+            self.val_total = sum(self.world.all_gather_object(len(self.val_cases)))
+        else:
+            self.val_total = len(val_cases)
+            self.val_cases = list(val_cases)[self.world.rank :: self.world.world_size]
         self.classes = {k: tuple(v) for k, v in classes.items()}
         self.output_mode = output_mode
         self.roi_size = tuple(int(r) for r in roi_size)
@@ -188,12 +220,46 @@ class Trainer:
         self.best_step: int | None = None
         self.last_checkpoint_step: int | None = None
         self.log: RunLog | None = None
+        self._float_buffers = [b for b in self.mc.buffers() if b.is_floating_point()]
+        if self.world.is_distributed:
+            self._join_world()
+
+    def _join_world(self) -> None:
+        """Per-rank random streams, DDP around ``mc``, rank 0's teacher everywhere, then a check."""
+        seed = rank_seed(self.cfg.train.seed, self.world.rank)
+        generator = getattr(self.mc, "mask_generator", None)
+        if generator is not None:
+            generator.manual_seed(seed)
+        if self.world.rank > 0:  # dropout and anything else on the global streams; rank 0 keeps the run's
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+        self.model = wrap_ddp(self.mc, self.device)  # broadcasts rank 0's student and mask tokens
+        teacher = getattr(self.mc, "teacher", None)
+        if teacher is not None:
+            self.world.broadcast_tensors(list(teacher.parameters()) + list(teacher.buffers()))
+        self.world.check_replicas(self.mc.state_dict(), "the initial student, mask tokens and teacher")
+
+    def scaling_summary(self) -> str:
+        """Processes, batch per process, effective batch and learning-rate scaling, in one line."""
+        cfg = self.cfg
+        per_process = f"{cfg.train.batch_size} volume(s) x {cfg.data.num_samples} crop(s)"
+        text = (
+            f"{self.world.describe()}; batch per process {per_process}, effective batch "
+            f"{cfg.train.effective_batch_size} crops per step"
+        )
+        if cfg.optim.lr_scaling == "none":
+            return text + f"; learning rate {cfg.optim.lr:g} (optim.lr_scaling=none)"
+        return text + (
+            f"; learning rate {cfg.optim.lr:g} x {self.lr_scale:.4g} = {cfg.optim.lr * self.lr_scale:.4g} "
+            f"(optim.lr_scaling={cfg.optim.lr_scaling} from optim.base_batch_size={cfg.optim.base_batch_size})"
+        )
 
     # ------------------------------------------------------------------ properties
     @property
     def mc(self) -> nn.Module:
         """The unwrapped MedContext module."""
-        return unwrap_model(self.model)
+        return unwrap_model(self._mc)
 
     @property
     def last_path(self) -> Path:
@@ -204,30 +270,60 @@ class Trainer:
         return self.run_dir / "best.pt"
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint_payload(self) -> dict:
-        """Everything needed to continue the run exactly (see :mod:`medcontext.engine.checkpoint`)."""
-        return {
+    def checkpoint_payload(self, rng_ranks: Sequence[dict] | None = None) -> dict:
+        """Everything needed to continue the run exactly (see :mod:`medcontext.engine.checkpoint`).
+
+        Args:
+            rng_ranks: every rank's random states (multi-process runs); ``rng`` holds this
+                process's own.
+        """
+        payload = {
             "step": self.step,
             "model": self.mc.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "rng": capture_rng_state(getattr(self.mc, "mask_generator", None)),
+            "world_size": self.world.world_size,
             "config": self.cfg.to_dict(),
             "model_info": self.checkpoint_extra,
             "best": {"metric": self.best_metric, "step": self.best_step},
         }
+        if rng_ranks is not None:
+            payload["rng_ranks"] = list(rng_ranks)
+        return payload
 
     def save(self, path: Path) -> None:
-        """Write a checkpoint atomically (main process only)."""
+        """Write a checkpoint atomically; call it on every rank (rank 0 writes).
+
+        With several processes the other ranks contribute their random states, and the
+        student, mask tokens and teacher are first checked to be identical on every rank.
+        """
+        rng_ranks = None
+        if self.world.is_distributed:
+            rng_ranks = self.world.all_gather_object(capture_rng_state(getattr(self.mc, "mask_generator", None)))
+            self.world.check_replicas(self.mc.state_dict(), f"the student, mask tokens and teacher (saving {path.name})")
         if self.world.is_main:
-            save_checkpoint(path, self.checkpoint_payload())
+            save_checkpoint(path, self.checkpoint_payload(rng_ranks))
         if path == self.last_path:
             self.last_checkpoint_step = self.step
 
     def restore(self, path: Path) -> None:
-        """Continue from a checkpoint written by :meth:`save` (strict)."""
+        """Continue from a checkpoint written by :meth:`save` (strict); every rank reads it."""
+        if not self.world.is_main and not Path(path).is_file():
+            raise CheckpointError(
+                f"rank {self.world.rank} cannot see {path}: with several nodes, the run folder must be on a "
+                "filesystem that every node mounts at the same path"
+            )
         data = read_checkpoint(path, map_location="cpu")
+        saved_world = int(data.get("world_size", 1))
+        if saved_world != self.world.world_size:
+            raise CheckpointError(
+                f"cannot resume from {path}: it was written by a run of {saved_world} process(es), this launch has "
+                f"{self.world.world_size}; resume with the same number of processes (torchrun --nnodes/--nproc_per_node)"
+            )
         saved = TrainConfig.from_dict(data["config"], source=f"{path} config")
+        if saved.train.effective_batch_size is None:  # written before the setting existed
+            resolve_batch_scaling(saved, saved_world)
         differences = {k: v for k, v in saved.diff(self.cfg).items() if k not in RESUME_MAY_CHANGE}
         if differences:
             listing = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differences.items())
@@ -236,7 +332,8 @@ class Trainer:
         self.optimizer.load_state_dict(data["optimizer"])
         if data.get("scaler") is not None:
             self.scaler.load_state_dict(data["scaler"])
-        restore_rng_state(data["rng"], getattr(self.mc, "mask_generator", None))
+        rng = data["rng_ranks"][self.world.rank] if self.world.is_distributed else data["rng"]
+        restore_rng_state(rng, getattr(self.mc, "mask_generator", None))
         self.step = int(data["step"])
         self.best_metric = data.get("best", {}).get("metric")
         self.best_step = data.get("best", {}).get("step")
@@ -250,15 +347,16 @@ class Trainer:
         """One optimizer step on ``batch``; ``step`` is 0-based. Returns the values to log."""
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
-        lr = learning_rate(step, self.total_steps, self.cfg.optim)
+        lr = learning_rate(step, self.total_steps, self.cfg.optim) * self.lr_scale
         set_learning_rate(self.optimizer, lr)
         self.model.train()
         with self.precision.autocast():
             losses = self.model(images, labels)
-        terms = losses.as_floats()
-        if not all(math.isfinite(v) for v in terms.values()):
+        terms, bad_ranks = self._agree_on_losses(losses.as_floats())
+        if bad_ranks:
             raise NonFiniteLossError(
-                step + 1, terms, self.last_path if self.last_checkpoint_step is not None else None, self.last_checkpoint_step
+                step + 1, terms, self.last_path if self.last_checkpoint_step is not None else None, self.last_checkpoint_step,
+                ranks=bad_ranks if self.world.is_distributed else None,
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses.total).backward()
@@ -268,11 +366,28 @@ class Trainer:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.mc.parameters(), self.cfg.optim.grad_clip))
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.world.is_distributed and self._float_buffers:
+            # running statistics were updated by each rank's own batch: rank 0's win (as DDP's
+            # broadcast_buffers does before the next forward) so the teacher EMA stays identical
+            self.world.broadcast_tensors(self._float_buffers)
         momentum = self.mc.update_teacher(step)
         values = {**terms, "lr": lr, "grad_norm": grad_norm}
         if momentum is not None:
             values["momentum"] = momentum
         return values
+
+    def _agree_on_losses(self, terms: dict[str, float]) -> tuple[dict[str, float], list[int]]:
+        """The loss terms to log (mean over ranks) and the ranks whose terms are not finite.
+
+        Every rank gets the same answer, so a NaN on one rank stops all of them before any
+        enters the gradient all-reduce.
+        """
+        if not self.world.is_distributed:
+            return terms, [] if all(math.isfinite(v) for v in terms.values()) else [0]
+        rows = self.world.gather_floats(list(terms.values()))
+        bad = [r for r in range(self.world.world_size) if not bool(torch.isfinite(rows[r]).all())]
+        shown = rows[bad[0]] if bad else rows.mean(dim=0)
+        return dict(zip(terms, shown.tolist())), bad
 
     def on_train_step_end(self, step: int, values: dict[str, float]) -> None:
         """Called after every step with the logged values (``step`` = completed steps)."""
@@ -312,18 +427,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict[str, Any] | None:
-        """Run validation at the current step (main process), log it, return the record."""
-        if not self.val_cases:
+        """Run validation at the current step on every rank's share of the cases, log it (rank 0)
+        and return the record (the same on every rank)."""
+        if not self.val_total:
             return None
-        record = None
-        if self.world.is_main:
-            start = time.perf_counter()
-            results = {case.case_id: self.validation_step(case) for case in self.val_cases}
-            record = self.on_validation_end(self.step, results)
-            record["time"] = time.perf_counter() - start
-            if self.log is not None:
-                self.log.validation(self.step, record)
-        self.world.barrier()
+        start = time.perf_counter()
+        local = [(case.case_id, self.validation_step(case)) for case in self.val_cases]
+        shards = self.world.all_gather_object(local)
+        size = self.world.world_size
+        # back into the order of the full list (rank r validated cases r, r + size, ...)
+        results = dict(shards[i % size][i // size] for i in range(self.val_total))
+        record = self.on_validation_end(self.step, results)
+        record["time"] = time.perf_counter() - start
+        if self.log is not None:
+            self.log.validation(self.step, record)
         return record
 
     def _should_validate(self, step: int) -> bool:
@@ -349,7 +466,7 @@ class Trainer:
         if resume:
             self.restore(self.last_path)
         start_step = self.step
-        result = TrainResult(self.run_dir, start_step, self.step, self.total_steps)
+        result = TrainResult(self.run_dir, start_step, self.step, self.total_steps, rank=self.world.rank)
         self.log = RunLog(
             self.run_dir,
             self.total_steps,
@@ -389,10 +506,11 @@ class Trainer:
                     self.on_train_step_end(self.step, values)
                     if self._should_validate(self.step):
                         self.validate()
+                    signalled = self._agree_on_stop(stop)
                     ran = self.step - start_step
-                    if stop.requested or (stop_after is not None and ran >= stop_after) or self.step == self.total_steps:
+                    if signalled or (stop_after is not None and ran >= stop_after) or self.step == self.total_steps:
                         self.save(self.last_path)
-                        if stop.requested:
+                        if signalled:
                             result.stopped_by, result.exit_code = stop.name, stop.exit_code
                         elif self.step < self.total_steps:
                             result.stopped_by = "stop_after"
@@ -403,17 +521,36 @@ class Trainer:
             result.best_metric, result.best_step = self.best_metric, self.best_step
             result.timing = summarize_timing(read_metrics(self.log.path, "train")) if self.world.is_main else {}
             if result.stopped_by in ("SIGINT", "SIGTERM"):
+                who = "another process of the group received" if stop.from_peer else "received"
                 self.log.message(
-                    f"received {result.stopped_by}: stopped after step {self.step} and saved {self.last_path}; "
+                    f"{who} {result.stopped_by}: stopped after step {self.step} and saved {self.last_path}; "
                     "continue with --resume"
                 )
             self.on_train_end(result)
+            self.world.barrier()  # the last checkpoint is on disk when fit returns on any rank
             return result
+        except BaseException as err:
+            explained = self.world.explain_failure(err)
+            if explained is err:
+                raise
+            raise explained from err
         finally:
             self.log.close()
 
+    def _agree_on_stop(self, stop: GracefulStop) -> bool:
+        """Whether a stop signal reached any rank; every rank gets the same answer."""
+        if not self.world.is_distributed:
+            return stop.requested
+        agreed = self.world.max_int(stop.signum or 0)
+        if agreed:
+            stop.request(agreed)
+        return bool(agreed)
+
 
 RESUME_MAY_CHANGE = frozenset(
-    {"data.path", "data.num_workers", "data.cache_dir", "train.device", "train.log_every", "train.tensorboard"}
+    {
+        "data.path", "data.num_workers", "data.cache_dir", "train.device", "train.log_every", "train.tensorboard",
+        "train.dist_timeout_min",
+    }
 )
 """Settings that do not change the training trajectory and may differ on ``--resume``."""
