@@ -13,9 +13,19 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
-__all__ = ["tube_mask", "upsample_mask", "grid_shape", "InputMasker", "default_cell_size"]
+__all__ = ["tube_mask", "upsample_mask", "grid_shape", "as_triple", "InputMasker", "default_cell_size"]
 
 MaskMode = Literal["exact", "bernoulli"]
+
+
+def as_triple(value: int | Sequence[int], name: str = "size") -> tuple[int, int, int]:
+    """``(v, v, v)`` for an int, else the 3 sizes of a sequence (H, W, D); anything else raises."""
+    if isinstance(value, int):
+        return (value, value, value)
+    triple = tuple(int(v) for v in value)
+    if len(triple) != 3:
+        raise ValueError(f"{name} must be an int or 3 sizes (H, W, D), got {value!r}")
+    return triple  # type: ignore[return-value]
 
 
 def _spatial_axis(depth_axis: int, ndim: int = 3) -> int:

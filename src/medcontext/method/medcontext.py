@@ -20,7 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .adapters import TokenAdapter, find_token_adapter
 from .losses import SegmentationLoss, consistency_loss, first_head
-from .masking import InputMasker, default_cell_size, tube_mask
+from .masking import InputMasker, as_triple, default_cell_size, tube_mask
 from .schedules import momentum_at
 from .teacher import ema_update, make_teacher, unwrap_model
 from .token_masking import TokenMasker
@@ -71,15 +71,6 @@ def _choose(name: str, value: str, options: Sequence[str]) -> str:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}.{hint}")
     return value
-
-
-def _triple(value: int | Sequence[int]) -> tuple[int, int, int]:
-    if isinstance(value, int):
-        return (value, value, value)
-    triple = tuple(int(v) for v in value)
-    if len(triple) != 3:
-        raise ValueError(f"expected an int or 3 sizes, got {value!r}")
-    return triple  # type: ignore[return-value]
 
 
 def _first_conv_in_channels(network: nn.Module) -> int | None:
@@ -219,9 +210,9 @@ class MedContext(nn.Module):
         if mask_space in ("token", "auto") and adapter is not None:
             self.mask_space = "token"
             if mask_cell is not None:
-                cell = _triple(mask_cell)
+                cell = as_triple(mask_cell, "mask_cell")
             elif adapter.default_mask_cell is not None:
-                cell = _triple(adapter.default_mask_cell(network))
+                cell = as_triple(adapter.default_mask_cell(network), "default_mask_cell")
             else:
                 patch = adapter.token_patch(network)
                 cell = tuple(-(-16 // p) * p for p in patch)
@@ -230,7 +221,7 @@ class MedContext(nn.Module):
         channels = in_channels or _first_conv_in_channels(network)
         if channels is None:
             raise ValueError(f"cannot read the input channels of {type(network).__name__}; pass in_channels=")
-        cell = _triple(mask_cell) if mask_cell is not None else default_cell_size(roi_size)
+        cell = as_triple(mask_cell, "mask_cell") if mask_cell is not None else default_cell_size(roi_size)
         return InputMasker(channels, cell)
 
     def _apply(self, fn, *args, **kwargs):
@@ -250,7 +241,7 @@ class MedContext(nn.Module):
         """Grid shape (gx, gy, gz) masks are drawn on for a crop of ``roi_size`` voxels."""
         if self.masker is None:
             raise ValueError(f"variant {self.variant!r} has no masked view")
-        return self.masker.grid(_triple(roi_size))
+        return self.masker.grid(as_triple(roi_size, "roi_size"))
 
     def draw_mask(self, batch: int, spatial: Sequence[int]) -> torch.Tensor:
         """A fresh tube mask (B, *grid), bool on the CPU, drawn from the mask generator."""

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from monai.networks.layers import DropPath
 from torch import nn
 
+from medcontext.method.masking import as_triple
 from medcontext.method.adapters import TokenAdapter, register_token_adapter
 from medcontext.models.registry import register_model
 
@@ -443,25 +444,16 @@ class DecoderStage(nn.Module):
 # ----------------------------------------------------------------------------- network
 
 
-def _triple(value: int | Sequence[int], name: str) -> Triple:
-    if isinstance(value, int):
-        return (value, value, value)
-    out = tuple(int(v) for v in value)
-    if len(out) != 3:
-        raise ValueError(f"{name} must be an int or 3 ints (H, W, D), got {value!r}")
-    return out  # type: ignore[return-value]
-
-
 def _per_stage(value, count: int, name: str) -> list[Triple]:
     """One (x, y, z) triple per stage from an int, one triple (when ``count != 3``) or ``count`` entries."""
     if isinstance(value, int):
-        return [_triple(value, name)] * count
+        return [as_triple(value, name)] * count
     value = list(value)
     if count != 3 and len(value) == 3 and all(isinstance(v, int) for v in value):
-        return [_triple(value, name)] * count
+        return [as_triple(value, name)] * count
     if len(value) != count:
         raise ValueError(f"{name} needs {count} entries (one per stage, each an int or 3 ints), got {value!r}")
-    return [_triple(v, name) for v in value]
+    return [as_triple(v, name) for v in value]
 
 
 def _token_grids(roi: Triple, patch: Triple, down_strides: Sequence[Triple]) -> list[Triple]:
@@ -512,8 +504,8 @@ class NnFormer(nn.Module):
         deep_supervision: bool = True,
     ) -> None:
         super().__init__()
-        roi = _triple(roi_size, "roi_size")
-        patch = _triple(patch_size, "patch_size")
+        roi = as_triple(roi_size, "roi_size")
+        patch = as_triple(patch_size, "patch_size")
         depths, num_heads = [int(d) for d in depths], [int(h) for h in num_heads]
         if len(depths) != 4 or len(num_heads) != 4 or min(depths) < 1:
             raise ValueError(f"depths and num_heads need 4 entries (one per stage, depths >= 1), "

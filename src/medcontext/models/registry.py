@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 
 from torch import nn
 
+from ..method.masking import as_triple
+
 __all__ = ["ModelSpec", "register_model", "create_model", "list_models", "get_model_spec"]
 
 Builder = Callable[..., nn.Module]
@@ -89,8 +91,8 @@ def create_model(
         **options: architecture options; unknown ones pass through to the underlying network.
     """
     spec = get_model_spec(name)
-    roi = _as_triple(roi_size)
-    multiple = _as_triple(spec.roi_multiple)
+    roi = as_triple(roi_size, "roi_size")
+    multiple = as_triple(spec.roi_multiple, "roi_multiple")
     bad = [(r, m) for r, m in zip(roi, multiple) if r % m]
     if bad:
         raise ValueError(
@@ -100,12 +102,3 @@ def create_model(
     if in_channels < 1 or out_channels < 1:
         raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
     return spec.builder(in_channels, out_channels, roi, **options)
-
-
-def _as_triple(value: Sequence[int] | int) -> tuple[int, int, int]:
-    if isinstance(value, int):
-        return (value, value, value)
-    value = tuple(int(v) for v in value)
-    if len(value) != 3:
-        raise ValueError(f"expected 3 spatial sizes, got {value}")
-    return value  # type: ignore[return-value]
