@@ -307,14 +307,15 @@ class MedContext(nn.Module):
         if mask is None:
             mask = self.draw_mask(images.shape[0], images.shape[2:])
         mask = mask.to(device=images.device, dtype=torch.bool)
+        teacher_out = None
+        if self.config.cl:
+            # first, while no student graph is alive: the peak memory is the two student graphs only
+            with torch.no_grad():
+                teacher_out = first_head(self.teacher(images))
         clean_out, masked_out = self._student_both(images, mask)
         sup = self.criterion(clean_out, labels)
         msl = self.criterion(masked_out, labels) if self.config.msl else zero
-        cl = zero
-        if self.config.cl:
-            with torch.no_grad():
-                teacher_out = first_head(self.teacher(images))
-            cl = consistency_loss(first_head(masked_out), teacher_out)
+        cl = consistency_loss(first_head(masked_out), teacher_out) if teacher_out is not None else zero
         return LossBreakdown(total=sup + msl + self.beta * cl, sup=sup, msl=msl, cl=cl)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> LossBreakdown:
