@@ -88,10 +88,11 @@ class StudyRun:
 
 def hippocampus_plan(seeds=SEEDS) -> list[StudyRun]:
     """All runs, in the order they are worth having when the study is cut short: the k = 5
-    U-Net comparison first, then k = 20, the transformer, and the ablations; seeds inner-most
+    U-Net comparison first (with the momentum investigation and the k = 10 check), then the
+    transformer at k = 5, k = 20, and the ablations; seeds inner-most
     but complete per method group so that partial results stay paired."""
     runs: list[StudyRun] = []
-    for group, model, k in (("unet3d_k5", "unet3d", 5), ("unet3d_k20", "unet3d", 20), ("unetr_k5", "unetr", 5)):
+    for group, model, k in (("unet3d_k5", "unet3d", 5), ("unetr_k5", "unetr", 5), ("unet3d_k20", "unet3d", 20)):
         for seed in seeds:
             runs += [StudyRun(group, model, k, variant, seed) for variant in MAIN_VARIANTS]
         if group == "unet3d_k5":
