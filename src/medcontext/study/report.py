@@ -243,7 +243,8 @@ def _plot_curves(by_setting: dict[str, list[RunResult]], path: Path) -> None:
         for ax in row:
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
