@@ -64,6 +64,37 @@ def bench_model(name: str, roi: int, batch: int, repeats: int, warmup: int, clas
     return {"name": name, "params": params, **medians}
 
 
+def bench_parts(name: str, roi: int, batch: int, repeats: int, classes: int) -> dict:
+    """Seconds of the parts of one MedContext step, timed in one process (median of repeats)."""
+    roi_size = (roi, roi, roi)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 1, *roi_size, generator=gen)
+    labels = torch.randint(0, classes, (batch, 1, *roi_size), generator=gen)
+    torch.manual_seed(0)
+    network = create_model(name, 1, classes, roi_size, **SMALL_OPTIONS[name])
+    mc = MedContext(network, total_steps=10_000, roi_size=roi_size, student_passes="separate", seed=0)
+    mask = mc.draw_mask(batch, roi_size)
+
+    def teacher_forward():
+        with torch.no_grad():
+            mc.teacher(images)
+
+    parts = {
+        "student forward+backward": lambda: mc.criterion(network(images), labels).backward(),
+        "masked forward+backward": lambda: mc.criterion(mc.student_masked(images, mask), labels).backward(),
+        "teacher forward": teacher_forward,
+        "MedContext losses+backward": lambda: mc.losses(images, labels, mask).total.backward(),
+    }
+    times = {label: [] for label in parts}
+    for _ in range(repeats + 1):
+        for label, fn in parts.items():
+            mc.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(values[1:]) for label, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(SMALL_OPTIONS), choices=list(SMALL_OPTIONS))
@@ -73,9 +104,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--classes", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--parts", action="store_true", help="time the parts of a MedContext step instead")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.parts:
+        for name in args.models:
+            parts = bench_parts(name, args.roi, args.batch, args.repeats, args.classes)
+            print(f"{name}: " + ", ".join(f"{k} {v:.3f} s" for k, v in parts.items()), flush=True)
+        return
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
         f"roi {args.roi}^3, batch {args.batch}, median of {args.repeats} steps after {args.warmup} warm-up\n"
