@@ -281,7 +281,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from medcontext.engine.evaluate import evaluate_run
+    from medcontext.evaluation.runs import evaluate_run
 
     evaluate_run(args.run, data=args.data, split=args.split, use=args.use, checkpoint=args.checkpoint,
                  device=args.device, progress=not args.no_progress)

@@ -132,7 +132,7 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo (see the module docstring); returns where everything went."""
     from medcontext.data import generate_phantom
-    from medcontext.engine.evaluate import evaluate_run
+    from medcontext.evaluation.runs import evaluate_run
     from medcontext.engine.run import train
 
     start = time.perf_counter()

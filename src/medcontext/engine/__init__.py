@@ -1,4 +1,4 @@
-"""The training engine: configuration, the training loop, checkpoints, prediction and evaluation.
+"""The training engine: configuration, the training loop, checkpoints, distributed training, prediction.
 
 >>> from medcontext.engine import load_config, train
 >>> cfg = load_config("configs/cpu_phantom.yaml", ["data.path=phantom", "train.steps=50"])
@@ -7,7 +7,7 @@
 Modules: :mod:`~medcontext.engine.config` (``TrainConfig``), :mod:`~medcontext.engine.trainer`
 (the loop and its hooks), :mod:`~medcontext.engine.checkpoint`, :mod:`~medcontext.engine.sampling`
 (resumable batches), :mod:`~medcontext.engine.run` (run folders), :mod:`~medcontext.engine.predict`,
-:mod:`~medcontext.engine.evaluate`, :mod:`~medcontext.engine.distributed` (torchrun, DDP).
+:mod:`~medcontext.engine.distributed` (torchrun, DDP).
 """
 
 from medcontext.engine.checkpoint import CheckpointError, read_checkpoint, save_checkpoint

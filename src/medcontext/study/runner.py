@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 from ..data.atomic import write_text_atomic
 from ..engine.config import load_config
-from ..engine.evaluate import evaluate_run
+from ..evaluation.runs import evaluate_run
 from ..engine.run import train
 from .plan import StudyRun
 

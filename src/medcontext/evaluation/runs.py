@@ -4,7 +4,7 @@ Predictions are written to ``RUN_DIR/eval/predictions/<case>.nii.gz`` (the label
 geometry) and compared with the reference labels at their original geometry, spacing from
 the label header: Dice and HD95 per case and class, with the empty-mask conventions of
 :mod:`medcontext.evaluation`. Results: ``eval/metrics.csv``, ``eval/summary.md``, and the
-summary printed.
+summary printed. This sits in the evaluation layer, above the engine whose runs it scores.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from typing import Callable
 from medcontext.engine.config import ConfigError
 from medcontext.engine.predict import InputCase, Predictor
 from medcontext.engine.run import load_run
+
+from .folder import evaluate_folder
+from .report import format_summary, write_csv, write_markdown
 
 __all__ = ["EvaluationResult", "evaluate_run"]
 
@@ -60,7 +63,6 @@ def evaluate_run(
     Raises:
         ConfigError: the split has no case; DatasetError / FileNotFoundError: missing files.
     """
-    from medcontext.evaluation import evaluate_folder, format_summary, write_csv, write_markdown
 
     run = load_run(run_dir, data=data)
     if split == "test":
