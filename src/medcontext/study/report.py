@@ -9,6 +9,7 @@ and a qualitative overlay.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -274,8 +275,6 @@ def _plot_overlay(runs: list[RunResult], data_root: Path | None, path: Path) -> 
     cases = sorted(set(base.dice) & set(ours.dice))
     gain = ours.case_mean_dice(cases) - base.case_mean_dice(cases)
     case = cases[int(np.argsort(gain)[len(gain) // 2])]  # the median case, not a cherry-pick
-    import json
-
     spec = json.loads((base.path / "dataset.json").read_text())
     record = next((c for c in spec["cases"] if c["case_id"] == case), None)
     root = Path(data_root or spec.get("root", ""))
