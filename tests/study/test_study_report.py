@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from medcontext.study import hippocampus_plan, load_test_split
-from medcontext.study.report import RunResult, _paired_lines, paired_bootstrap
+from medcontext.study.report import RunResult, _final_loss_lines, _paired_lines, paired_bootstrap
 
 
 def test_paired_bootstrap_of_a_constant_difference_is_that_constant():
@@ -42,6 +42,22 @@ def test_paired_lines_give_differences_per_seed_and_pooled():
     text = "\n".join(lines)
     assert "| medcontext | 0 | +10.00 | [+10.00, +10.00] | better |" in text
     assert "**+10.00**" in text and "all 2" in text
+
+
+def test_final_loss_table_averages_the_last_steps_per_seed():
+    runs = []
+    for seed, level in ((0, 1.0), (1, 3.0)):
+        run = _run("medcontext", seed, {"c0": 0.5})
+        # 100 logged steps: the first 50 at 9.0, the last 50 at `level` (sup), level / 2 (msl), 0 (cl)
+        run.train_log = [
+            {"step": step, "sup": 9.0 if step <= 50 else level, "msl": 9.0 if step <= 50 else level / 2, "cl": 0.0}
+            for step in range(1, 101)
+        ]
+        runs.append(run)
+    text = "\n".join(_final_loss_lines(runs))
+    assert "per seed (s0 / s1)" in text
+    assert "| medcontext | 1.00 / 3.00 | 0.50 / 1.50 | 0.00 / 0.00 |" in text
+    assert _final_loss_lines([_run("baseline", 0, {"c0": 0.5})]) == []  # no training log, no table
 
 
 def test_plan_is_paired_and_within_budget():

@@ -200,6 +200,10 @@ class TrainingConfig:
         tensorboard: write TensorBoard event files to ``RUN_DIR/tensorboard``.
         dist_timeout_min: multi-process runs: minutes a collective waits for the slowest
             process before the run fails (data caching at start can be slow).
+        retain_cpu_memory: CPU runs: make glibc malloc keep and reuse freed memory instead of
+            page-faulting it in again every step: faster steps, but the peak memory can
+            double (see :mod:`medcontext.engine.cpu_memory`; a preloaded tcmalloc is the
+            better fix). Changes speed and memory, not results.
     """
 
     steps: int = 200
@@ -213,6 +217,7 @@ class TrainingConfig:
     deterministic: bool = False
     tensorboard: bool = True
     dist_timeout_min: float = 60.0
+    retain_cpu_memory: bool = False
 
 
 @dataclass

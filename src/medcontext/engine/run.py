@@ -34,6 +34,7 @@ from torch import nn
 from medcontext.data.atomic import write_text_atomic
 from medcontext.engine.checkpoint import CheckpointError, load_model_state, read_checkpoint
 from medcontext.engine.config import ConfigError, TrainConfig, load_config, resolve_batch_scaling, save_config
+from medcontext.engine.cpu_memory import describe_cpu_allocator
 from medcontext.engine.distributed import World, init_distributed
 from medcontext.engine.trainer import RESUME_MAY_CHANGE, TrainResult, Trainer, ValidationCase
 
@@ -343,6 +344,9 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
         f"({trainer.precision.name}), crop {roi}, batch {cfg.train.batch_size}x{cfg.data.num_samples} crops"
     )
     echo(f"scale: {trainer.scaling_summary()}")
+    if trainer.device.type == "cpu":
+        allocator, hint = describe_cpu_allocator()
+        echo(f"memory allocator: {allocator}" + (f"; note: {hint}" if hint else ""))
     return trainer.fit(resume=resume, stop_after=stop_after)
 
 

@@ -64,6 +64,7 @@ from medcontext.engine.checkpoint import (
     save_checkpoint,
 )
 from medcontext.engine.config import TrainConfig, lr_scale_factor, resolve_batch_scaling
+from medcontext.engine.cpu_memory import retain_freed_cpu_memory
 from medcontext.engine.distributed import World, rank_seed, wrap_ddp
 from medcontext.engine.inference import logits_to_labels, sliding_window_logits
 from medcontext.engine.optim import build_optimizer, learning_rate, set_learning_rate
@@ -193,6 +194,8 @@ class Trainer:
         if self.world.is_distributed and self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())  # cuda:LOCAL_RANK (init_distributed)
         self.precision: Precision = resolve_precision(cfg.train.precision, self.device)
+        if self.device.type == "cpu" and cfg.train.retain_cpu_memory:
+            retain_freed_cpu_memory()
         self._mc = mc.to(self.device)
         self.model: nn.Module = self._mc  # the DDP wrapper replaces it below; self.mc stays unwrapped
         self.train_dataset = train_dataset
@@ -550,7 +553,7 @@ class Trainer:
 RESUME_MAY_CHANGE = frozenset(
     {
         "data.path", "data.num_workers", "data.cache_dir", "train.device", "train.log_every", "train.tensorboard",
-        "train.dist_timeout_min",
+        "train.dist_timeout_min", "train.retain_cpu_memory",
     }
 )
 """Settings that do not change the training trajectory and may differ on ``--resume``."""

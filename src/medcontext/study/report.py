@@ -152,6 +152,35 @@ def _method_table(runs: list[RunResult]) -> list[str]:
     return lines
 
 
+def _final_loss_lines(runs: list[RunResult], last_steps: int = 50) -> list[str]:
+    """Table of the mean loss terms over each run's last ``last_steps`` logged steps, per seed."""
+    by_method: dict[str, list[RunResult]] = defaultdict(list)
+    for run in runs:
+        if run.train_log:
+            by_method[run.method].append(run)
+    if not by_method:
+        return []
+    seeds = sorted({run.seed for group in by_method.values() for run in group})
+    lines = [
+        f"Loss terms, mean over the last {last_steps} steps of training, per seed "
+        f"({' / '.join(f's{seed}' for seed in seeds)}):",
+        "",
+        "| method | supervised | masked-view (MSL) | consistency (CL) |",
+        "|---|---|---|---|",
+    ]
+    for method, group in sorted(by_method.items(), key=lambda item: _method_order(item[0])):
+        cells = []
+        for term in ("sup", "msl", "cl"):
+            values = []
+            for run in sorted(group, key=lambda r: r.seed):
+                final_step = max(r["step"] for r in run.train_log)
+                tail = [r.get(term, math.nan) for r in run.train_log if r["step"] > final_step - last_steps]
+                values.append(f"{np.mean(tail):.2f}")
+            cells.append(" / ".join(values))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _method_order(method: str) -> tuple[int, str]:
     order = ["baseline", "medcontext", "no_teacher", "msl_only", "cl_only"]
     base = method.split(" ")[0]
@@ -335,6 +364,9 @@ def write_report(
         lines += [f"## {setting}", "", *_method_table(setting_runs), ""]
         if any(r.method == "baseline" for r in setting_runs) and len({r.method for r in setting_runs}) > 1:
             lines += [*_paired_lines(setting_runs), ""]
+        final_losses = _final_loss_lines(setting_runs)
+        if final_losses:
+            lines += [*final_losses, ""]
     box_path, curve_path, overlay_path = figures / "dice_boxplots.png", figures / "training_curves.png", figures / "overlay.png"
     _plot_boxes(by_setting, box_path)
     _plot_curves(by_setting, curve_path)
