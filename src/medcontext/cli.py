@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
             Studies:
               hippocampus  few-shot study on MSD Task04_Hippocampus: baseline / medcontext / no_teacher,
                            3 seeds, unet3d at k=5 and k=20, unetr at k=5, plus mask-ratio and loss-term
-                           ablations, a k=10 check (47 runs); the fixed 50-case test split is --test-split."""),
+                           ablations, momentum and beta checks, a k=10 check (53 runs); the fixed 50-case test
+                           split is --test-split."""),
     )
     _add_common(experiment)
     experiment.add_argument("study", choices=["hippocampus"], help="which study")

@@ -63,7 +63,8 @@ def test_final_loss_table_averages_the_last_steps_per_seed():
 def test_plan_is_paired_and_within_budget():
     runs = hippocampus_plan()
     names = [r.name for r in runs]
-    assert len(names) == len(set(names)) == 47
+    assert len(names) == len(set(names)) == 53
+    assert {r.overrides.get("method.beta") for r in runs if "beta" in r.ablation} == {0.1, 1.0}
     for group in ("unet3d_k5", "unet3d_k20", "unetr_k5"):
         for seed in (0, 1, 2):
             for variant in ("baseline", "medcontext", "no_teacher"):

@@ -89,7 +89,7 @@ class StudyRun:
 def hippocampus_plan(seeds=SEEDS) -> list[StudyRun]:
     """All runs, in the order they are worth having when the study is cut short: the k = 5
     U-Net comparison first (with the momentum investigation and the k = 10 check), then the
-    transformer at k = 5, k = 20, and the ablations; seeds inner-most
+    transformer at k = 5, k = 20, the ablations, and the consistency weight beta; seeds inner-most
     but complete per method group so that partial results stay paired."""
     runs: list[StudyRun] = []
     for group, model, k in (("unet3d_k5", "unet3d", 5), ("unetr_k5", "unetr", 5), ("unet3d_k20", "unet3d", 20)):
@@ -109,6 +109,12 @@ def hippocampus_plan(seeds=SEEDS) -> list[StudyRun]:
             runs.append(StudyRun("unet3d_k5", "unet3d", 5, "medcontext", seed, ratio, ablation=f"ratio{ratio}"))
         for variant in ("msl_only", "cl_only"):
             runs.append(StudyRun("unet3d_k5", "unet3d", 5, variant, seed))
+    # investigation: the weight of the consistency term (0 = msl_only above, 0.5 = the main runs)
+    for seed in seeds:
+        for beta in (0.1, 1.0):
+            runs.append(
+                StudyRun("unet3d_k5", "unet3d", 5, "medcontext", seed, ablation=f"beta{beta:g}", overrides={"method.beta": beta})
+            )
     return runs
 
 

@@ -27,6 +27,7 @@ __all__ = ["RunResult", "collect_runs", "paired_bootstrap", "write_report"]
 
 DEFAULT_RATIO = 0.4
 DEFAULT_MOMENTUM = 0.996
+DEFAULT_BETA = 0.5
 
 
 @dataclass
@@ -48,12 +49,14 @@ class RunResult:
         return np.array([np.mean([self.dice[c][k] for k in self.classes]) for c in cases])
 
 
-def _method_label(variant: str, ratio: float, momentum: float) -> str:
+def _method_label(variant: str, ratio: float, momentum: float, beta: float = DEFAULT_BETA) -> str:
     notes = []
     if variant != "baseline" and not math.isclose(ratio, DEFAULT_RATIO):
         notes.append(f"ratio {ratio:g}")
     if variant not in ("baseline", "no_teacher") and not math.isclose(momentum, DEFAULT_MOMENTUM):
         notes.append(f"momentum {momentum:g}")
+    if variant in ("medcontext", "cl_only") and not math.isclose(beta, DEFAULT_BETA):
+        notes.append(f"beta {beta:g}")
     return f"{variant} ({', '.join(notes)})" if notes else variant
 
 
@@ -81,7 +84,7 @@ def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> 
             RunResult(
                 path=run_dir,
                 setting=f"{cfg.model.name}, k={cfg.data.train_cases if cfg.data.train_cases is not None else 'all'}",
-                method=_method_label(cfg.method.variant, cfg.method.mask_ratio, cfg.method.momentum),
+                method=_method_label(cfg.method.variant, cfg.method.mask_ratio, cfg.method.momentum, cfg.method.beta),
                 seed=cfg.train.seed,
                 classes=list(table.class_names),
                 dice=dict(dice),
