@@ -16,8 +16,8 @@ glibc_only = pytest.mark.skipif(
     reason="retain_freed_cpu_memory acts on glibc malloc only (Linux)",
 )
 
-# Allocates, touches and frees a 128 MB tensor (32768 pages) four times after two warm-up
-# rounds; prints the minor page faults of those four rounds.
+# Allocates, touches and frees a 128 MB tensor (32768 pages) in five rounds after two warm-up
+# rounds; prints the allocator description, then the minor page faults of each round.
 _SCRIPT = """
 import resource, sys, torch
 from medcontext.engine.cpu_memory import retain_freed_cpu_memory
@@ -30,29 +30,33 @@ def round_trip():
     del x
 round_trip()
 round_trip()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+faults = []
+for _ in range(5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     round_trip()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(" ".join(map(str, faults)))
 """
 
 
-def _run(mode: str) -> tuple[str, int]:
-    """(describe_cpu_allocator() as printed, minor faults of the four rounds) in a fresh process."""
+def _run(mode: str) -> tuple[str, list[int]]:
+    """(describe_cpu_allocator() as printed, minor faults per round) in a fresh process."""
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     done = subprocess.run([sys.executable, "-c", _SCRIPT, mode], capture_output=True, text=True, check=True, env=env)
     lines = done.stdout.strip().splitlines()
-    return lines[-2], int(lines[-1])
+    return lines[-2], [int(f) for f in lines[-1].split()]
 
 
 @glibc_only
 def test_freed_memory_is_reused_without_page_faults():
     pages_per_round = 128 * 1024 * 1024 // 4096
     described, faults = _run("system")
-    assert faults >= 4 * pages_per_round * 0.9  # glibc default: fresh mmap pages every round
+    assert min(faults) >= pages_per_round * 0.9  # glibc default: fresh mmap pages in every round
     assert "('glibc malloc', " in described and "tcmalloc" in described  # the hint names the fix
     described, faults = _run("retain")
-    assert faults < pages_per_round * 0.1  # retained: the warm-up rounds' pages are reused
+    # retained: the rounds reuse freed heap pages (a round may still grow the heap once when a small
+    # allocation has split the freed block, so the median round is the measure)
+    assert sorted(faults)[2] < pages_per_round * 0.1
     assert described == "('glibc malloc, freed memory retained (train.retain_cpu_memory)', None)"
 
 
