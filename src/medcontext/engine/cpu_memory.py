@@ -37,6 +37,10 @@ _NEVER = -1  # M_TRIM_THRESHOLD = -1 disables trimming (mallopt(3)); a positive 
 _applied = False
 
 
+def _uses_glibc() -> bool:
+    return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
 def retain_freed_cpu_memory() -> bool:
     """Make glibc ``malloc`` keep and reuse freed memory (process-wide, idempotent).
 
@@ -51,7 +55,7 @@ def retain_freed_cpu_memory() -> bool:
     global _applied
     if _applied:
         return True
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    if not _uses_glibc():
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -96,7 +100,7 @@ def describe_cpu_allocator() -> tuple[str, str | None]:
         return f"{name} (preloaded)", None
     if _applied:
         return "glibc malloc, freed memory retained (train.retain_cpu_memory)", None
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    if not _uses_glibc():
         return "the C library's malloc", None
     return "glibc malloc", (
         "with glibc's malloc every CPU step page-faults its activation memory again (measured 1.1-2.8x "

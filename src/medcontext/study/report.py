@@ -171,15 +171,14 @@ def _final_loss_lines(runs: list[RunResult], last_steps: int = 50) -> list[str]:
         "| method | supervised | masked-view (MSL) | consistency (CL) |",
         "|---|---|---|---|",
     ]
+    terms = ("sup", "msl", "cl")
     for method, group in sorted(by_method.items(), key=lambda item: _method_order(item[0])):
-        cells = []
-        for term in ("sup", "msl", "cl"):
-            values = []
-            for run in sorted(group, key=lambda r: r.seed):
-                final_step = max(r["step"] for r in run.train_log)
-                tail = [r.get(term, math.nan) for r in run.train_log if r["step"] > final_step - last_steps]
-                values.append(f"{np.mean(tail):.2f}")
-            cells.append(" / ".join(values))
+        means = []  # per seed: term -> mean over the run's last steps
+        for run in sorted(group, key=lambda r: r.seed):
+            final_step = max(r["step"] for r in run.train_log)
+            tail = [r for r in run.train_log if r["step"] > final_step - last_steps]
+            means.append({term: np.mean([r.get(term, math.nan) for r in tail]) for term in terms})
+        cells = [" / ".join(f"{seed_means[term]:.2f}" for seed_means in means) for term in terms]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
