@@ -10,6 +10,7 @@ by SIGINT/SIGTERM saves ``last.pt`` and exits with 130/143.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 import textwrap
 from pathlib import Path
@@ -128,25 +129,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     # ------------------------------------------------------------------ experiment / report
+    from medcontext.study.plan import STUDIES
+
+    studies = "\n".join(f"  {name:<12} {textwrap.fill(st.description, 88, subsequent_indent=' ' * 15)[0:]}"
+                         for name, st in STUDIES.items())
     experiment = sub.add_parser(
         "experiment", formatter_class=_Formatter, help="run a multi-run study (resumable) and write its report",
-        description=textwrap.dedent("""\
-            Run every training run of a study, skipping finished runs and resuming interrupted ones, then
-            write the study report (tables, paired differences with bootstrap intervals, plots).
-            Studies:
-              hippocampus  few-shot study on MSD Task04_Hippocampus: baseline / medcontext / no_teacher,
-                           3 seeds, unet3d at k=5 and k=20, unetr at k=5, plus mask-ratio and loss-term
-                           ablations, momentum and beta checks, a k=10 check (53 runs); the fixed 50-case test
-                           split is --test-split."""),
+        description=(
+            "Run every training run of a study, skipping finished runs and resuming interrupted ones, then\n"
+            "write the study report (tables, paired differences with bootstrap intervals, plots).\nStudies:\n"
+            + studies
+        ),
     )
     _add_common(experiment)
-    experiment.add_argument("study", choices=["hippocampus"], help="which study")
-    experiment.add_argument("--data", required=True, metavar="DATASET_DIR", help="the Task04_Hippocampus folder")
+    experiment.add_argument("study", choices=sorted(STUDIES), help="which study")
+    experiment.add_argument("--data", required=True, metavar="DATASET_DIR",
+                            help="the study's dataset folder (Task04_Hippocampus, Task_ACDC)")
     experiment.add_argument("--out", required=True, metavar="DIR", help="study folder (one sub-folder per run)")
-    experiment.add_argument("--test-split", default="benchmarks/splits/hippocampus_test.json", metavar="JSON",
-                            help='fixed test case ids, {"test": [...]}; never trained or selected on')
-    experiment.add_argument("--only", nargs="+", metavar="GROUP",
-                            help="run only these groups (unet3d_k5, unet3d_k20, unetr_k5)")
+    experiment.add_argument("--test-split", metavar="JSON",
+                            help='fixed test case ids, {"test": [...]}, never trained or selected on '
+                                 "(default: the study's file in benchmarks/splits)")
+    experiment.add_argument("--only", nargs="+", metavar="PATTERN",
+                            help="run only the groups or runs matching these shell patterns "
+                                 "(e.g. unet3d_k5, 'acdc_unet3d_k5/*_s0')")
     experiment.add_argument("--max-runs", type=int, metavar="N", help="stop after N newly finished runs")
     experiment.add_argument("--report", metavar="MD", help="report path (default: DIR/report/report.md)")
     experiment.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -306,20 +311,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from medcontext.study import collect_runs, hippocampus_plan, load_test_split, run_study, write_report
+    from medcontext.study import STUDIES, collect_runs, load_test_split, run_study, write_report
     from medcontext.study.runner import DONE_MARKER
 
-    runs = [r for r in hippocampus_plan() if not args.only or r.group in args.only]
+    study = STUDIES[args.study]
+    plan = study.plan()
+    runs = [r for r in plan if not args.only or any(fnmatch.fnmatch(r.group, p) or fnmatch.fnmatch(r.name, p)
+                                                     for p in args.only)]
     if not runs:
-        raise ValueError(f"--only {args.only} selects no run; groups are unet3d_k5, unet3d_k20, unetr_k5")
-    test_ids = load_test_split(args.test_split)
+        groups = sorted({r.group for r in plan})
+        raise ValueError(f"--only {args.only} selects no run of study {args.study!r}; its groups are {groups}")
+    test_ids = load_test_split(args.test_split or study_test_split(study))
     run_study(runs, args.data, args.out, test_ids, max_runs=args.max_runs, progress=not args.no_progress)
-    finished = [Path(args.out) / r.name for r in runs if (Path(args.out) / r.name / DONE_MARKER).is_file()]
+    finished = [Path(args.out) / r.name for r in plan if (Path(args.out) / r.name / DONE_MARKER).is_file()]
     if finished:
         out = Path(args.report) if args.report else Path(args.out) / "report" / "report.md"
-        write_report(collect_runs(finished), out, title="MedContext few-shot study: Task04_Hippocampus")
-        print(f"wrote {out} ({len(finished)} of {len(runs)} runs)")
+        write_report(collect_runs(finished), out, title=study.title)
+        print(f"wrote {out} ({len(finished)} of {len(plan)} runs)")
     return 0
+
+
+def study_test_split(study) -> Path:
+    """The fixed test split file shipped for ``study`` (``benchmarks/splits/NAME``)."""
+    return Path(__file__).resolve().parents[2] / "benchmarks" / "splits" / study.test_split
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

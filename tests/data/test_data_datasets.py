@@ -298,7 +298,10 @@ def test_synapse_official_ids_map_by_number(tmp_path, helpers):
 
 def test_acdc_and_brats21_presets(tmp_path, helpers):
     root = helpers.write_msd(tmp_path / "acdc", labels={"0": "bg", "1": "x", "2": "y", "3": "z"})
-    acdc = load_dataset(root, preset="acdc")
+    with pytest.raises(DatasetError, match="'case_000' has no match.*or to 'none'"):
+        load_dataset(root, preset="acdc")  # the preset groups by patient: ids without one are refused
+    acdc = load_dataset(root, preset="acdc", group_by="none")
+    assert acdc.groups is None
     assert acdc.labels == {0: "background", 1: "RV", 2: "MYO", 3: "LV"} and acdc.eval_class_names == ["RV", "MYO", "LV"]
     assert acdc.modality == "MRI" and acdc.normalization == "zscore"
     with pytest.raises(DatasetError, match="preset 'brats21' expects 4 channels"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -130,12 +129,10 @@ def test_summary_reports_geometry_and_volumes(tmp_path, helpers):
 
 
 @pytest.mark.skipif(not (HIPPO_DIR / "dataset.json").is_file(), reason=f"real data not found at {HIPPO_DIR}")
-def test_real_hippocampus_validates_quickly():
+def test_real_hippocampus_validates():
     spec = load_dataset(HIPPO_DIR)
-    start = time.perf_counter()
-    summary = validate_dataset(spec, progress=False)
-    elapsed = time.perf_counter() - start
-    assert len(summary.cases) == 200 and elapsed < 15.0
+    summary = validate_dataset(spec, progress=False)  # no timing assertion: tests run on any machine
+    assert len(summary.cases) == 200
     assert {c.orientation for c in summary.cases} == {"RAS"}
     assert all(c.spacing == (1.0, 1.0, 1.0) for c in summary.cases)
     first = summary.cases[0]

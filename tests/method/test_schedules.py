@@ -3,6 +3,7 @@ import math
 import pytest
 
 from medcontext.method import cosine_schedule, momentum_at, poly, warmup_cosine
+from medcontext.method.schedules import momentum_for_horizon
 
 
 def test_momentum_endpoints_and_table():
@@ -36,3 +37,25 @@ def test_lr_schedules():
     assert poly(5, 10, 0.01) == pytest.approx(0.01 * 0.5**0.9)
     with pytest.raises(ValueError, match="warmup_steps"):
         warmup_cosine(0, 10, 1.0, warmup_steps=10)
+
+
+def test_momentum_for_horizon_keeps_the_time_constant_a_fraction_of_the_run():
+    # time constant = horizon * steps: 0.05 of 4000 steps = 200 steps -> m0 = 1 - 1/200
+    assert momentum_for_horizon(0.05, 4000) == pytest.approx(0.995)
+    assert momentum_for_horizon(0.25, 1000) == pytest.approx(0.996)  # the paper's 0.996 is 250 steps
+    assert momentum_for_horizon(0.1, 5) == 0.0  # shorter than a step: the teacher copies the student
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="fraction of the run"):
+            momentum_for_horizon(bad, 100)
+
+
+def test_medcontext_uses_the_horizon_instead_of_the_fixed_momentum():
+    from torch import nn
+
+    from medcontext import MedContext
+
+    net = nn.Conv3d(1, 2, 1)
+    mc = MedContext(net, total_steps=4000, momentum_horizon=0.05, mask_space="input", mask_cell=4)
+    assert mc.base_momentum == pytest.approx(0.995)
+    assert mc.momentum_at(0) == pytest.approx(0.995) and mc.momentum_at(3999) == pytest.approx(1.0)
+    assert MedContext(net, total_steps=4000, mask_space="input", mask_cell=4).base_momentum == 0.996

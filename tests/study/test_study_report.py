@@ -3,8 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from medcontext.study import hippocampus_plan, load_test_split
-from medcontext.study.report import RunResult, _final_loss_lines, _paired_lines, paired_bootstrap
+from medcontext.study import STUDIES, acdc_plan, hippocampus_plan, load_test_split
+from medcontext.study.report import (
+    RunResult, _final_loss_lines, _paired_lines, _validation_lines, hierarchical_bootstrap, paired_bootstrap,
+)
 
 
 def test_paired_bootstrap_of_a_constant_difference_is_that_constant():
@@ -32,16 +34,49 @@ def _run(method, seed, dice_by_case):
     return RunResult(path=None, setting="s", method=method, seed=seed, classes=["a", "b"], dice=dice, hd95=hd)
 
 
-def test_paired_lines_give_differences_per_seed_and_pooled():
+def test_paired_lines_give_differences_per_seed_and_a_seed_level_verdict():
     cases = [f"c{i}" for i in range(30)]
     runs = []
     for seed in (0, 1):
         runs.append(_run("baseline", seed, {c: 0.5 for c in cases}))
         runs.append(_run("medcontext", seed, {c: 0.6 for c in cases}))
-    lines = _paired_lines(runs)
-    text = "\n".join(lines)
-    assert "| medcontext | 0 | +10.00 | [+10.00, +10.00] | better |" in text
-    assert "**+10.00**" in text and "all 2" in text
+    text = "\n".join(_paired_lines(runs))
+    assert "| medcontext | 0 | +10.00 | [+10.00, +10.00] over test cases | |" in text
+    assert "| **medcontext** | all 2 | **+10.00** | **[+10.00, +10.00]** over seeds and cases | **better** |" in text
+    # one seed better on every case, one worse: significant within each seed, no verdict across seeds
+    runs = [_run("baseline", 0, {c: 0.5 for c in cases}), _run("medcontext", 0, {c: 0.6 for c in cases}),
+            _run("baseline", 1, {c: 0.5 for c in cases}), _run("medcontext", 1, {c: 0.45 for c in cases})]
+    assert "**no measurable difference**" in "\n".join(_paired_lines(runs))
+    single = [_run("baseline", 0, {c: 0.5 for c in cases}), _run("medcontext", 0, {c: 0.6 for c in cases})]
+    assert "one seed: no verdict" in "\n".join(_paired_lines(single))
+
+
+def test_hierarchical_bootstrap_covers_seed_spread_not_only_cases():
+    rng = np.random.default_rng(1)
+    # three seeds whose case-level differences are tight around -0.04, +0.03 and -0.01
+    rows = [rng.normal(mu, 0.01, 40) for mu in (-0.04, 0.03, -0.01)]
+    mean, low, high = hierarchical_bootstrap(rows)
+    assert mean == pytest.approx(np.mean([r.mean() for r in rows]))
+    assert low < -0.03 and high > 0.02  # about the spread of the seed means
+    _, pooled_low, pooled_high = paired_bootstrap(np.stack(rows))  # cases only: far too narrow
+    assert pooled_high - pooled_low < (high - low) / 5
+    constant = hierarchical_bootstrap([np.full(5, 0.02), np.full(8, 0.02)])
+    assert constant == pytest.approx((0.02, 0.02, 0.02))
+    one_seed = hierarchical_bootstrap([rows[0]])
+    assert one_seed[1] == pytest.approx(paired_bootstrap(rows[0])[1], abs=0.002)
+    with pytest.raises(ValueError, match="one per seed"):
+        hierarchical_bootstrap([])
+
+
+def test_validation_table_averages_seeds_per_step():
+    runs = []
+    for seed, offset in ((0, 0.0), (1, 0.1)):
+        run = _run("baseline", seed, {"c0": 0.5})
+        run.val_log = [{"kind": "val", "step": s, "mean_dice": 0.1 * i + offset} for i, s in enumerate((250, 500, 750))]
+        runs.append(run)
+    text = "\n".join(_validation_lines(runs))
+    assert "| method | seeds | 250 | 500 | 750 |" in text and "| baseline | 2 | 5.0 | 15.0 | 25.0 |" in text
+    assert _validation_lines([_run("baseline", 0, {"c0": 0.5})]) == []
 
 
 def test_final_loss_table_averages_the_last_steps_per_seed():
@@ -72,6 +107,28 @@ def test_plan_is_paired_and_within_budget():
     # all methods of a setting share every setting except the method section
     a, b = (r.settings("D", ["x"]) for r in runs[:2])
     assert {k for k in a if a[k] != b[k]} <= {"method.variant", "method.mask_ratio"}
+
+
+def test_acdc_plan_is_paired_and_every_study_has_its_test_split():
+    runs = acdc_plan()
+    names = [r.name for r in runs]
+    assert len(names) == len(set(names)) == 21
+    assert names[:2] == ["acdc_unet3d_k5/baseline_s0", "acdc_unet3d_k5/medcontext_s0"]  # the pilot first
+    for model in ("unet3d", "unetr"):
+        for seed in (0, 1, 2):
+            for variant in ("baseline", "medcontext", "no_teacher"):
+                assert f"acdc_{model}_k5/{variant}_s{seed}" in names
+    a, b = (r.settings("D", ["x"]) for r in runs[:2])
+    assert {k for k in a if a[k] != b[k]} == {"method.variant"}
+    assert a["data.preset"] == "acdc" and a["model.roi"] == [80, 80, 16] and a["eval.every"] == 250
+    horizon = [r for r in runs if r.ablation == "h0.05"]
+    assert len(horizon) == 3 and all(r.settings("D", [])["method.momentum_horizon"] == 0.05 for r in horizon)
+    from pathlib import Path
+
+    from medcontext.cli import study_test_split
+
+    for study in STUDIES.values():
+        assert load_test_split(study_test_split(study)) and Path(study_test_split(study)).is_file()
 
 
 def test_fixed_test_split_file(tmp_path):

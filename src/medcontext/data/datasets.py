@@ -47,6 +47,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import nibabel as nib
 import numpy as np
 
+from medcontext.data.grouping import GroupRuleError, case_groups, check_group_rule
 from medcontext.data.presets import DEFAULT_CT_WINDOW, MSD_CT_WINDOWS, PRESETS, SYNAPSE_CT_WINDOWS, Preset
 
 __all__ = [
@@ -159,6 +160,9 @@ class DatasetSpec:
             (skull-stripped brain MRI).
         layout: where the case list came from (``msd``, ``nnunet``, ``datalist``,
             ``folders``, ``brats_subjects``), for messages only.
+        group_by: the group rule (:mod:`medcontext.data.grouping`), ``None`` = no grouping.
+        groups: case id -> group key of every labelled case under ``group_by`` (``None``
+            without a rule); splits keep a group on one side.
     """
 
     root: Path
@@ -182,6 +186,8 @@ class DatasetSpec:
     normalization: str | None = None
     crop_foreground: bool = False
     layout: str = "unknown"
+    group_by: str | None = None
+    groups: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -194,6 +200,8 @@ class DatasetSpec:
             self.default_roi = tuple(int(r) for r in self.default_roi)  # type: ignore[assignment]
         if self.regions is not None:
             self.regions = {str(k): [int(v) for v in vs] for k, vs in self.regions.items()}
+        if self.groups is not None:
+            self.groups = {str(k): str(v) for k, v in self.groups.items()}
         self.check()
 
     # -- derived ---------------------------------------------------------------------
@@ -280,6 +288,10 @@ class DatasetSpec:
                 raise DatasetError(f"{where}: eval_classes {bad} are not region indices 0..{len(self.regions) - 1}")
         if len(self.eval_class_names) != len(self.eval_classes):
             raise DatasetError(f"{where}: {len(self.eval_classes)} eval_classes but {len(self.eval_class_names)} names")
+        if self.groups is not None:
+            ungrouped = [c.case_id for c in self.cases if c.case_id not in self.groups]
+            if ungrouped:
+                raise DatasetError(f"{where}: cases without a group key under {self.group_by!r}: {ungrouped[:5]}")
 
     # -- serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -306,6 +318,8 @@ class DatasetSpec:
             "few_shot": _opt_list(self.few_shot),
             "normalization": self.normalization,
             "crop_foreground": self.crop_foreground,
+            "group_by": self.group_by,
+            "groups": None if self.groups is None else dict(self.groups),
         }
 
     @classmethod
@@ -372,6 +386,7 @@ def load_dataset(
     datalist: str | Path | None = None,
     *,
     ct_window: tuple[float, float] | str | None = None,
+    group_by: str | None = None,
 ) -> DatasetSpec:
     """Read a dataset's case list and conventions.
 
@@ -383,12 +398,15 @@ def load_dataset(
             folders) or a datalist / ``dataset.json`` file.
         preset: ``"auto"``, ``"msd"``, ``"synapse"``, ``"acdc"``, ``"brats21"``,
             ``"brats17"`` or ``"generic"``. ``"auto"`` is ``msd`` when ``dataset.json``
-            exists (``brats17`` for an MSD Task01_BrainTumour folder), else ``generic``.
+            exists (``brats17`` for an MSD Task01_BrainTumour folder, ``acdc`` when its
+            ``name`` is ``ACDC``), else ``generic``.
         datalist: a MONAI-style datalist JSON; relative entries are resolved against
             ``path`` (then the JSON's own folder). Relative ``datalist`` paths are looked up
             under ``path`` first.
         ct_window: override the CT window, as ``(low, high)`` in HU or a name of
             :data:`SYNAPSE_CT_WINDOWS` (``"code"`` = [-175, 250], ``"paper"`` = [-1000, 1000]).
+        group_by: override the preset's group rule (``"regex:PATTERN"``,
+            ``"metadata:COLUMN"`` or ``"none"``; :mod:`medcontext.data.grouping`).
 
     Returns:
         The dataset description with sorted, labelled ``cases``.
@@ -412,7 +430,7 @@ def load_dataset(
         chosen = hint or ("msd" if source["layout"] in ("msd", "nnunet") else "generic")
     if chosen == "msd" and source["layout"] not in ("msd", "nnunet"):
         raise DatasetError(f"preset 'msd' needs a dataset.json in {source['root']}; none found")
-    return _build_spec(source, PRESETS[chosen], ct_window)
+    return _build_spec(source, PRESETS[chosen], ct_window, group_by)
 
 
 def _read_source(path: Path, datalist: str | Path | None) -> dict[str, Any]:
@@ -528,6 +546,8 @@ def _read_msd(root: Path) -> dict[str, Any]:
     hint = None
     if root.name.startswith("Task01_BrainTumour") or str(meta.get("name", "")).upper() == "BRATS":
         hint = "brats17"
+    elif str(meta.get("name", "")).upper() == "ACDC":
+        hint = "acdc"
     return {
         "root": root,
         "layout": layout,
@@ -772,7 +792,9 @@ def _find_nifti(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _build_spec(source: dict[str, Any], preset: Preset, ct_window: tuple[float, float] | str | None) -> DatasetSpec:
+def _build_spec(
+    source: dict[str, Any], preset: Preset, ct_window: tuple[float, float] | str | None, group_by: str | None = None
+) -> DatasetSpec:
     root: Path = source["root"]
     cases: list[CaseRecord] = sorted(source["cases"], key=lambda c: c.case_id)
     unlabeled: list[CaseRecord] = sorted(source["unlabeled"], key=lambda c: c.case_id)
@@ -821,6 +843,12 @@ def _build_spec(source: dict[str, Any], preset: Preset, ct_window: tuple[float, 
     official_train = _map_official(preset.official_train, ids) or source.get("official_train")
     official_test = _map_official(preset.official_test, ids) or source.get("official_test")
     few_shot = _map_official(preset.few_shot, ids)
+    rule = group_by if group_by is not None else preset.group_by
+    try:
+        rule = check_group_rule(rule)
+        groups = case_groups([c.case_id for c in cases], rule, root)
+    except GroupRuleError as err:
+        raise DatasetError(f"dataset at {root}: {err}") from err
 
     return DatasetSpec(
         root=root,
@@ -844,6 +872,8 @@ def _build_spec(source: dict[str, Any], preset: Preset, ct_window: tuple[float, 
         normalization=preset.normalization,
         crop_foreground=preset.crop_foreground,
         layout=source["layout"],
+        group_by=rule,
+        groups=groups,
     )
 
 

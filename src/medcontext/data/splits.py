@@ -26,15 +26,17 @@ __all__ = ["Split", "make_split", "split_for_spec"]
 
 @dataclass
 class Split:
-    """Disjoint lists of case ids.
+    """Disjoint lists of case ids, and the group of every case when the dataset groups them.
 
     Raises:
-        ValueError: a case id appears twice (within or across lists).
+        ValueError: a case id appears twice (within or across lists), or one group (e.g. a
+            patient) has cases on two sides.
     """
 
     train: list[str]
     val: list[str] = field(default_factory=list)
     test: list[str] = field(default_factory=list)
+    groups: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.train, self.val, self.test = list(self.train), list(self.val), list(self.test)
@@ -44,19 +46,33 @@ class Split:
                 if cid in seen:
                     raise ValueError(f"case {cid!r} is in both {seen[cid]} and {part}; a split must not overlap")
                 seen[cid] = part
+        if self.groups is not None:
+            self.groups = {str(c): str(g) for c, g in self.groups.items()}
+            missing = [c for c in seen if c not in self.groups]
+            if missing:
+                raise ValueError(f"cases {missing[:5]} have no group key")
+            side: dict[str, str] = {}
+            for cid, part in seen.items():
+                group = self.groups[cid]
+                if side.setdefault(group, part) != part:
+                    raise ValueError(f"group {group!r} is in both {side[group]} and {part}; a group must stay on one side")
 
-    def to_dict(self) -> dict[str, list[str]]:
-        """``{"train": [...], "val": [...], "test": [...]}``."""
-        return {"train": list(self.train), "val": list(self.val), "test": list(self.test)}
+    def to_dict(self) -> dict[str, Any]:
+        """``{"train": [...], "val": [...], "test": [...]}`` (+ ``"groups": {case: group}``)."""
+        out: dict[str, Any] = {"train": list(self.train), "val": list(self.val), "test": list(self.test)}
+        if self.groups is not None:
+            out["groups"] = {c: self.groups[c] for c in sorted(self.groups)}
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Split":
         """Inverse of :meth:`to_dict`."""
-        unknown = sorted(set(data) - {"train", "val", "test"})
+        unknown = sorted(set(data) - {"train", "val", "test", "groups"})
         if unknown or "train" not in data:
-            raise ValueError(f"a split needs keys train (and val, test); got {sorted(data)}")
+            raise ValueError(f"a split needs keys train (and val, test, groups); got {sorted(data)}")
+        groups = data.get("groups")
         return cls(train=[str(c) for c in data["train"]], val=[str(c) for c in data.get("val", [])],
-                   test=[str(c) for c in data.get("test", [])])
+                   test=[str(c) for c in data.get("test", [])], groups=None if groups is None else dict(groups))
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON, atomically."""
@@ -117,8 +133,16 @@ def make_split(
     test_cases: int | float | Sequence[str] | None = None,
     seed: int = 0,
     explicit_train: Sequence[str] | None = None,
+    groups: Mapping[str, str] | None = None,
 ) -> Split:
     """Split ``case_ids`` into disjoint train / val / test lists, deterministically by ``seed``.
+
+    Without ``groups`` every case is drawn on its own. With ``groups`` (case id -> group key,
+    e.g. the patient of each ACDC frame) the permutation is over groups: test and validation
+    take whole groups until they hold at least the asked number of cases, and training cases
+    are dealt round-robin over the remaining groups (one case of each group in permuted order,
+    then a second case of each, ...), so k training cases come from k different groups
+    whenever there are that many. A group never has cases on two sides.
 
     Args:
         case_ids: all usable case ids (order does not matter).
@@ -128,51 +152,100 @@ def make_split(
         seed: seed of the permutation.
         explicit_train: exactly these training cases (overrides ``train_cases``); validation
             cases are then drawn from the other non-test cases.
+        groups: group key of every case, or ``None``.
 
     Returns:
-        The split; each list sorted.
+        The split; each list sorted (with the groups of its cases when grouped).
 
     Raises:
-        ValueError: duplicate or unknown ids, overlapping explicit lists, or more cases asked
-            for than are available (the message says how many there are).
+        ValueError: duplicate or unknown ids, overlapping explicit lists, explicit lists that
+            cut a group, or more cases asked for than are available (the message says how
+            many there are).
     """
     ids = [str(c) for c in case_ids]
     dupes = sorted(c for c, n in Counter(ids).items() if n > 1)
     if dupes:
         raise ValueError(f"case_ids has duplicates: {dupes}")
     order = sorted(ids)
-    perm = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        units = [[c] for c in order]  # every case its own unit
+    else:
+        missing = [c for c in order if c not in groups]
+        if missing:
+            raise ValueError(f"cases {missing[:5]} have no group key")
+        members: dict[str, list[str]] = {}
+        for cid in order:
+            members.setdefault(str(groups[cid]), []).append(cid)
+        units = [members[g] for g in sorted(members)]
+    units = [units[i] for i in rng.permutation(len(units))]
+    if groups is not None:  # the order of the cases inside a group, for round-robin training draws
+        units = [[unit[i] for i in rng.permutation(len(unit))] for unit in units]
+
+    def group_of(cid: str) -> str:
+        return cid if groups is None else str(groups[cid])
+
+    def take_whole(pool_units: list[list[str]], n: int) -> tuple[list[str], list[list[str]]]:
+        """The first units holding at least ``n`` cases, and the units left."""
+        taken: list[str] = []
+        index = 0
+        while len(taken) < n and index < len(pool_units):
+            taken += pool_units[index]
+            index += 1
+        return taken, pool_units[index:]
+
+    def check_whole(chosen: Sequence[str], what: str) -> None:
+        if groups is None:
+            return
+        chosen_set = set(chosen)
+        left_out = {group_of(c) for c in order if c not in chosen_set}
+        cut = sorted({group_of(c) for c in chosen} & left_out)
+        if cut:
+            raise ValueError(
+                f"{what} takes only some cases of group(s) {cut[:5]}; a group (e.g. a patient) must "
+                "stay on one side of the split: list all of its cases or none"
+            )
 
     if test_cases is not None and not isinstance(test_cases, (int, float)):
         test = _check_known([str(c) for c in test_cases], order, "test_cases")
+        check_whole(test, "test_cases")
+        test_set = set(test)
+        pool_units = [[c for c in unit if c not in test_set] for unit in units]
+        pool_units = [unit for unit in pool_units if unit]
     else:
         n_test = _count(test_cases, len(order), "test_cases")
         if n_test >= len(order):
             raise ValueError(f"test_cases={test_cases} leaves no case for training out of {len(order)}")
-        test = perm[:n_test]
-    test_set = set(test)
-    pool = [c for c in perm if c not in test_set]
+        test, pool_units = take_whole(units, n_test)
+        if not pool_units:
+            raise ValueError(f"test_cases={test_cases} takes every group; none is left for training")
+    pool = [c for unit in pool_units for c in unit]
 
     if explicit_train is not None:
         train = _check_known([str(c) for c in explicit_train], order, "explicit_train")
-        clash = sorted(set(train) & test_set)
+        clash = sorted(set(train) & set(test))
         if clash:
             raise ValueError(f"explicit_train cases {clash} are also test cases")
         if not train:
             raise ValueError("explicit_train is empty")
-        rest = [c for c in pool if c not in set(train)]
+        train_groups = {group_of(c) for c in train}  # test groups are whole, so none is among these
+        rest_units = [unit for unit in pool_units if group_of(unit[0]) not in train_groups]
         n_val = _count(val_cases, len(pool), "val_cases")
-        if n_val > len(rest):
-            raise ValueError(f"val_cases={val_cases} but only {len(rest)} non-test cases are not in explicit_train")
-        val = rest[:n_val]
+        available = sum(len(unit) for unit in rest_units)
+        if n_val > available:
+            raise ValueError(f"val_cases={val_cases} but only {available} non-test cases are not in explicit_train"
+                             + (" or its groups" if groups is not None else ""))
+        val, _ = take_whole(rest_units, n_val)
     else:
         n_val = _count(val_cases, len(pool), "val_cases")
         if n_val >= len(pool):
             raise ValueError(
                 f"val_cases={val_cases} leaves no training case: {len(pool)} cases remain after {len(test)} test cases"
             )
-        val = pool[:n_val]
-        rest = pool[n_val:]
+        val, rest_units = take_whole(pool_units, n_val)
+        if not rest_units:
+            raise ValueError(f"val_cases={val_cases} takes every remaining group; none is left for training")
+        rest = _round_robin(rest_units)
         if train_cases is None:
             train = rest
         else:
@@ -185,7 +258,18 @@ def make_split(
                     f"({len(order)} in total, {len(test)} test, {len(val)} validation)"
                 )
             train = rest[:k]
-    return Split(train=sorted(train), val=sorted(val), test=sorted(test))
+    used = set(train) | set(val) | set(test)
+    split_groups = None if groups is None else {c: str(groups[c]) for c in sorted(used)}
+    return Split(train=sorted(train), val=sorted(val), test=sorted(test), groups=split_groups)
+
+
+def _round_robin(units: Sequence[Sequence[str]]) -> list[str]:
+    """The first case of every unit, then the second of every unit, ... (units in order)."""
+    out: list[str] = []
+    depth = max((len(u) for u in units), default=0)
+    for i in range(depth):
+        out += [unit[i] for unit in units if i < len(unit)]
+    return out
 
 
 def split_for_spec(
@@ -220,6 +304,6 @@ def split_for_spec(
         pool = list(spec.official_train) if spec.official_train else [c for c in ids if c not in set(test)]
         pool = _check_known(pool, ids, f"the official training list of {spec.name!r}")
         return make_split(pool + test, train_cases=train_cases, val_cases=val_cases, test_cases=test, seed=seed,
-                          explicit_train=train_case_ids)
+                          explicit_train=train_case_ids, groups=spec.groups)
     return make_split(ids, train_cases=train_cases, val_cases=val_cases, test_cases=test_cases, seed=seed,
-                      explicit_train=train_case_ids)
+                      explicit_train=train_case_ids, groups=spec.groups)

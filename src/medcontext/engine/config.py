@@ -65,6 +65,10 @@ class DataConfig:
             official test list and ``use_official_test`` is true.
         use_official_test: use the preset's official test list (Synapse, ACDC, BraTS).
         split_seed: seed of the case split; ``None`` uses ``train.seed``.
+        group_by: which cases belong together in a split (``"regex:PATTERN"`` on the case id,
+            ``"metadata:COLUMN"`` of ``case_metadata.csv``, ``"none"``); ``None`` uses the
+            preset's rule (ACDC: the patient). A group never has cases on two sides, and k
+            training cases come from k different groups.
         num_samples: random crops drawn from each training volume per step.
         pos: relative weight of crops centred on foreground (``RandCropByPosNegLabel``).
         neg: relative weight of crops centred on background.
@@ -82,6 +86,7 @@ class DataConfig:
     test_cases: int | float | list[str] | None = 0.2
     use_official_test: bool = True
     split_seed: int | None = None
+    group_by: str | None = None
     num_samples: int = 2
     pos: float = 1.0
     neg: float = 1.0
@@ -121,6 +126,9 @@ class MethodConfig:
         mask_ratio: fraction of in-plane mask positions replaced by the mask token.
         beta: weight of the consistency loss.
         momentum: teacher EMA momentum at step 0 (cosine to 1.0 at the last step).
+        momentum_horizon: instead of ``momentum``, the EMA time constant as a fraction of
+            ``train.steps`` (e.g. 0.05: the teacher averages over the last 5% of the run);
+            ``null`` = the paper's fixed ``momentum``.
         mask_space: ``auto`` | ``token`` | ``input``.
         depth_axis: spatial axis along which masks are repeated (tube masking).
         mask_cell: voxels per mask cell (int or ``[x, y, z]``); ``None`` = SPEC 2 defaults.
@@ -132,6 +140,7 @@ class MethodConfig:
     mask_ratio: float = 0.4
     beta: float = 0.5
     momentum: float = 0.996
+    momentum_horizon: float | None = None
     mask_space: str = "auto"
     depth_axis: int = -1
     mask_cell: int | list[int] | None = None
@@ -352,9 +361,18 @@ class TrainConfig:
             (0 <= self.method.mask_ratio <= 1, "method.mask_ratio must be in [0, 1]"),
             (self.method.beta >= 0, "method.beta must be >= 0"),
             (0 <= self.method.momentum <= 1, "method.momentum must be in [0, 1]"),
+            (self.method.momentum_horizon is None or 0 < self.method.momentum_horizon <= 1,
+             "method.momentum_horizon must be in (0, 1] (a fraction of train.steps) or null"),
         ]
         if self.model.roi is not None:
             checks.append((len(self.model.roi) == 3 and all(r >= 1 for r in self.model.roi), "model.roi must be 3 positive ints"))
+        if self.data.group_by is not None:
+            from medcontext.data.grouping import GroupRuleError, check_group_rule
+
+            try:
+                check_group_rule(self.data.group_by)
+            except GroupRuleError as err:
+                checks.append((False, f"data.group_by: {err}"))
         if isinstance(self.data.test_cases, float):
             checks.append((0 < self.data.test_cases < 1, "data.test_cases as a fraction must be in (0, 1)"))
         elif isinstance(self.data.test_cases, int):

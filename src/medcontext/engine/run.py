@@ -94,6 +94,7 @@ def build_medcontext(cfg: TrainConfig, network: nn.Module, roi: Sequence[int], o
         mask_ratio=m.mask_ratio,
         beta=m.beta,
         momentum=m.momentum,
+        momentum_horizon=m.momentum_horizon,
         total_steps=cfg.train.steps,
         mask_space=m.mask_space,
         depth_axis=m.depth_axis,
@@ -251,7 +252,7 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
     if not cfg.data.path:
         raise ConfigError("no dataset: pass --data DATASET_DIR (or set data.path in the config)")
 
-    spec = load_dataset(cfg.data.path, preset=cfg.data.preset)
+    spec = load_dataset(cfg.data.path, preset=cfg.data.preset, group_by=cfg.data.group_by)
     cfg.data.path = str(Path(cfg.data.path).resolve())
     cfg.data.preset = spec.preset
     roi = resolve_roi(cfg, spec)
@@ -368,7 +369,7 @@ def load_run(run_dir: str | Path, data: str | Path | None = None) -> RunInfo:
         )
     cfg = load_config(run_dir / "config.yaml")
     if data is not None:
-        spec = load_dataset(data, preset=cfg.data.preset)
+        spec = load_dataset(data, preset=cfg.data.preset, group_by=cfg.data.group_by)
     else:
         spec = DatasetSpec.from_dict(json.loads((run_dir / "dataset.json").read_text()))
     preprocess = PreprocessConfig.from_dict(json.loads((run_dir / "preprocess.json").read_text()))

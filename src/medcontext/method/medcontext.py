@@ -21,7 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .adapters import TokenAdapter, find_token_adapter
 from .losses import SegmentationLoss, consistency_loss, first_head
 from .masking import InputMasker, as_triple, default_cell_size, tube_mask
-from .schedules import momentum_at
+from .schedules import momentum_at, momentum_for_horizon
 from .teacher import ema_update, make_teacher, unwrap_model
 from .token_masking import TokenMasker
 
@@ -113,6 +113,9 @@ class MedContext(nn.Module):
         mask_ratio: fraction of in-plane mask positions masked (paper: 0.4).
         beta: weight of the consistency loss (SPEC default 0.5).
         momentum: EMA momentum at step 0 (0.996), cosine to 1.0 at the last step.
+        momentum_horizon: instead of ``momentum``, the teacher's EMA time constant as a
+            fraction of ``total_steps`` (:func:`~medcontext.method.schedules.momentum_for_horizon`);
+            ``None`` (default) uses ``momentum`` as the paper does.
         total_steps: number of optimizer steps of the run (needed when there is a teacher).
         mask_space: ``"token"`` (after the patch embedding, needs a registered adapter),
             ``"input"`` (voxel cubes, any network) or ``"auto"`` (token where possible).
@@ -139,6 +142,7 @@ class MedContext(nn.Module):
         beta: float = 0.5,
         momentum: float = 0.996,
         total_steps: int | None = None,
+        momentum_horizon: float | None = None,
         mask_space: str = "auto",
         depth_axis: int = -1,
         mask_cell: int | Sequence[int] | None = None,
@@ -170,6 +174,11 @@ class MedContext(nn.Module):
             raise ValueError(f"depth_axis must be a spatial axis in [-3, 2], got {depth_axis}")
         self.mask_ratio = float(mask_ratio)
         self.beta = float(beta)
+        self.momentum_horizon = None if momentum_horizon is None else float(momentum_horizon)
+        if self.momentum_horizon is not None and total_steps is not None:
+            momentum = momentum_for_horizon(self.momentum_horizon, total_steps)
+        elif self.momentum_horizon is not None and not 0.0 < self.momentum_horizon <= 1.0:
+            raise ValueError(f"momentum_horizon must be in (0, 1], got {momentum_horizon}")
         self.base_momentum = float(momentum)
         self.total_steps = total_steps
         self.depth_axis = depth_axis

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["cosine_schedule", "momentum_at", "warmup_cosine", "poly"]
+__all__ = ["cosine_schedule", "momentum_at", "momentum_for_horizon", "warmup_cosine", "poly"]
 
 
 def _check_step(step: int, total_steps: int) -> None:
@@ -39,6 +39,28 @@ def momentum_at(step: int, total_steps: int, base: float = 0.996) -> float:
     if not 0.0 <= base <= 1.0:
         raise ValueError(f"momentum base must be in [0, 1], got {base}")
     return cosine_schedule(step, total_steps, base, 1.0)
+
+
+def momentum_for_horizon(horizon: float, total_steps: int) -> float:
+    """Starting momentum whose EMA time constant is ``horizon`` of the run.
+
+    An EMA with momentum ``m`` averages over about ``1 / (1 - m)`` steps; the paper's 0.996 is
+    250 steps, most of a 300-step run but 1% of a 25k-step one. Expressing the time constant as
+    a fraction of the run, ``m0 = 1 - 1 / (horizon * total_steps)``, keeps the teacher's lag
+    the same share of training at every budget (the cosine ramp to 1.0 then follows as usual).
+
+    Args:
+        horizon: time constant as a fraction of ``total_steps``, in (0, 1].
+        total_steps: optimizer steps of the run.
+
+    Returns:
+        ``m0`` in [0, 1) (0 when the time constant is below one step).
+    """
+    if not 0.0 < horizon <= 1.0:
+        raise ValueError(f"momentum horizon must be in (0, 1] (a fraction of the run), got {horizon}")
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    return max(0.0, 1.0 - 1.0 / (horizon * total_steps))
 
 
 def warmup_cosine(step: int, total_steps: int, base_lr: float, warmup_steps: int = 0, final_lr: float = 0.0) -> float:

@@ -1,12 +1,12 @@
-"""Experiments made of many runs: the few-shot study on real MRI and its report.
+"""Experiments made of many runs: the few-shot studies on real MRI (Hippocampus, ACDC) and their report.
 
 Sits above the engine and the evaluation: a study is a list of run settings; the runner trains
 and evaluates each (skipping finished runs, resuming interrupted ones) and the report
 aggregates the runs' ``eval/metrics.csv`` and ``metrics.jsonl``.
 """
 
-from .plan import StudyRun, hippocampus_plan, load_test_split
+from .plan import STUDIES, Study, StudyRun, acdc_plan, hippocampus_plan, load_test_split
 from .report import collect_runs, write_report
 from .runner import run_study
 
-__all__ = ["StudyRun", "hippocampus_plan", "load_test_split", "run_study", "collect_runs", "write_report"]
+__all__ = ["STUDIES", "Study", "StudyRun", "acdc_plan", "hippocampus_plan", "load_test_split", "run_study", "collect_runs", "write_report"]

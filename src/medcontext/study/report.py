@@ -1,10 +1,13 @@
 """A markdown report over many evaluated runs: tables, paired differences, plots.
 
-For every setting (architecture and number of training cases) and method: mean and std over
-seeds of the per-class and mean Dice and HD95 (mm) on the test cases; the paired difference
-MedContext minus baseline per seed (same seed = same training subset and initialisation) with a
-95% bootstrap confidence interval over test cases; box plots of per-case Dice, training curves,
-and a qualitative overlay.
+For every setting (architecture, number of training cases, training steps) and method: mean and
+std over seeds of the per-class and mean Dice and HD95 (mm) on the test cases; the paired
+difference MedContext minus baseline per seed (same seed = same training subset and
+initialisation) with a 95% bootstrap interval over test cases, and over all seeds a
+hierarchical bootstrap interval (seeds resampled, then test cases within each seed) that
+decides the verdict: "better" or "worse" only when it excludes zero, so a verdict holds across
+training randomness and not only across test cases. Figures: box plots of per-case Dice,
+training curves, validation Dice against training steps (every seed), and an overlay.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from ..engine.config import load_config
 from ..engine.run_log import read_metrics
 from ..evaluation import read_csv
 
-__all__ = ["RunResult", "collect_runs", "paired_bootstrap", "write_report"]
+__all__ = ["RunResult", "collect_runs", "hierarchical_bootstrap", "paired_bootstrap", "write_report"]
 
 DEFAULT_RATIO = 0.4
 DEFAULT_MOMENTUM = 0.996
@@ -43,6 +46,7 @@ class RunResult:
     hd95: dict[str, dict[str, float]]  # case -> class -> HD95 (NaN = missing)
     train_log: list[dict] = field(default_factory=list)
     val_log: list[dict] = field(default_factory=list)
+    train_seconds: float | None = None  # from the study runner's record, when there is one
 
     def case_mean_dice(self, cases: Sequence[str]) -> np.ndarray:
         """Mean Dice over classes per case, in the order of ``cases``."""
@@ -80,10 +84,13 @@ def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> 
             dice[row.case_id][row.class_name] = row.dice
             hd95[row.case_id][row.class_name] = row.hd95
         log = read_metrics(run_dir / "metrics.jsonl")
+        done = run_dir / "study_done.json"
+        train_seconds = json.loads(done.read_text()).get("train_seconds") if done.is_file() else None
+        k = cfg.data.train_cases if cfg.data.train_cases is not None else "all"
         results.append(
             RunResult(
                 path=run_dir,
-                setting=f"{cfg.model.name}, k={cfg.data.train_cases if cfg.data.train_cases is not None else 'all'}",
+                setting=f"{cfg.model.name}, k={k}, {cfg.train.steps} steps",
                 method=_method_label(cfg.method.variant, cfg.method.mask_ratio, cfg.method.momentum, cfg.method.beta),
                 seed=cfg.train.seed,
                 classes=list(table.class_names),
@@ -91,6 +98,7 @@ def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> 
                 hd95=dict(hd95),
                 train_log=[r for r in log if r.get("kind") == "train"],
                 val_log=[r for r in log if r.get("kind") == "val"],
+                train_seconds=train_seconds,
             )
         )
     return results
@@ -110,6 +118,35 @@ def paired_bootstrap(diff_per_case: np.ndarray, *, samples: int = 5000, seed: in
     stats = values[:, draws].mean(axis=(0, 2))
     low, high = np.percentile(stats, [2.5, 97.5])
     return float(values.mean()), float(low), float(high)
+
+
+def hierarchical_bootstrap(
+    diffs_per_seed: Sequence[np.ndarray], *, samples: int = 5000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean paired difference over seeds and its 95% interval across seeds AND test cases.
+
+    Each bootstrap sample draws the seeds with replacement, then the test cases of every drawn
+    seed with replacement, and averages; the interval thus covers both training randomness
+    (which subset and initialisation a seed gives) and test-case sampling. With one seed it is
+    the interval over test cases only.
+
+    Args:
+        diffs_per_seed: one (N_s,) array of per-case differences per seed.
+
+    Returns:
+        ``(mean, low, high)``: the mean of the per-seed means and the 2.5/97.5 percentiles.
+    """
+    rows = [np.asarray(d, dtype=float) for d in diffs_per_seed]
+    if not rows or any(r.ndim != 1 or r.size == 0 for r in rows):
+        raise ValueError("diffs_per_seed must be non-empty 1-D arrays, one per seed")
+    rng = np.random.default_rng(seed)
+    n_seeds = len(rows)
+    seed_draws = rng.integers(0, n_seeds, size=(samples, n_seeds))
+    # per seed, `samples` case-resampled means; a bootstrap sample averages the drawn seeds' means
+    case_means = np.stack([r[rng.integers(0, r.size, size=(samples, r.size))].mean(axis=1) for r in rows])
+    stats = case_means[seed_draws, np.arange(samples)[:, None]].mean(axis=1)
+    low, high = np.percentile(stats, [2.5, 97.5])
+    return float(np.mean([r.mean() for r in rows])), float(low), float(high)
 
 
 def _fmt(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
@@ -193,7 +230,7 @@ def _paired_lines(runs: list[RunResult], reference: str = "baseline") -> list[st
     by_key = {(r.method, r.seed): r for r in runs}
     methods = sorted({r.method for r in runs if r.method != reference}, key=_method_order)
     lines = [
-        f"| method − {reference} | seed | Δ mean Dice (points) | 95% CI over test cases | verdict |",
+        f"| method − {reference} | seed | Δ mean Dice (points) | 95% interval | verdict |",
         "|---|---|---:|---|---|",
     ]
     for method in methods:
@@ -206,13 +243,15 @@ def _paired_lines(runs: list[RunResult], reference: str = "baseline") -> list[st
             diff = ours.case_mean_dice(cases) - base.case_mean_dice(cases)
             rows.append(diff)
             mean, low, high = paired_bootstrap(diff, seed=seed)
-            lines.append(f"| {method} | {seed} | {100 * mean:+.2f} | [{100 * low:+.2f}, {100 * high:+.2f}] | {_verdict(low, high)} |")
-        if len(rows) > 1 and len({len(r) for r in rows}) == 1:
-            mean, low, high = paired_bootstrap(np.stack(rows))
+            lines.append(f"| {method} | {seed} | {100 * mean:+.2f} | [{100 * low:+.2f}, {100 * high:+.2f}] over test cases | |")
+        if len(rows) > 1:
+            mean, low, high = hierarchical_bootstrap(rows)
             lines.append(
-                f"| **{method}** | all {len(rows)} | **{100 * mean:+.2f}** | **[{100 * low:+.2f}, {100 * high:+.2f}]** | "
-                f"**{_verdict(low, high)}** |"
+                f"| **{method}** | all {len(rows)} | **{100 * mean:+.2f}** | **[{100 * low:+.2f}, {100 * high:+.2f}]** "
+                f"over seeds and cases | **{_verdict(low, high)}** |"
             )
+        elif rows:
+            lines.append(f"| **{method}** | 1 | | | one seed: no verdict |")
     return lines
 
 
@@ -280,6 +319,82 @@ def _plot_curves(by_setting: dict[str, list[RunResult]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _val_curve(run: RunResult) -> dict[int, float]:
+    return {int(r["step"]): float(r["mean_dice"]) for r in run.val_log if "mean_dice" in r}
+
+
+def _validation_lines(runs: list[RunResult], max_columns: int = 12) -> list[str]:
+    """Validation mean Dice (mean over seeds) at every validated step, one row per method."""
+    curves = {id(run): _val_curve(run) for run in runs}
+    steps = sorted(set.intersection(*(set(c) for c in curves.values()))) if curves else []
+    if len(steps) < 3:
+        return []
+    if len(steps) > max_columns:  # keep the first, the last and evenly spaced ones between
+        keep = np.unique(np.round(np.linspace(0, len(steps) - 1, max_columns)).astype(int))
+        steps = [steps[i] for i in keep]
+    by_method: dict[str, list[RunResult]] = defaultdict(list)
+    for run in runs:
+        by_method[run.method].append(run)
+    lines = [
+        "Validation mean Dice (percent, mean over seeds; the validation cases select the checkpoint and are "
+        "disjoint from the test cases) by training step:",
+        "",
+        "| method | seeds | " + " | ".join(str(s) for s in steps) + " |",
+        "|---|---|" + "---:|" * len(steps),
+    ]
+    for method, group in sorted(by_method.items(), key=lambda item: _method_order(item[0])):
+        cells = [f"{100 * np.mean([curves[id(r)][s] for r in group]):.1f}" for s in steps]
+        lines.append(f"| {method} | {len(group)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _time_lines(runs: list[RunResult]) -> list[str]:
+    timed: dict[str, list[float]] = defaultdict(list)
+    for run in runs:
+        if run.train_seconds:
+            timed[run.method].append(run.train_seconds)
+    if not timed:
+        return []
+    parts = [f"{method} {np.mean(values) / 60:.0f} min" for method, values in
+             sorted(timed.items(), key=lambda item: _method_order(item[0]))]
+    return ["Training time per run (mean over seeds, wall clock, validation included): " + ", ".join(parts) + ".", ""]
+
+
+def _plot_validation(by_setting: dict[str, list[RunResult]], path: Path) -> bool:
+    """Validation mean Dice against step: every seed thin, the mean over seeds bold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = [s for s, runs in by_setting.items() if sum(len(_val_curve(r)) >= 3 for r in runs) >= 1]
+    if not settings:
+        return False
+    fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        by_method: dict[str, list[dict[int, float]]] = defaultdict(list)
+        for run in by_setting[setting]:
+            curve = _val_curve(run)
+            if len(curve) >= 3:
+                by_method[run.method].append(curve)
+        for index, (method, curves) in enumerate(sorted(by_method.items(), key=lambda item: _method_order(item[0]))):
+            color = f"C{index}"
+            for curve in curves:
+                ax.plot(list(curve), list(curve.values()), color=color, alpha=0.3, linewidth=0.8)
+            common = sorted(set.intersection(*(set(c) for c in curves)))
+            ax.plot(common, [np.mean([c[s] for c in curves]) for s in common], color=color, linewidth=2,
+                    label=f"{method} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+        ax.set_title(f"{setting}: validation mean Dice")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("mean Dice")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _smooth(values: Sequence[float], window: int = 10) -> np.ndarray:
@@ -359,7 +474,9 @@ def write_report(
         "Dice in percent (mean ± std over seeds of the test-set mean), HD95 in mm (finite values only; "
         "cases where exactly one of prediction and truth is empty have no HD95 and are counted under "
         "'HD95 missing'). Δ = paired difference per seed (same training subset and initialisation), "
-        "95% percentile bootstrap over test cases (5000 resamples); 'all' pools the seeds.",
+        "95% percentile bootstrap over test cases (5000 resamples); the 'all' row's interval is a hierarchical "
+        "bootstrap over seeds and then test cases, and only it gives a verdict: 'better' or 'worse' when it "
+        "excludes zero.",
         "",
     ]
     for setting, setting_runs in by_setting.items():
@@ -369,10 +486,15 @@ def write_report(
         final_losses = _final_loss_lines(setting_runs)
         if final_losses:
             lines += [*final_losses, ""]
+        lines += _validation_lines(setting_runs)
+        lines += _time_lines(setting_runs)
     box_path, curve_path, overlay_path = figures / "dice_boxplots.png", figures / "training_curves.png", figures / "overlay.png"
     _plot_boxes(by_setting, box_path)
     _plot_curves(by_setting, curve_path)
     lines += ["## Figures", "", f"![per-case Dice]({box_path.name})", "", f"![training curves]({curve_path.name})", ""]
+    validation_path = figures / "validation_curves.png"
+    if _plot_validation(by_setting, validation_path):
+        lines += [f"![validation Dice against training steps]({validation_path.name})", ""]
     first_setting = next(iter(by_setting.values()))
     if _plot_overlay(first_setting, Path(data_root) if data_root else None, overlay_path):
         lines += [f"![qualitative comparison]({overlay_path.name})", ""]
