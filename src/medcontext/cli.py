@@ -364,13 +364,14 @@ _COMMANDS = {
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from medcontext.data import DatasetError
+    from medcontext.data.atomic import DiskFullError
     from medcontext.engine.checkpoint import CheckpointError
     from medcontext.engine.distributed import DistributedError
     from medcontext.engine.trainer import NonFiniteLossError
     from medcontext.models.pretrained import PretrainedLoadError
 
     errors: list[type[BaseException]] = [DatasetError, CheckpointError, DistributedError, NonFiniteLossError, PretrainedLoadError,
-                                         ValueError, FileNotFoundError, NotADirectoryError, PermissionError]
+                                         ValueError, FileNotFoundError, NotADirectoryError, PermissionError, DiskFullError]
     try:
         from medcontext.data import DownloadError
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medcontext.data.atomic import write_text_atomic
+from medcontext.data.atomic import remove_stale_temporaries, write_text_atomic
 from medcontext.engine.checkpoint import CheckpointError, load_model_state, read_checkpoint
 from medcontext.engine.config import ConfigError, TrainConfig, load_config, resolve_batch_scaling, save_config
 from medcontext.engine.cpu_memory import describe_cpu_allocator
@@ -160,6 +160,14 @@ def _validation_cases(spec, case_ids: Sequence[str], preprocess) -> list[Validat
     return cases
 
 
+def _remove_stale_temporaries(run_dir: Path, echo: Callable[[str], None]) -> None:
+    """Delete temp files that a killed process left in ``run_dir`` while writing a checkpoint or log."""
+    removed = remove_stale_temporaries(run_dir)
+    if removed:
+        listing = ", ".join(f"{path.name} ({size / 1e6:.1f} MB)" for path, size in removed)
+        echo(f"removed {len(removed)} temporary file(s) of interrupted writes from {run_dir}: {listing}")
+
+
 def _check_run_dir(run_dir: Path, resume: bool, world: World | None = None) -> None:
     if resume:
         if not (run_dir / "last.pt").is_file():
@@ -276,6 +284,7 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
 
     def prepare_run_folder() -> Split:
         """Rank 0: check the data, draw the split and write the run folder's description."""
+        _remove_stale_temporaries(run_dir, echo)
         if resume:
             split = Split.load(run_dir / "split.json")
         else:
