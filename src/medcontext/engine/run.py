@@ -36,6 +36,7 @@ from medcontext.engine.checkpoint import CheckpointError, load_model_state, read
 from medcontext.engine.config import ConfigError, TrainConfig, load_config, resolve_batch_scaling, save_config
 from medcontext.engine.cpu_memory import describe_cpu_allocator
 from medcontext.engine.distributed import World, init_distributed
+from medcontext.engine.preflight import check_run_settings
 from medcontext.engine.trainer import RESUME_MAY_CHANGE, TrainResult, Trainer, ValidationCase
 
 __all__ = [
@@ -280,6 +281,13 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
                 f"--resume: the settings differ from the run's config.yaml ({listing}){hint}; resume with the same "
                 "settings (drop the changed options) or start a new run"
             )
+    # every setting is checked before the dataset is read and before the run folder is written
+    check_run_settings(
+        cfg, in_channels=spec.num_channels, roi=roi,
+        build_network=lambda: build_network(cfg, spec.num_channels, spec.num_outputs, roi),
+        build_medcontext=lambda network: build_medcontext(cfg, network, roi, spec.output_mode),
+        preprocess=lambda: PreprocessConfig.from_spec(spec, **cfg.data.preprocess),
+    )
     preprocess = PreprocessConfig.from_spec(spec, **cfg.data.preprocess)
 
     def prepare_run_folder() -> Split:
