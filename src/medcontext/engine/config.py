@@ -446,6 +446,7 @@ CHECKS: list[Check] = [
     Check("data.pos", "a finite number >= 0 (data.pos + data.neg > 0)", lambda v, c: _number(v, 0) and v + c.data.neg > 0),
     Check("data.neg", "a finite number >= 0", lambda v, c: _number(v, 0)),
     Check("data.num_workers", ">= 0", lambda v, c: _int(v, 0)),
+    Check("data.cache_dir", "a folder path or null", lambda v, c: v is None or (isinstance(v, str) and v.strip() != "")),
     Check("data.preprocess", "a mapping of preprocessing settings", lambda v, c: isinstance(v, dict)),
     # model
     Check.one_of("model.name", _models),
