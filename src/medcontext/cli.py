@@ -272,7 +272,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.best_metric is not None:
         print(f"best validation mean Dice {result.best_metric:.4f} at step {result.best_step}")
     if result.stopped_by in ("SIGINT", "SIGTERM"):
-        print(f"stopped by {result.stopped_by} after step {result.step}; continue with --resume", file=sys.stderr)
+        if result.finished:  # the signal arrived during the last step
+            print(f"{result.stopped_by} arrived during the last step; the run is complete: {Path(args.out) / 'last.pt'}",
+                  file=sys.stderr)
+        else:
+            print(f"stopped by {result.stopped_by} after step {result.step}; continue with --resume", file=sys.stderr)
         return result.exit_code
     if result.stopped_by == "stop_after":
         print(f"stopped after step {result.step} (--stop-after); continue with --resume")

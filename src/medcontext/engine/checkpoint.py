@@ -88,18 +88,30 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
     """
     data = {"format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION, "version": medcontext.__version__}
     data.update(payload)
-    return atomic_write(path, lambda handle: torch.save(data, handle), expected_size=tensor_bytes(data))
+    # the tensors are a lower bound; the previous checkpoint of the same run measures the metadata too
+    path = Path(path)
+    previous = path.stat().st_size if path.is_file() else 0
+    return atomic_write(path, lambda handle: torch.save(data, handle), expected_size=max(tensor_bytes(data), previous))
 
 
 def tensor_bytes(obj: Any) -> int:
-    """Bytes of the tensors in a nested dict/list/tuple (what a checkpoint of it mostly needs on disk)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, Mapping):
-        return sum(tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(tensor_bytes(v) for v in obj)
-    return 0
+    """Bytes of the tensor storages in a nested dict/list/tuple, each shared storage counted once
+    (what ``torch.save`` writes; the checkpoint's size on disk, less a few kB of metadata)."""
+    storages: dict[tuple, int] = {}
+
+    def visit(item: Any) -> None:
+        if isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            storages[(item.device.type, item.device.index, storage.data_ptr())] = storage.nbytes()
+        elif isinstance(item, Mapping):
+            for value in item.values():
+                visit(value)
+        elif isinstance(item, (list, tuple)):
+            for value in item:
+                visit(value)
+
+    visit(obj)
+    return sum(storages.values())
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
