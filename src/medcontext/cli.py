@@ -371,11 +371,13 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from medcontext.data.atomic import DiskFullError
     from medcontext.engine.checkpoint import CheckpointError
     from medcontext.engine.distributed import DistributedError
+    from medcontext.engine.predict import PredictionFailedError
     from medcontext.engine.trainer import NonFiniteLossError
     from medcontext.models.pretrained import PretrainedLoadError
 
     errors: list[type[BaseException]] = [DatasetError, CheckpointError, DistributedError, NonFiniteLossError, PretrainedLoadError,
-                                         ValueError, FileNotFoundError, NotADirectoryError, PermissionError, DiskFullError]
+                                         ValueError, FileNotFoundError, NotADirectoryError, PermissionError, DiskFullError,
+                                         PredictionFailedError]
     try:
         from medcontext.data import DownloadError
 
