@@ -35,6 +35,8 @@ from medcontext.models import get_model_spec, list_models
         (["model.roi=[16, 16]"], "model.roi must be 3 positive ints or null"),
         (["optim.name=sgd", "optim.momentum=0"], "optim.momentum must be .*> 0 for SGD"),
         (["data.pos=0", "data.neg=0"], "data.pos must be a finite number >= 0"),
+        (["data.test_cases=1.5"], r"data.test_cases must be an int >= 0, a fraction in \(0, 1\)"),
+        (["data.test_cases=[a, a]"], "data.test_cases must be .*distinct case ids"),
         (["train.device=gpu"], "train.device must be auto, cpu, cuda, cuda:N or mps"),
         (["method.variant=baseline", "eval.use=teacher"], "eval.use must be student, or teacher with a method.variant"),
     ],
@@ -55,6 +57,7 @@ def test_valid_edge_values_pass():
     load_config(overrides=["optim.final_lr=0", "eval.max_val_cases=1", "optim.betas=[0, 0.999]", "method.mask_cell=8",
                            "train.device=cuda:1", "data.test_cases=[a, b]", "optim.grad_clip=null",
                            "method.variant=msl_only", "eval.use=teacher"])
+    load_config(overrides=["data.test_cases=[]", "data.train_case_ids=[x, y]", "data.test_cases=0.25"])
 
 
 def test_every_setting_has_a_check():

@@ -405,8 +405,23 @@ def _int(value: Any, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def _ids(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value) and len(set(value)) == len(value)
+def _ids(value: Any, *, empty: bool = False) -> bool:
+    """A list of distinct, non-empty case ids (an empty list only with ``empty``)."""
+    if not isinstance(value, list) or not (value or empty):
+        return False
+    return all(isinstance(v, str) and v for v in value) and len(set(value)) == len(value)
+
+
+def _text_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() != "")
+
+
+def _str_keys(value: Any, str_values: bool = False) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and (isinstance(x, str) or not str_values) for k, x in value.items())
+
+
+def _cell(value: Any) -> bool:
+    return _int(value, 1) or (isinstance(value, list) and len(value) == 3 and all(_int(x, 1) for x in value))
 
 
 def _variants() -> list[str]:
@@ -433,28 +448,27 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 CHECKS: list[Check] = [
     # data
-    Check("data.path", "a dataset folder or null", lambda v, c: v is None or (isinstance(v, str) and v.strip() != "")),
+    Check("data.path", "a dataset folder or null", lambda v, c: _text_or_none(v)),
     Check("data.preset", "a dataset preset name", lambda v, c: isinstance(v, str) and v.strip() != ""),
     Check("data.train_cases", ">= 1 or null", lambda v, c: v is None or _int(v, 1)),
     Check("data.train_case_ids", "a non-empty list of distinct case ids or null", lambda v, c: v is None or _ids(v)),
     Check("data.val_cases", ">= 0", lambda v, c: _int(v, 0)),
     Check("data.test_cases", "an int >= 0, a fraction in (0, 1), a list of distinct case ids or null",
-          lambda v, c: v is None or (_int(v, 0) if isinstance(v, int) else _number(v, 0, 1, low_open=True, high_open=True)
-                                     if isinstance(v, float) else _ids(v))),
+          lambda v, c: v is None or _int(v, 0) or _number(v, 0, 1, low_open=True, high_open=True) or _ids(v, empty=True)),
     Check("data.split_seed", "an int or null", lambda v, c: v is None or _int(v, -(2**63))),
     Check("data.num_samples", ">= 1", lambda v, c: _int(v, 1)),
-    Check("data.pos", "a finite number >= 0 (data.pos + data.neg > 0)", lambda v, c: _number(v, 0) and v + c.data.neg > 0),
+    Check("data.pos", "a finite number >= 0 (data.pos + data.neg > 0)",
+          lambda v, c: _number(v, 0) and v + c.data.neg > 0),
     Check("data.neg", "a finite number >= 0", lambda v, c: _number(v, 0)),
     Check("data.num_workers", ">= 0", lambda v, c: _int(v, 0)),
-    Check("data.cache_dir", "a folder path or null", lambda v, c: v is None or (isinstance(v, str) and v.strip() != "")),
+    Check("data.cache_dir", "a folder path or null", lambda v, c: _text_or_none(v)),
     Check("data.preprocess", "a mapping of preprocessing settings", lambda v, c: isinstance(v, dict)),
     # model
     Check.one_of("model.name", _models),
-    Check("model.options", "a mapping of option names to values", lambda v, c: isinstance(v, dict) and all(isinstance(k, str) for k in v)),
+    Check("model.options", "a mapping of option names to values", lambda v, c: _str_keys(v)),
     Check("model.roi", "3 positive ints or null", lambda v, c: v is None or (len(v) == 3 and all(_int(r, 1) for r in v))),
-    Check("model.init_checkpoint", "a file path or null", lambda v, c: v is None or (isinstance(v, str) and v.strip() != "")),
-    Check("model.init_prefix_map", "a mapping of key prefixes {old: new}",
-          lambda v, c: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())),
+    Check("model.init_checkpoint", "a file path or null", lambda v, c: _text_or_none(v)),
+    Check("model.init_prefix_map", "a mapping of key prefixes {old: new}", lambda v, c: _str_keys(v, str_values=True)),
     # method
     Check.one_of("method.variant", _variants),
     Check("method.mask_ratio", "in [0, 1]", lambda v, c: _number(v, 0, 1)),
@@ -462,8 +476,7 @@ CHECKS: list[Check] = [
     Check("method.momentum", "in [0, 1]", lambda v, c: _number(v, 0, 1)),
     Check.one_of("method.mask_space", ("auto", "token", "input")),
     Check("method.depth_axis", "a spatial axis in [-3, 2]", lambda v, c: _int(v, -3) and v <= 2),
-    Check("method.mask_cell", "a positive int, 3 positive ints or null",
-          lambda v, c: v is None or _int(v, 1) or (isinstance(v, list) and len(v) == 3 and all(_int(x, 1) for x in v))),
+    Check("method.mask_cell", "a positive int, 3 positive ints or null", lambda v, c: v is None or _cell(v)),
     Check.one_of("method.mask_mode", ("exact", "bernoulli")),
     Check.one_of("method.student_passes", ("auto", "separate", "concat")),
     # optim
@@ -478,7 +491,8 @@ CHECKS: list[Check] = [
     Check("optim.warmup_steps", "in [0, train.steps)", lambda v, c: _int(v, 0) and v < c.train.steps),
     Check("optim.final_lr", "a finite number >= 0 (the learning rate at the last step)", lambda v, c: _number(v, 0)),
     Check("optim.poly_power", "a finite number >= 0", lambda v, c: _number(v, 0)),
-    Check("optim.grad_clip", "a finite number >= 0 or null (0 or null: no clipping)", lambda v, c: v is None or _number(v, 0)),
+    Check("optim.grad_clip", "a finite number >= 0 or null (0 or null: no clipping)",
+          lambda v, c: v is None or _number(v, 0)),
     Check.one_of("optim.lr_scaling", LR_SCALING),
     Check("optim.base_batch_size", ">= 1", lambda v, c: _int(v, 1)),
     # train
