@@ -277,7 +277,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.best_metric is not None:
         print(f"best validation mean Dice {result.best_metric:.4f} at step {result.best_step}")
     if result.stopped_by in ("SIGINT", "SIGTERM"):
-        print(f"stopped by {result.stopped_by} after step {result.step}; continue with --resume", file=sys.stderr)
+        if result.finished:  # the signal arrived during the last step
+            print(f"{result.stopped_by} arrived during the last step; the run is complete: {Path(args.out) / 'last.pt'}",
+                  file=sys.stderr)
+        else:
+            print(f"stopped by {result.stopped_by} after step {result.step}; continue with --resume", file=sys.stderr)
         return result.exit_code
     if result.stopped_by == "stop_after":
         print(f"stopped after step {result.step} (--stop-after); continue with --resume")
@@ -378,13 +382,16 @@ _COMMANDS = {
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from medcontext.data import DatasetError
+    from medcontext.data.atomic import DiskFullError
     from medcontext.engine.checkpoint import CheckpointError
     from medcontext.engine.distributed import DistributedError
+    from medcontext.engine.predict import PredictionFailedError
     from medcontext.engine.trainer import NonFiniteLossError
     from medcontext.models.pretrained import PretrainedLoadError
 
     errors: list[type[BaseException]] = [DatasetError, CheckpointError, DistributedError, NonFiniteLossError, PretrainedLoadError,
-                                         ValueError, FileNotFoundError, NotADirectoryError, PermissionError]
+                                         ValueError, FileNotFoundError, NotADirectoryError, PermissionError, DiskFullError,
+                                         PredictionFailedError]
     try:
         from medcontext.data import DownloadError
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
+import os
+import stat
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from medcontext.cli import main
-from medcontext.engine.predict import find_input_cases
+from medcontext.engine.predict import failure_reason, find_input_cases
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,45 @@ def test_predict_errors_name_the_file(trained_run, tmp_path, capsys):
     assert "two.nii.gz" in err and "2 channel" in err
     assert main(["predict", "--run", str(tmp_path), "--input", str(missing), "--output", str(tmp_path / "o")]) == 2
     assert "not a medcontext run folder" in capsys.readouterr().err
+
+
+def test_predict_goes_on_after_a_bad_case_and_names_it(trained_run, tmp_path, capsys):
+    data, run = trained_run
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a_good", "c_good"):
+        (inputs / f"{name}.nii.gz").write_bytes((data / "imagesTr" / "phantom_000.nii.gz").read_bytes())
+    whole = (data / "imagesTr" / "phantom_001.nii.gz").read_bytes()
+    (inputs / "b_truncated.nii.gz").write_bytes(whole[: len(whole) // 3])  # a copy that was cut off
+    two_channels = np.stack([np.zeros((24, 24, 24), np.float32)] * 2, axis=-1)
+    nib.save(nib.Nifti1Image(two_channels, np.eye(4)), str(inputs / "d_two_channels.nii.gz"))
+    old = os.umask(0o022)
+    try:
+        code = main(["predict", "--run", str(run), "--input", str(inputs), "--output", str(tmp_path / "out")])
+    finally:
+        os.umask(old)
+    assert code == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert "2 of 4 case(s) could not be predicted; the other 2 were written" in captured.err
+    assert f"b_truncated ({inputs / 'b_truncated.nii.gz'}): EOFError" in captured.err
+    assert f"d_two_channels ({inputs / 'd_two_channels.nii.gz'}): ValueError" in captured.err and "2 channel" in captured.err
+    assert "b_truncated: FAILED" in captured.out
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["a_good.nii.gz", "c_good.nii.gz"]  # the case after the bad one was predicted too
+    assert all(stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == 0o644 for name in written)
+
+
+def test_failure_reason_is_the_innermost_cause():
+    try:
+        try:
+            raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+        except EOFError as inner:
+            raise RuntimeError("applying transform <LoadImaged object>") from inner
+    except RuntimeError as err:
+        assert failure_reason(err) == "EOFError: Compressed file ended before the end-of-stream marker was reached"
+    assert failure_reason(ValueError("first line\nsecond")) == "ValueError: first line"
+    assert failure_reason(KeyError()) == "KeyError"
 
 
 def test_evaluate_scores_the_test_split(trained_run, capsys):

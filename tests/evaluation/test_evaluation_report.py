@@ -145,6 +145,18 @@ def test_write_is_atomic_on_failure(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["metrics.csv"] and target.is_dir()
 
 
+@pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o077, 0o600)])
+def test_reports_get_the_umask_permissions(tmp_path, umask, expected):
+    old = os.umask(umask)
+    try:
+        paths = [write_csv(sample_table(), tmp_path / "metrics.csv"),
+                 write_markdown(sample_table(), tmp_path / "summary.md")]
+    finally:
+        os.umask(old)
+    assert [os.stat(p).st_mode & 0o777 for p in paths] == [expected, expected]
+    assert sorted(os.listdir(tmp_path)) == ["metrics.csv", "summary.md"]
+
+
 def test_read_csv_errors(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("case,dice\nc1,0.5\n")

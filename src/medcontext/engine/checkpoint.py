@@ -15,7 +15,8 @@ A checkpoint (``last.pt``, ``best.pt``) is a dict::
     }
 
 It is written with :func:`medcontext.data.atomic.atomic_write` (temp file, fsync,
-``os.replace``): a crash during a save leaves the previous file intact. Loading is strict:
+``os.replace``): a crash during a save leaves the previous file intact, and a full disk
+raises :class:`~medcontext.data.atomic.DiskFullError` naming the file and the space it needs. Loading is strict:
 any key difference between the checkpoint and the model is an error listing the keys.
 """
 
@@ -37,6 +38,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
     "save_checkpoint",
+    "tensor_bytes",
     "read_checkpoint",
     "load_model_state",
     "capture_rng_state",
@@ -78,10 +80,38 @@ def restore_rng_state(state: Mapping[str, Any], mask_generator: torch.Generator 
 
 
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` (plus format and version fields) to ``path`` atomically."""
+    """Write ``payload`` (plus format and version fields) to ``path`` atomically.
+
+    Raises:
+        DiskFullError: the file system is full; the message names ``path`` and the size
+            of the checkpoint, and the previous file at ``path`` is intact.
+    """
     data = {"format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION, "version": medcontext.__version__}
     data.update(payload)
-    return atomic_write(path, lambda handle: torch.save(data, handle))
+    # the tensors are a lower bound; the previous checkpoint of the same run measures the metadata too
+    path = Path(path)
+    previous = path.stat().st_size if path.is_file() else 0
+    return atomic_write(path, lambda handle: torch.save(data, handle), expected_size=max(tensor_bytes(data), previous))
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensor storages in a nested dict/list/tuple, each shared storage counted once
+    (what ``torch.save`` writes; the checkpoint's size on disk, less a few kB of metadata)."""
+    storages: dict[tuple, int] = {}
+
+    def visit(item: Any) -> None:
+        if isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            storages[(item.device.type, item.device.index, storage.data_ptr())] = storage.nbytes()
+        elif isinstance(item, Mapping):
+            for value in item.values():
+                visit(value)
+        elif isinstance(item, (list, tuple)):
+            for value in item:
+                visit(value)
+
+    visit(obj)
+    return sum(storages.values())
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

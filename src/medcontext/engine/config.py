@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -35,6 +37,8 @@ __all__ = [
     "EvalConfig",
     "TrainConfig",
     "ConfigError",
+    "Check",
+    "CHECKS",
     "resolve_batch_scaling",
     "lr_scale_factor",
     "load_config",
@@ -331,53 +335,13 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> "TrainConfig":
-        """Check value ranges that do not need the dataset; returns ``self``."""
-        checks = [
-            (self.train.steps >= 1, "train.steps must be >= 1"),
-            (self.train.batch_size >= 1, "train.batch_size must be >= 1"),
-            (self.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
-            (self.train.log_every >= 1, "train.log_every must be >= 1"),
-            (self.train.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision must be auto, fp32, bf16 or fp16"),
-            (self.data.num_samples >= 1, "data.num_samples must be >= 1"),
-            (self.data.num_workers >= 0, "data.num_workers must be >= 0"),
-            (self.data.val_cases >= 0, "data.val_cases must be >= 0"),
-            (self.data.train_cases is None or self.data.train_cases >= 1, "data.train_cases must be >= 1 or null"),
-            (self.optim.name in ("adamw", "sgd"), "optim.name must be adamw or sgd"),
-            (self.optim.lr > 0, "optim.lr must be > 0"),
-            (self.optim.schedule in ("warmup_cosine", "poly", "constant"), "optim.schedule must be warmup_cosine, poly or constant"),
-            (0 <= self.optim.warmup_steps < self.train.steps, "optim.warmup_steps must be in [0, train.steps)"),
-            (self.optim.grad_clip is None or self.optim.grad_clip >= 0, "optim.grad_clip must be >= 0 or null"),
-            (len(self.optim.betas) == 2, "optim.betas must have two values"),
-            (self.optim.lr_scaling in LR_SCALING, "optim.lr_scaling must be none, linear or sqrt"),
-            (self.optim.base_batch_size >= 1, "optim.base_batch_size must be >= 1"),
-            (self.train.effective_batch_size is None or self.train.effective_batch_size >= 1,
-             "train.effective_batch_size must be >= 1 or null"),
-            (self.train.dist_timeout_min > 0, "train.dist_timeout_min must be > 0"),
-            (self.eval.every >= 0, "eval.every must be >= 0"),
-            (0 <= self.eval.overlap < 1, "eval.overlap must be in [0, 1)"),
-            (self.eval.mode in ("gaussian", "constant"), "eval.mode must be gaussian or constant"),
-            (self.eval.use in ("student", "teacher"), "eval.use must be student or teacher"),
-            (self.eval.sw_batch_size >= 1, "eval.sw_batch_size must be >= 1"),
-            (0 <= self.method.mask_ratio <= 1, "method.mask_ratio must be in [0, 1]"),
-            (self.method.beta >= 0, "method.beta must be >= 0"),
-            (0 <= self.method.momentum <= 1, "method.momentum must be in [0, 1]"),
-            (self.method.momentum_horizon is None or 0 < self.method.momentum_horizon <= 1,
-             "method.momentum_horizon must be in (0, 1] (a fraction of train.steps) or null"),
-        ]
-        if self.model.roi is not None:
-            checks.append((len(self.model.roi) == 3 and all(r >= 1 for r in self.model.roi), "model.roi must be 3 positive ints"))
-        if self.data.group_by is not None:
-            from medcontext.data.grouping import GroupRuleError, check_group_rule
+        """Check every value against :data:`CHECKS` (no dataset needed); returns ``self``.
 
-            try:
-                check_group_rule(self.data.group_by)
-            except GroupRuleError as err:
-                checks.append((False, f"data.group_by: {err}"))
-        if isinstance(self.data.test_cases, float):
-            checks.append((0 < self.data.test_cases < 1, "data.test_cases as a fraction must be in (0, 1)"))
-        elif isinstance(self.data.test_cases, int):
-            checks.append((self.data.test_cases >= 0, "data.test_cases must be >= 0"))
-        bad = [msg for ok, msg in checks if not ok]
+        Raises:
+            ConfigError: listing every failed check as ``<section>.<name> must be ..., got ...``.
+        """
+        bad = [check.problem(self) for check in CHECKS]
+        bad = [problem for problem in bad if problem]
         if bad:
             raise ConfigError("invalid configuration: " + "; ".join(bad) + ".")
         return self
@@ -386,6 +350,200 @@ class TrainConfig:
         """Dotted keys whose values differ: ``{key: (self_value, other_value)}``."""
         mine, theirs = dict(_flatten(self.to_dict())), dict(_flatten(other.to_dict()))
         return {k: (mine.get(k), theirs.get(k)) for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One row of :data:`CHECKS`: the setting ``key`` must satisfy ``ok``.
+
+    Attributes:
+        key: the full dotted key, e.g. ``"optim.lr"`` (named in the error message).
+        requirement: what a valid value is, completing "``key`` must be ..." (or a function
+            returning it, for lists only known at run time such as the registered models).
+        ok: ``(value, cfg) -> bool``; ``cfg`` is the whole :class:`TrainConfig`, for rules that
+            relate two settings. A predicate that raises (a value of a wrong type set from
+            Python) counts as failed.
+        choices: the valid strings, when the setting is a choice: a misspelled value gets
+            the closest one suggested (or a function returning them).
+    """
+
+    key: str
+    requirement: str | Callable[[], str]
+    ok: Callable[[Any, "TrainConfig"], bool]
+    choices: Sequence[str] | Callable[[], Sequence[str]] = ()
+
+    @classmethod
+    def one_of(cls, key: str, choices: Sequence[str] | Callable[[], Sequence[str]]) -> "Check":
+        """A choice among fixed strings, e.g. ``Check.one_of("eval.mode", ("gaussian", "constant"))``."""
+        listed = choices if callable(choices) else (lambda: choices)
+        return cls(key, lambda: _listing(listed()), lambda v, c: v in listed(), choices)
+
+    def problem(self, cfg: "TrainConfig") -> str | None:
+        """``None`` when the value passes, else ``"<key> must be <requirement>, got <value>"``."""
+        value = cfg.get(self.key)
+        try:
+            passed = bool(self.ok(value, cfg))
+        except (TypeError, ValueError, AttributeError):
+            passed = False
+        if passed:
+            return None
+        requirement = self.requirement() if callable(self.requirement) else self.requirement
+        text = f"{self.key} must be {requirement}, got {value!r}"
+        choices = self.choices() if callable(self.choices) else self.choices
+        close = difflib.get_close_matches(value, list(choices), n=1) if isinstance(value, str) and choices else []
+        return text + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _listing(options: Sequence[str]) -> str:
+    """``"a, b or c"``."""
+    options = list(options)
+    return options[0] if len(options) == 1 else ", ".join(options[:-1]) + " or " + options[-1]
+
+
+def _number(value: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+            high_open: bool = False) -> bool:
+    """A finite real number (not a bool) inside the given bounds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    if low is not None and (value <= low if low_open else value < low):
+        return False
+    return high is None or (value < high if high_open else value <= high)
+
+
+def _int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _ids(value: Any, *, empty: bool = False) -> bool:
+    """A list of distinct, non-empty case ids (an empty list only with ``empty``)."""
+    if not isinstance(value, list) or not (value or empty):
+        return False
+    return all(isinstance(v, str) and v for v in value) and len(set(value)) == len(value)
+
+
+def _text_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() != "")
+
+
+def _str_keys(value: Any, str_values: bool = False) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and (isinstance(x, str) or not str_values) for k, x in value.items())
+
+
+def _cell(value: Any) -> bool:
+    return _int(value, 1) or (isinstance(value, list) and len(value) == 3 and all(_int(x, 1) for x in value))
+
+
+def _variants() -> list[str]:
+    from medcontext.method import VARIANTS
+
+    return list(VARIANTS)
+
+
+def _has_teacher(variant: str) -> bool:
+    from medcontext.method import VARIANTS
+
+    return variant in VARIANTS and VARIANTS[variant].teacher
+
+
+def _models() -> list[str]:
+    from medcontext.models import list_models
+
+    return list_models()
+
+
+LR_SCALING = ("none", "linear", "sqrt")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+def _group_rule(value: Any) -> bool:
+    from medcontext.data.grouping import GroupRuleError, check_group_rule
+
+    try:
+        check_group_rule(value)
+    except GroupRuleError:
+        return False
+    return True
+
+
+CHECKS: list[Check] = [
+    # data
+    Check("data.path", "a dataset folder or null", lambda v, c: _text_or_none(v)),
+    Check("data.preset", "a dataset preset name", lambda v, c: isinstance(v, str) and v.strip() != ""),
+    Check("data.train_cases", ">= 1 or null", lambda v, c: v is None or _int(v, 1)),
+    Check("data.train_case_ids", "a non-empty list of distinct case ids or null", lambda v, c: v is None or _ids(v)),
+    Check("data.val_cases", ">= 0", lambda v, c: _int(v, 0)),
+    Check("data.test_cases", "an int >= 0, a fraction in (0, 1), a list of distinct case ids or null",
+          lambda v, c: v is None or _int(v, 0) or _number(v, 0, 1, low_open=True, high_open=True) or _ids(v, empty=True)),
+    Check("data.split_seed", "an int or null", lambda v, c: v is None or _int(v, -(2**63))),
+    Check("data.group_by", "'regex:PATTERN' (a valid regular expression), 'metadata:COLUMN', 'none' or null",
+          lambda v, c: v is None or _group_rule(v)),
+    Check("data.num_samples", ">= 1", lambda v, c: _int(v, 1)),
+    Check("data.pos", "a finite number >= 0 (data.pos + data.neg > 0)",
+          lambda v, c: _number(v, 0) and v + c.data.neg > 0),
+    Check("data.neg", "a finite number >= 0", lambda v, c: _number(v, 0)),
+    Check("data.num_workers", ">= 0", lambda v, c: _int(v, 0)),
+    Check("data.cache_dir", "a folder path or null", lambda v, c: _text_or_none(v)),
+    Check("data.preprocess", "a mapping of preprocessing settings", lambda v, c: isinstance(v, dict)),
+    # model
+    Check.one_of("model.name", _models),
+    Check("model.options", "a mapping of option names to values", lambda v, c: _str_keys(v)),
+    Check("model.roi", "3 positive ints or null", lambda v, c: v is None or (len(v) == 3 and all(_int(r, 1) for r in v))),
+    Check("model.init_checkpoint", "a file path or null", lambda v, c: _text_or_none(v)),
+    Check("model.init_prefix_map", "a mapping of key prefixes {old: new}", lambda v, c: _str_keys(v, str_values=True)),
+    # method
+    Check.one_of("method.variant", _variants),
+    Check("method.mask_ratio", "in [0, 1]", lambda v, c: _number(v, 0, 1)),
+    Check("method.beta", "a finite number >= 0", lambda v, c: _number(v, 0)),
+    Check("method.momentum", "in [0, 1]", lambda v, c: _number(v, 0, 1)),
+    Check("method.momentum_horizon", "in (0, 1] (a fraction of train.steps) or null",
+          lambda v, c: v is None or _number(v, 0, 1, low_open=True)),
+    Check.one_of("method.mask_space", ("auto", "token", "input")),
+    Check("method.depth_axis", "a spatial axis in [-3, 2]", lambda v, c: _int(v, -3) and v <= 2),
+    Check("method.mask_cell", "a positive int, 3 positive ints or null", lambda v, c: v is None or _cell(v)),
+    Check.one_of("method.mask_mode", ("exact", "bernoulli")),
+    Check.one_of("method.student_passes", ("auto", "separate", "concat")),
+    # optim
+    Check.one_of("optim.name", ("adamw", "sgd")),
+    Check("optim.lr", "a finite number > 0", lambda v, c: _number(v, 0, low_open=True)),
+    Check("optim.weight_decay", "a finite number >= 0", lambda v, c: _number(v, 0)),
+    Check("optim.betas", "two numbers in [0, 1), e.g. [0.9, 0.999]",
+          lambda v, c: len(v) == 2 and all(_number(b, 0, 1, high_open=True) for b in v)),
+    Check("optim.momentum", "in [0, 1) (and > 0 for SGD with optim.nesterov=true)",
+          lambda v, c: _number(v, 0, 1, high_open=True) and not (c.optim.name == "sgd" and c.optim.nesterov and v == 0)),
+    Check.one_of("optim.schedule", ("warmup_cosine", "poly", "constant")),
+    Check("optim.warmup_steps", "in [0, train.steps)", lambda v, c: _int(v, 0) and v < c.train.steps),
+    Check("optim.final_lr", "a finite number >= 0 (the learning rate at the last step)", lambda v, c: _number(v, 0)),
+    Check("optim.poly_power", "a finite number >= 0", lambda v, c: _number(v, 0)),
+    Check("optim.grad_clip", "a finite number >= 0 or null (0 or null: no clipping)",
+          lambda v, c: v is None or _number(v, 0)),
+    Check.one_of("optim.lr_scaling", LR_SCALING),
+    Check("optim.base_batch_size", ">= 1", lambda v, c: _int(v, 1)),
+    # train
+    Check("train.steps", ">= 1", lambda v, c: _int(v, 1)),
+    Check("train.batch_size", ">= 1", lambda v, c: _int(v, 1)),
+    Check("train.effective_batch_size", ">= 1 or null", lambda v, c: v is None or _int(v, 1)),
+    Check("train.seed", "an int", lambda v, c: _int(v, -(2**63))),
+    Check.one_of("train.precision", PRECISIONS),
+    Check("train.device", "auto, cpu, cuda, cuda:N or mps", lambda v, c: bool(_DEVICE.match(v))),
+    Check("train.checkpoint_every", ">= 1", lambda v, c: _int(v, 1)),
+    Check("train.log_every", ">= 1", lambda v, c: _int(v, 1)),
+    Check("train.dist_timeout_min", "a finite number > 0", lambda v, c: _number(v, 0, low_open=True)),
+    # eval
+    Check("eval.every", ">= 0 (0: only after the last step)", lambda v, c: _int(v, 0)),
+    Check("eval.overlap", "in [0, 1)", lambda v, c: _number(v, 0, 1, high_open=True)),
+    Check.one_of("eval.mode", ("gaussian", "constant")),
+    Check("eval.sw_batch_size", ">= 1", lambda v, c: _int(v, 1)),
+    Check("eval.use", "student, or teacher with a method.variant that keeps a teacher (not baseline or no_teacher)",
+          lambda v, c: v == "student" or (v == "teacher" and _has_teacher(c.method.variant))),
+    Check("eval.max_val_cases", ">= 1 or null (data.val_cases=0 trains without validation)",
+          lambda v, c: v is None or _int(v, 1)),
+]
+"""The rules :meth:`TrainConfig.validate` applies, one row per setting (a new setting gets a row).
+
+Booleans need no row (their type is checked when they are set). Checks that need the dataset or
+the network (does the model accept ``model.options``, does ``model.roi`` fit it) run in
+:func:`medcontext.engine.preflight.check_run_settings` before any data is loaded.
+"""
 
 
 _SECTIONS: dict[str, type] = {
@@ -562,8 +720,6 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:
     write_text_atomic(path, text)
     return path
 
-
-LR_SCALING = ("none", "linear", "sqrt")
 
 
 def resolve_batch_scaling(cfg: TrainConfig, world_size: int) -> TrainConfig:

@@ -27,7 +27,7 @@ from medcontext.engine.inference import logits_to_labels, logits_to_probabilitie
 from medcontext.engine.precision import resolve_device, resolve_precision
 from medcontext.engine.run import RunInfo, load_model, load_run
 
-__all__ = ["InputCase", "find_input_cases", "Predictor", "predict_run"]
+__all__ = ["InputCase", "find_input_cases", "Predictor", "PredictionFailedError", "failure_reason", "predict_run"]
 
 _NIFTI = re.compile(r"^(?P<stem>.+?)(?:_(?P<channel>\d{4}))?\.nii(?:\.gz)?$")
 
@@ -140,6 +140,41 @@ class Predictor:
         return written
 
 
+class PredictionFailedError(RuntimeError):
+    """Some cases could not be predicted; the others were written.
+
+    Attributes:
+        failures: ``(case, reason)`` of every case that failed, in input order.
+        written: the files written for the cases that succeeded.
+        total: number of input cases.
+    """
+
+    def __init__(self, failures: list[tuple[InputCase, str]], written: list[Path], total: int, output_dir: Path):
+        self.failures, self.written, self.total = list(failures), list(written), total
+        listing = "\n".join(
+            f"- {case.case_id} ({', '.join(str(p) for p in case.paths)}): {reason}" for case, reason in failures
+        )
+        done = total - len(failures)
+        super().__init__(
+            f"{len(failures)} of {total} case(s) could not be predicted; the other {done} were written to "
+            f"{output_dir}:\n{listing}"
+        )
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line saying why a case failed: the innermost cause of ``err`` (the reader's own error,
+    not the "applying transform" wrapper of a MONAI pipeline)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    useful = [e for e in chain if str(e).strip() and not str(e).startswith("applying transform")] or chain[:1]
+    root = useful[-1]
+    text = str(root).strip().splitlines()[0] if str(root).strip() else ""
+    return f"{type(root).__name__}: {text}" if text else type(root).__name__
+
+
 def predict_run(
     run_dir: str | Path,
     input_path: str | Path,
@@ -153,9 +188,21 @@ def predict_run(
 ) -> list[Path]:
     """``medcontext predict``: predict every case under ``input_path`` into ``output_dir``.
 
+    Cases are predicted one by one: a case that cannot be read or predicted (a truncated file,
+    a wrong channel count) is reported with its file and reason, and the remaining cases are
+    still predicted; the failures are raised together at the end.
+
+    Returns:
+        The files written (label maps, and probability maps with ``probabilities``).
+
     Raises:
-        FileNotFoundError: a missing input (named); ValueError: a wrong channel count (named).
+        FileNotFoundError: a missing input (named).
+        PredictionFailedError: one or more cases failed (each named with its file and reason);
+            the other cases were written.
+        DiskFullError: the output's file system is full (the remaining cases are not tried).
     """
+    from medcontext.data.atomic import DiskFullError
+
     predictor = Predictor(run_dir, checkpoint=checkpoint, use=use, device=device)
     cases = find_input_cases(input_path, predictor.spec.num_channels)
     echo(
@@ -163,9 +210,20 @@ def predict_run(
         f"{use} weights) on {predictor.device}"
     )
     written: list[Path] = []
+    failures: list[tuple[InputCase, str]] = []
     for case in cases:
         start = time.perf_counter()
-        files = predictor.predict_case(case, output_dir, probabilities=probabilities)
+        try:
+            files = predictor.predict_case(case, output_dir, probabilities=probabilities)
+        except DiskFullError:
+            raise
+        except Exception as err:  # noqa: BLE001 - reported per case, the other cases go on
+            reason = failure_reason(err)
+            failures.append((case, reason))
+            echo(f"  {case.case_id}: FAILED ({', '.join(str(p) for p in case.paths)}): {reason}")
+            continue
         written.extend(files)
         echo(f"  {case.case_id}: {files[0]} ({time.perf_counter() - start:.1f} s)")
+    if failures:
+        raise PredictionFailedError(failures, written, len(cases), Path(output_dir))
     return written

@@ -31,11 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from medcontext.data.atomic import write_text_atomic
+from medcontext.data.atomic import remove_stale_temporaries, write_text_atomic
 from medcontext.engine.checkpoint import CheckpointError, load_model_state, read_checkpoint
 from medcontext.engine.config import ConfigError, TrainConfig, load_config, resolve_batch_scaling, save_config
 from medcontext.engine.cpu_memory import describe_cpu_allocator
 from medcontext.engine.distributed import World, init_distributed
+from medcontext.engine.preflight import check_run_settings
 from medcontext.engine.trainer import RESUME_MAY_CHANGE, TrainResult, Trainer, ValidationCase
 
 __all__ = [
@@ -161,6 +162,14 @@ def _validation_cases(spec, case_ids: Sequence[str], preprocess) -> list[Validat
     return cases
 
 
+def _remove_stale_temporaries(run_dir: Path, echo: Callable[[str], None]) -> None:
+    """Delete temp files that a killed process left in ``run_dir`` while writing a checkpoint or log."""
+    removed = remove_stale_temporaries(run_dir)
+    if removed:
+        listing = ", ".join(f"{path.name} ({size / 1e6:.1f} MB)" for path, size in removed)
+        echo(f"removed {len(removed)} temporary file(s) of interrupted writes from {run_dir}: {listing}")
+
+
 def _check_run_dir(run_dir: Path, resume: bool, world: World | None = None) -> None:
     if resume:
         if not (run_dir / "last.pt").is_file():
@@ -273,10 +282,18 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
                 f"--resume: the settings differ from the run's config.yaml ({listing}){hint}; resume with the same "
                 "settings (drop the changed options) or start a new run"
             )
+    # every setting is checked before the dataset is read and before the run folder is written
+    check_run_settings(
+        cfg, in_channels=spec.num_channels, roi=roi,
+        build_network=lambda: build_network(cfg, spec.num_channels, spec.num_outputs, roi),
+        build_medcontext=lambda network: build_medcontext(cfg, network, roi, spec.output_mode),
+        preprocess=lambda: PreprocessConfig.from_spec(spec, **cfg.data.preprocess),
+    )
     preprocess = PreprocessConfig.from_spec(spec, **cfg.data.preprocess)
 
     def prepare_run_folder() -> Split:
         """Rank 0: check the data, draw the split and write the run folder's description."""
+        _remove_stale_temporaries(run_dir, echo)
         if resume:
             split = Split.load(run_dir / "split.json")
         else:

@@ -525,10 +525,16 @@ class Trainer:
             result.timing = summarize_timing(read_metrics(self.log.path, "train")) if self.world.is_main else {}
             if result.stopped_by in ("SIGINT", "SIGTERM"):
                 who = "another process of the group received" if stop.from_peer else "received"
-                self.log.message(
-                    f"{who} {result.stopped_by}: stopped after step {self.step} and saved {self.last_path}; "
-                    "continue with --resume"
-                )
+                if result.finished:  # the signal came during the last step: nothing is left to resume
+                    self.log.message(
+                        f"{who} {result.stopped_by} during the last step: the run is complete "
+                        f"({self.step} of {self.total_steps} steps, saved {self.last_path})"
+                    )
+                else:
+                    self.log.message(
+                        f"{who} {result.stopped_by}: stopped after step {self.step} and saved {self.last_path}; "
+                        "continue with --resume"
+                    )
             self.on_train_end(result)
             self.world.barrier()  # the last checkpoint is on disk when fit returns on any rank
             return result

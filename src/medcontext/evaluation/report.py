@@ -15,7 +15,7 @@ import csv
 import io
 import math
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable
@@ -220,10 +220,16 @@ class MetricTable:
 
 
 def _write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    The file gets the umask's permissions (``0o666`` minus the umask, like any program's
+    output), and the temp file the name ``.<name>.<pid>.<token>.tmp`` that
+    ``medcontext.data.atomic`` uses (its stale-temporary clean-up recognises it).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
