@@ -38,6 +38,9 @@ from medcontext.models import get_model_spec, list_models
         (["data.test_cases=1.5"], r"data.test_cases must be an int >= 0, a fraction in \(0, 1\)"),
         (["data.test_cases=[a, a]"], "data.test_cases must be .*distinct case ids"),
         (["train.device=gpu"], "train.device must be auto, cpu, cuda, cuda:N or mps"),
+        (["data.group_by=patient"], "data.group_by must be 'regex:PATTERN'"),
+        (["data.group_by=regex:("], "data.group_by must be 'regex:PATTERN' \\(a valid regular expression\\)"),
+        (["method.momentum_horizon=0"], r"method.momentum_horizon must be in \(0, 1\]"),
         (["method.variant=baseline", "eval.use=teacher"], "eval.use must be student, or teacher with a method.variant"),
     ],
 )
@@ -58,6 +61,8 @@ def test_valid_edge_values_pass():
                            "train.device=cuda:1", "data.test_cases=[a, b]", "optim.grad_clip=null",
                            "method.variant=msl_only", "eval.use=teacher"])
     load_config(overrides=["data.test_cases=[]", "data.train_case_ids=[x, y]", "data.test_cases=0.25"])
+    load_config(overrides=["data.group_by=none", "method.momentum_horizon=0.05"])
+    load_config(overrides=["data.group_by=metadata:patient", "method.momentum_horizon=1"])
 
 
 def test_every_setting_has_a_check():
