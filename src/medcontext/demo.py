@@ -13,6 +13,10 @@ What it does, all in ``OUT``:
 4. prints a comparison table and writes ``results.md``, ``overlay.png`` (a slice: image,
    ground truth, both predictions) and ``curves.png`` (loss terms and validation Dice).
 
+Interrupted (Ctrl-C, SIGTERM), the demo saves the run in training and exits with 130/143
+without evaluating anything; the same command continues it (finished runs are kept, the
+interrupted one resumes from its ``last.pt``). Other settings start the folder afresh.
+
 Budgets: the full demo takes about 3-5 minutes on two CPU cores, ``--quick`` about 1-2.
 The numbers depend on ``k`` and the seed; the demo shows them as they come out.
 Both runs share every setting except ``method.variant``; the teacher momentum is scaled to
@@ -111,13 +115,33 @@ class DemoResult:
     seconds: float = 0.0
 
 
-def _prepare_out(out: Path) -> None:
+def _prepare_out(out: Path, settings: dict | None = None) -> bool:
+    """Make ``out`` ready for a demo with ``settings``; ``True`` when it continues an earlier,
+    interrupted demo with the same settings (its runs are kept), ``False`` when it starts afresh."""
     if out.exists() and any(out.iterdir()) and not (out / _MARKER).exists():
         raise ConfigError(f"{out} exists and is not a demo folder; choose another --out (the demo overwrites its folder)")
+    if settings is not None and (out / _MARKER).is_file():
+        try:
+            previous = json.loads((out / _MARKER).read_text())
+        except ValueError:
+            previous = None
+        if previous == settings and not (out / "results.md").exists():
+            return True
     for name in (*VARIANTS, "phantom"):
         if (out / name).exists():
             shutil.rmtree(out / name)
+    for name in ("results.md", "overlay.png", "curves.png"):
+        (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def _finished_steps(run_dir: Path) -> int | None:
+    """Completed steps saved in ``run_dir/last.pt`` (read weights-only), ``None`` without one."""
+    from medcontext.engine.checkpoint import read_checkpoint
+
+    last = run_dir / "last.pt"
+    return int(read_checkpoint(last)["step"]) if last.is_file() else None
 
 
 def run_demo(
@@ -134,14 +158,18 @@ def run_demo(
     from medcontext.data import generate_phantom
     from medcontext.evaluation.runs import evaluate_run
     from medcontext.engine.run import train
+    from medcontext.engine.signals import stop_if_interrupted
 
     start = time.perf_counter()
     budget = BUDGETS["quick" if quick else "full"]
     if train_cases < 1 or train_cases > budget.cases - budget.val_cases - 2:
         raise ConfigError(f"--train-cases must be in [1, {budget.cases - budget.val_cases - 2}], got {train_cases}")
     out = Path(out)
-    _prepare_out(out)
-    write_text_atomic(out / _MARKER, json.dumps({"quick": quick, "seed": seed, "train_cases": train_cases}) + "\n")
+    settings = {"quick": quick, "seed": seed, "train_cases": train_cases, "steps": steps}
+    continuing = _prepare_out(out, settings)
+    write_text_atomic(out / _MARKER, json.dumps(settings) + "\n")
+    if continuing:
+        echo(f"continuing the interrupted demo in {out} (same settings)")
     data_dir = generate_phantom(out / "phantom", num_cases=budget.cases, shape=budget.shape, seed=seed)
     echo(f"phantom: {budget.cases} cases of {budget.shape} voxels in {data_dir}")
 
@@ -149,9 +177,15 @@ def run_demo(
     for variant in VARIANTS:
         cfg = demo_config(data_dir, variant, budget, train_cases=train_cases, seed=seed, steps=steps)
         run_dir = out / variant
-        echo(f"\n=== {variant}: {cfg.train.steps} steps, {train_cases} training cases ===")
-        train(cfg, run_dir, progress=progress, echo=echo)
+        done = _finished_steps(run_dir)
         result.runs[variant] = run_dir
+        if done is not None and done >= cfg.train.steps:
+            echo(f"\n=== {variant}: finished earlier ({done} steps) ===")
+            continue
+        echo(f"\n=== {variant}: {cfg.train.steps} steps, {train_cases} training cases ===")
+        trained = train(cfg, run_dir, resume=done is not None, progress=progress, echo=echo)
+        stop_if_interrupted(trained, f"the {variant} run in {run_dir}",
+                            "Run the same `medcontext demo` command again to continue.")
     for variant, run_dir in result.runs.items():
         echo(f"\n=== evaluating {variant} ===")
         evaluation = evaluate_run(run_dir, progress=False, echo=lambda s: None, device="cpu")

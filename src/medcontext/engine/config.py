@@ -191,7 +191,8 @@ class TrainingConfig:
             optimisation (see :func:`resolve_batch_scaling`).
         seed: seeds weights, data order, augmentation and masks.
         precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` (``auto``: bf16 on CUDA when
-            supported else fp16, fp32 on CPU).
+            supported else fp16; on CPU bf16 only where the CPU runs it natively, else fp32;
+            see :mod:`medcontext.engine.precision`).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
         checkpoint_every: write ``last.pt`` every this many steps (and at the end).
         log_every: update the progress bar and TensorBoard every this many steps
@@ -204,6 +205,9 @@ class TrainingConfig:
             page-faulting it in again every step: faster steps, but the peak memory can
             double (see :mod:`medcontext.engine.cpu_memory`; a preloaded tcmalloc is the
             better fix). Changes speed and memory, not results.
+        threads: CPU threads of the process; ``None`` = ``OMP_NUM_THREADS`` if set, else the
+            physical cores divided by the run's processes on the node
+            (:mod:`medcontext.engine.cpu_threads`). Changes speed, not results.
     """
 
     steps: int = 200
@@ -218,6 +222,7 @@ class TrainingConfig:
     tensorboard: bool = True
     dist_timeout_min: float = 60.0
     retain_cpu_memory: bool = False
+    threads: int | None = None
 
 
 @dataclass
@@ -344,6 +349,7 @@ class TrainConfig:
             (self.train.effective_batch_size is None or self.train.effective_batch_size >= 1,
              "train.effective_batch_size must be >= 1 or null"),
             (self.train.dist_timeout_min > 0, "train.dist_timeout_min must be > 0"),
+            (self.train.threads is None or self.train.threads >= 1, "train.threads must be >= 1 or null (automatic)"),
             (self.eval.every >= 0, "eval.every must be >= 0"),
             (0 <= self.eval.overlap < 1, "eval.overlap must be in [0, 1)"),
             (self.eval.mode in ("gaussian", "constant"), "eval.mode must be gaussian or constant"),

@@ -1,0 +1,102 @@
+"""One MedContext training step per model in fp32 and in bf16 autocast, and what ``auto`` picks.
+
+Shows what emulated bf16 costs on a CPU without AVX512-BF16/AMX. Reproduce such a CPU on a
+newer one by capping oneDNN (and ATen's own kernels) at AVX2:
+
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/bench_precision.py --roi 32 48 32
+
+Each step is a full optimizer step (losses, backward, AdamW, EMA update) of a ``medcontext``
+variant, batch ``--batch`` crops, 3 classes; fp32 and bf16 steps alternate so that machine
+noise hits both alike; the table has the median of ``--repeats`` steps after ``--warmup``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from medcontext import MedContext
+from medcontext.engine.cpu_memory import describe_cpu_allocator
+from medcontext.engine.precision import cpu_bf16_support, resolve_precision
+from medcontext.models import create_model
+
+SMALL_OPTIONS = {
+    "unet3d": {"size": "small"},
+    "unetr": {"size": "small"},
+    "swin_unetr": {"size": "small"},
+    "nnformer": {"preset": "small"},
+}
+
+
+def _setup(name: str, roi: tuple[int, int, int]):
+    torch.manual_seed(0)
+    network = create_model(name, 1, 3, roi, **SMALL_OPTIONS[name])
+    mc = MedContext(network, variant="medcontext", total_steps=1000, roi_size=roi, seed=0)
+    optimizer = torch.optim.AdamW(mc.parameters(), lr=1e-4)
+    return mc, optimizer
+
+
+def _step(mc, optimizer, images, labels, step: int, dtype: torch.dtype | None) -> float:
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    if dtype is None:
+        losses = mc.losses(images, labels)
+    else:
+        with torch.autocast("cpu", dtype=dtype):
+            losses = mc.losses(images, labels)
+    losses.total.backward()
+    optimizer.step()
+    mc.update_teacher(step)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(SMALL_OPTIONS), choices=list(SMALL_OPTIONS))
+    parser.add_argument("--roi", type=int, nargs=3, default=[32, 48, 32], help="crop (default: the study's 32 48 32)")
+    parser.add_argument("--batch", type=int, default=2, help="crops per step (default 2)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    args = parser.parse_args()
+
+    support = cpu_bf16_support()
+    auto = resolve_precision("auto", torch.device("cpu"))
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
+        f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}, "
+        f"ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', '(unset)')} "
+        f"(ATen uses {torch.backends.cpu.get_cpu_capability()}), allocator: {describe_cpu_allocator()[0]}"
+    )
+    print(f"native bf16: {support.native} ({support.reason}); precision auto -> {auto.name}")
+    roi = tuple(args.roi)
+    dtypes = {"fp32": None, "bf16": torch.bfloat16}
+    print(f"\nMedContext step, crop {roi}, {args.batch} crops, median of {args.repeats} after {args.warmup} warm-up\n")
+    header = "| model | " + " | ".join(f"{p} s/step" for p in args.precisions)
+    print(header + (" | bf16 / fp32 |" if len(args.precisions) == 2 else " |"))
+    print("|---" * (len(args.precisions) + 1 + (len(args.precisions) == 2)) + "|")
+    for name in args.models:
+        gen = torch.Generator().manual_seed(0)
+        images = torch.randn(args.batch, 1, *roi, generator=gen)
+        labels = torch.randint(0, 3, (args.batch, 1, *roi), generator=gen)
+        setups = {p: _setup(name, roi) for p in args.precisions}
+        times: dict[str, list[float]] = {p: [] for p in args.precisions}
+        for i in range(args.warmup + args.repeats):
+            for p in args.precisions:
+                seconds = _step(*setups[p], images, labels, i, dtypes[p])
+                if i >= args.warmup:
+                    times[p].append(seconds)
+        medians = {p: statistics.median(t) for p, t in times.items()}
+        row = f"| {name} | " + " | ".join(f"{medians[p]:.3f}" for p in args.precisions)
+        if len(args.precisions) == 2:
+            row += f" | {medians['bf16'] / medians['fp32']:.2f}"
+        print(row + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
