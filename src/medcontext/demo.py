@@ -85,7 +85,7 @@ def demo_config(data_dir: str | Path, variant: str, budget: DemoBudget, *, train
             "optim.warmup_steps": steps // 20,
             "train.steps": steps,
             "train.seed": seed,
-            "train.precision": "bf16",
+            "train.precision": "auto",
             "train.device": "cpu",
             "train.checkpoint_every": steps,
             "eval.every": min(budget.eval_every, steps),

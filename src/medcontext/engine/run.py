@@ -285,6 +285,8 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
             split = Split.load(run_dir / "split.json")
         else:
             echo(f"checking dataset {spec.name!r} ({len(spec.cases)} labelled cases) in {spec.root} ...")
+            if spec.source_note:
+                echo(f"note: {spec.source_note}")
             summary = validate_dataset(spec, progress=progress)
             echo(f"dataset OK: {len(summary.cases)} cases, {spec.num_channels} channel(s), {spec.num_outputs} outputs ({spec.output_mode})")
             split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.train.seed

@@ -31,7 +31,7 @@ BASE_SETTINGS: dict = {
     "optim.schedule": "warmup_cosine",
     "optim.warmup_steps": 20,
     "train.batch_size": 1,
-    "train.precision": "bf16",
+    "train.precision": "auto",
     "train.checkpoint_every": 50,
     "train.tensorboard": False,
     "eval.every": 50,

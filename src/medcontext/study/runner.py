@@ -34,9 +34,13 @@ def _run_one(
         RunInterrupted: SIGINT/SIGTERM stopped the training (``last.pt`` is saved; nothing of
             this run is evaluated or recorded).
     """
-    cfg = load_config(None, run.settings(data, test_ids))
-    start = time.perf_counter()
+    settings = run.settings(data, test_ids)
     resume = (run_dir / "last.pt").is_file()
+    if resume and (run_dir / "config.yaml").is_file():
+        # a run continues in the precision it started with (runs begun before `auto` saved bf16)
+        settings["train.precision"] = load_config(run_dir / "config.yaml").train.precision
+    cfg = load_config(None, settings)
+    start = time.perf_counter()
     result = train(cfg, run_dir, resume=resume, progress=progress, echo=echo, trust_checkpoint=trust_checkpoint)
     stop_if_interrupted(result, f"the study run {run_dir}", "Run the same command again to continue the study.")
     train_seconds = time.perf_counter() - start
