@@ -110,3 +110,26 @@ def test_the_demo_continues_its_own_interrupted_folder_and_restarts_otherwise(tm
     (out / "baseline").mkdir()
     (out / "results.md").write_text("done")
     assert _prepare_out(out, settings) is False and not (out / "results.md").exists()  # a finished demo restarts
+
+
+def test_a_stopped_and_resumed_run_reaches_the_same_validation_dice_at_the_same_steps(tmp_path, phantom_dir):
+    from medcontext.cli import main
+    from medcontext.engine.run_log import read_metrics
+
+    def argv(out, *extra):
+        return ["train", "--data", str(phantom_dir), "--out", str(out), "--steps", "6", "--variant", "medcontext",
+                "--seed", "0", "--model", "unet3d", "--size", "tiny", "--roi", "16", "16", "16", "--no-progress",
+                "--set", "data.num_samples=1", "--set", "data.val_cases=1", "--set", "data.test_cases=2",
+                "--set", "train.tensorboard=false", "--set", "eval.every=2", "--set", "train.checkpoint_every=2",
+                *extra]
+
+    full, parts = tmp_path / "full", tmp_path / "parts"
+    assert main(argv(full)) == 0
+    assert main(argv(parts, "--stop-after", "3")) == 0
+    assert main(argv(parts, "--resume")) == 0
+
+    def dice(run):
+        return [(r["step"], r["mean_dice"]) for r in read_metrics(run / "metrics.jsonl", "val")]
+
+    assert [s for s, _ in dice(full)] == [2, 4, 6]
+    assert dice(parts) == dice(full)
