@@ -1,12 +1,12 @@
-"""One MedContext training step per model in fp32 and in bf16 autocast, and what ``auto`` picks.
+"""One training step per model in fp32 and in bf16 autocast, and what precision ``auto`` picks.
 
 Shows what emulated bf16 costs on a CPU without AVX512-BF16/AMX. Reproduce such a CPU on a
 newer one by capping oneDNN (and ATen's own kernels) at AVX2:
 
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/bench_precision.py --roi 32 48 32
 
-Each step is a full optimizer step (losses, backward, AdamW, EMA update) of a ``medcontext``
-variant, batch ``--batch`` crops, 3 classes; fp32 and bf16 steps alternate so that machine
+Each step is a full optimizer step (losses, backward, AdamW, EMA update) of the ``--variant``
+(default ``medcontext``), batch ``--batch`` crops, 3 classes; fp32 and bf16 steps alternate so that machine
 noise hits both alike; the table has the median of ``--repeats`` steps after ``--warmup``.
 """
 
@@ -33,10 +33,10 @@ SMALL_OPTIONS = {
 }
 
 
-def _setup(name: str, roi: tuple[int, int, int]):
+def _setup(name: str, roi: tuple[int, int, int], variant: str):
     torch.manual_seed(0)
     network = create_model(name, 1, 3, roi, **SMALL_OPTIONS[name])
-    mc = MedContext(network, variant="medcontext", total_steps=1000, roi_size=roi, seed=0)
+    mc = MedContext(network, variant=variant, total_steps=1000, roi_size=roi, seed=0)
     optimizer = torch.optim.AdamW(mc.parameters(), lr=1e-4)
     return mc, optimizer
 
@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--variant", default="medcontext", choices=["medcontext", "baseline"])
     args = parser.parse_args()
 
     support = cpu_bf16_support()
@@ -76,7 +77,7 @@ def main() -> None:
     print(f"native bf16: {support.native} ({support.reason}); precision auto -> {auto.name}")
     roi = tuple(args.roi)
     dtypes = {"fp32": None, "bf16": torch.bfloat16}
-    print(f"\nMedContext step, crop {roi}, {args.batch} crops, median of {args.repeats} after {args.warmup} warm-up\n")
+    print(f"\n{args.variant} step, crop {roi}, {args.batch} crops, median of {args.repeats} after {args.warmup} warm-up\n")
     header = "| model | " + " | ".join(f"{p} s/step" for p in args.precisions)
     print(header + (" | bf16 / fp32 |" if len(args.precisions) == 2 else " |"))
     print("|---" * (len(args.precisions) + 1 + (len(args.precisions) == 2)) + "|")
@@ -84,7 +85,7 @@ def main() -> None:
         gen = torch.Generator().manual_seed(0)
         images = torch.randn(args.batch, 1, *roi, generator=gen)
         labels = torch.randint(0, 3, (args.batch, 1, *roi), generator=gen)
-        setups = {p: _setup(name, roi) for p in args.precisions}
+        setups = {p: _setup(name, roi, args.variant) for p in args.precisions}
         times: dict[str, list[float]] = {p: [] for p in args.precisions}
         for i in range(args.warmup + args.repeats):
             for p in args.precisions:
