@@ -163,3 +163,31 @@ def test_processes_of_a_node_share_the_cores():
     assert choose_threads(None, {"LOCAL_WORLD_SIZE": "2"}, cores=16)[0] == 8
     assert choose_threads(None, {"OMP_NUM_THREADS": "3", "LOCAL_WORLD_SIZE": "2"}, cores=16) == (3, "OMP_NUM_THREADS")
     assert choose_threads(5, {"OMP_NUM_THREADS": "3"}, cores=16) == (5, "train.threads")
+
+
+def test_training_processes_on_one_machine_share_the_cores(tmp_path):
+    """A second training process (here a stand-in with a live pid) halves the threads; when it
+    ends they come back; files of dead processes are ignored and removed."""
+    import torch
+
+    from medcontext.engine.cpu_threads import CpuShare
+
+    original = torch.get_num_threads()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with CpuShare(None, tmp_path, environ={}, cores=2) as share:
+            assert share.threads == 2 and torch.get_num_threads() == 2
+            assert (tmp_path / str(os.getpid())).is_file()
+            (tmp_path / str(other.pid)).touch()
+            assert share.refresh() == 1 and torch.get_num_threads() == 1  # 2 processes x 1 thread on 2 cores
+            assert "shared by 2 training processes" in share.reason
+            other.kill()
+            other.wait()
+            assert share.refresh() == 2 and not (tmp_path / str(other.pid)).exists()
+        assert not (tmp_path / str(os.getpid())).exists()
+        (tmp_path / "12345678").touch()
+        with CpuShare(3, tmp_path, environ={}, cores=2) as fixed:  # an explicit choice stays
+            assert fixed.refresh() == 3 and fixed.fixed
+    finally:
+        other.kill()
+        torch.set_num_threads(original)

@@ -3,23 +3,27 @@
 OpenMP threads that outnumber the cores do not add speed: they wait for each other at every
 parallel region, and two 2-thread processes on 2 cores stall far more than they gain. A run
 therefore uses the physical cores it may run on (CPU affinity, then a cgroup CPU quota, then
-one thread per core: hyper-threads add little to these kernels), divided by the processes of
-the run on this node (``torchrun``'s ``LOCAL_WORLD_SIZE``).
+one thread per core: hyper-threads add little to these kernels), divided by the medcontext
+training processes running on the machine: the processes of a ``torchrun`` launch on the
+node (``LOCAL_WORLD_SIZE``) and any other training, e.g. two studies started side by side.
+:class:`CpuShare` registers each training process in a per-user folder of the temporary
+directory; the training loop re-counts the live ones after every step (a directory listing)
+and changes its thread count when another run starts or ends.
 
-An explicit choice wins: the setting ``train.threads`` (> 0), else ``OMP_NUM_THREADS`` from
-the environment (``torchrun`` sets it to 1 per process when it starts several and it was not
-set; set it yourself to give each process more). Commands that run at the same time on one
-machine do not know of each other: give each its share with ``OMP_NUM_THREADS``.
+An explicit choice wins and stays fixed: the setting ``train.threads`` (> 0), else
+``OMP_NUM_THREADS`` from the environment (``torchrun`` sets it to 1 per process when it starts
+several and it was not set). Processes of other users or programs are not counted.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["physical_cores", "choose_threads"]
+__all__ = ["physical_cores", "choose_threads", "CpuShare"]
 
 
 def _cpus_of_this_process() -> set[int]:
@@ -77,13 +81,14 @@ def physical_cores(cpuinfo: str = "/proc/cpuinfo", cgroup: str = "/sys/fs/cgroup
 
 
 def choose_threads(setting: int | None = None, environ: Mapping[str, str] | None = None,
-                   cores: int | None = None) -> tuple[int, str]:
+                   cores: int | None = None, others: int = 0) -> tuple[int, str]:
     """Threads for one training process, and why (one phrase for the start of a run).
 
     Args:
         setting: ``train.threads``; ``None`` or 0 = automatic.
         environ: the environment (``OMP_NUM_THREADS``, ``LOCAL_WORLD_SIZE``); default ``os.environ``.
         cores: physical cores (default :func:`physical_cores`).
+        others: other medcontext training processes running on this machine (:class:`CpuShare`).
 
     Returns:
         ``(threads, reason)``.
@@ -96,8 +101,87 @@ def choose_threads(setting: int | None = None, environ: Mapping[str, str] | None
         return int(omp), "OMP_NUM_THREADS"
     cores = physical_cores() if cores is None else cores
     local = environ.get("LOCAL_WORLD_SIZE", "").strip()
-    processes = int(local) if local.isdigit() and int(local) > 0 else 1
+    processes = max(int(local) if local.isdigit() and int(local) > 0 else 1, 1 + others)
     threads = max(1, cores // processes)
     if processes == 1:
         return threads, f"{cores} physical core(s)"
-    return threads, f"{cores} physical core(s) shared by {processes} processes on this node"
+    return threads, f"{cores} physical core(s) shared by {processes} training processes on this machine"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class CpuShare:
+    """This process's share of the CPU while it trains (a context manager).
+
+    On entry it registers the process (a file named by its pid in ``folder``) and sets
+    ``torch.set_num_threads`` from :func:`choose_threads`; :meth:`refresh` (after every
+    training step) re-counts the live registered processes and adjusts the threads when that
+    number changed; on exit it unregisters. Files of processes that died are ignored and
+    removed.
+
+    Args:
+        setting: ``train.threads`` (``None`` = automatic).
+        folder: the registry (default: ``medcontext-cpu-<uid>`` in the temporary directory).
+        environ: the environment (default ``os.environ``).
+        cores: physical cores (default :func:`physical_cores`).
+    """
+
+    def __init__(self, setting: int | None = None, folder: str | Path | None = None,
+                 environ: Mapping[str, str] | None = None, cores: int | None = None):
+        self.setting = setting
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        self.folder = Path(folder) if folder is not None else Path(tempfile.gettempdir()) / f"medcontext-cpu-{uid}"
+        self.environ = os.environ if environ is None else environ
+        self.cores = physical_cores() if cores is None else cores
+        self.threads, self.reason = choose_threads(setting, self.environ, self.cores)
+        self.fixed = self.reason in ("train.threads", "OMP_NUM_THREADS")
+        self._file: Path | None = None
+
+    def others(self) -> int:
+        """Live medcontext training processes registered besides this one."""
+        count = 0
+        try:
+            entries = list(self.folder.iterdir())
+        except OSError:
+            return 0
+        for entry in entries:
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            if _alive(int(entry.name)):
+                count += 1
+            else:
+                entry.unlink(missing_ok=True)
+        return count
+
+    def refresh(self) -> int:
+        """Re-count the trainers and set this process's threads; returns the thread count."""
+        import torch
+
+        if not self.fixed:
+            self.threads, self.reason = choose_threads(None, self.environ, self.cores, self.others())
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        return self.threads
+
+    def __enter__(self) -> "CpuShare":
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._file = self.folder / str(os.getpid())
+            self._file.touch()
+        except OSError:  # no writable temporary directory: count nobody else
+            self._file = None
+        self.refresh()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.unlink(missing_ok=True)
+            self._file = None

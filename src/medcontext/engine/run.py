@@ -34,7 +34,7 @@ from torch import nn
 from medcontext.data.atomic import write_text_atomic
 from medcontext.engine.checkpoint import CheckpointError, load_model_state, read_checkpoint
 from medcontext.engine.config import ConfigError, TrainConfig, load_config, resolve_batch_scaling, save_config
-from medcontext.engine.cpu_threads import choose_threads
+from medcontext.engine.cpu_threads import CpuShare
 from medcontext.engine.distributed import World, init_distributed
 from medcontext.engine.trainer import RESUME_MAY_CHANGE, TrainResult, Trainer, ValidationCase
 
@@ -226,11 +226,12 @@ def train(
     owned = world is None
     if world is None:
         world = init_distributed(cfg.train.device, timeout_min=cfg.train.dist_timeout_min)
+    cpu_share = CpuShare(cfg.train.threads).__enter__()  # threads: this process's share of the cores
     try:
         return _train(
             cfg, run_dir, world, resume=resume, stop_after=stop_after, progress=progress and world.is_main,
             echo=echo if world.is_main else _silent, trainer_class=trainer_class, network_hook=network_hook,
-            trust_checkpoint=trust_checkpoint,
+            trust_checkpoint=trust_checkpoint, cpu_share=cpu_share,
         )
     except BaseException as err:
         explained = world.explain_failure(err)
@@ -238,6 +239,7 @@ def train(
             raise
         raise explained from err
     finally:
+        cpu_share.__exit__(None, None, None)
         if owned:
             world.close()
 
@@ -248,7 +250,8 @@ def _silent(_line: str) -> None:
 
 def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_after: int | None, progress: bool,
            echo: Callable[[str], None], trainer_class: type[Trainer],
-           network_hook: Callable[[nn.Module], nn.Module] | None, trust_checkpoint: bool = False) -> TrainResult:
+           network_hook: Callable[[nn.Module], nn.Module] | None, trust_checkpoint: bool = False,
+           cpu_share: CpuShare | None = None) -> TrainResult:
     from medcontext.data import PreprocessConfig, Split, load_dataset, split_for_spec, validate_dataset
     from medcontext.data import make_train_dataset
 
@@ -309,8 +312,6 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
     split = world.main_first(prepare_run_folder, "checking the dataset and writing the run folder")
     echo(f"split: {len(split.train)} train, {len(split.val)} val, {len(split.test)} test cases -> {run_dir / 'split.json'}")
 
-    threads, threads_reason = choose_threads(cfg.train.threads)
-    torch.set_num_threads(threads)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     network = build_network(cfg, spec.num_channels, spec.num_outputs, roi)
     if cfg.model.init_checkpoint and not resume:
@@ -359,8 +360,11 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
     if trainer.device.type == "cpu":
         from medcontext.engine.tcmalloc import allocator_line
 
-        echo(f"threads: {threads} ({threads_reason})")
+        if cpu_share is not None:
+            echo(f"threads: {cpu_share.threads} ({cpu_share.reason}; adjusted when other runs start or end)"
+                 if not cpu_share.fixed else f"threads: {cpu_share.threads} ({cpu_share.reason})")
         echo(f"memory allocator: {allocator_line()}")
+    trainer.cpu_share = cpu_share
     return trainer.fit(resume=resume, stop_after=stop_after, trust_checkpoint=trust_checkpoint)
 
 

@@ -223,6 +223,7 @@ class Trainer:
         self.best_step: int | None = None
         self.last_checkpoint_step: int | None = None
         self.log: RunLog | None = None
+        self.cpu_share = None  # a medcontext.engine.cpu_threads.CpuShare: threads re-counted after every step
         self._float_buffers = [b for b in self.mc.buffers() if b.is_floating_point()]
         if self.world.is_distributed:
             self._join_world()
@@ -514,6 +515,8 @@ class Trainer:
                     self.on_train_step_end(self.step, values)
                     if self._should_validate(self.step):
                         self.validate()
+                    if self.cpu_share is not None:
+                        self.cpu_share.refresh()
                     signalled = self._agree_on_stop(stop)
                     ran = self.step - start_step
                     if signalled or (stop_after is not None and ran >= stop_after) or self.step == self.total_steps:
