@@ -157,6 +157,9 @@ def predict_run(
 ) -> list[Path]:
     """``medcontext predict``: predict every case under ``input_path`` into ``output_dir``.
 
+    The run's checkpoint is read weights-only unless ``trust_checkpoint`` (only for a file you
+    trust; CLI ``--trust-checkpoint``).
+
     Raises:
         FileNotFoundError: a missing input (named); ValueError: a wrong channel count (named).
     """
