@@ -17,7 +17,9 @@ Interrupted (Ctrl-C, SIGTERM), the demo saves the run in training and exits with
 without evaluating anything; the same command continues it (finished runs are kept, the
 interrupted one resumes from its ``last.pt``). Other settings start the folder afresh.
 
-Budgets: the full demo takes about 3-5 minutes on two CPU cores, ``--quick`` about 1-2.
+Budgets: 300 steps of one 32^3 crop per variant (``--quick``: 100). On CPUs without native bf16
+the runs are fp32 (precision ``auto``); BENCHMARKS.md ("Portable CPU defaults") has the measured
+times, under 10 minutes on two cores of an AVX2-only CPU.
 The numbers depend on ``k`` and the seed; the demo shows them as they come out.
 Both runs share every setting except ``method.variant``; the teacher momentum is scaled to
 the short run (:func:`short_run_momentum`).
@@ -72,7 +74,7 @@ def demo_config(data_dir: str | Path, variant: str, budget: DemoBudget, *, train
             "data.train_cases": train_cases,
             "data.val_cases": budget.val_cases,
             "data.test_cases": budget.cases - train_cases - budget.val_cases,
-            "data.num_samples": 2,
+            "data.num_samples": 1,  # one crop per step: fits 10 minutes on a 2-core AVX2-only CPU in fp32
             "model.name": "unet3d",
             "model.options": {"size": "small"},
             "model.roi": [32, 32, 32],
