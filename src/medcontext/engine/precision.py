@@ -8,7 +8,8 @@ picks bf16 only where the CPU runs it natively (:func:`cpu_bf16_support`), else 
 On the CPU, PyTorch's bf16 convolutions and matrix products run in oneDNN. With AVX512-BF16
 or AMX instructions they are faster than fp32; without them oneDNN emulates bf16 or falls
 back to reference kernels, and a training step becomes many times slower than in fp32
-(BENCHMARKS.md, "Portable CPU defaults": 7-17x at the demo's and the study's crops). oneDNN
+(BENCHMARKS.md, "Portable CPU defaults": 16x for UNETR-small and 51x for unet3d-small at the
+study's crop, capped at AVX2). oneDNN
 can be capped below the CPU's instruction set with ``ONEDNN_MAX_CPU_ISA`` (``AVX2``
 reproduces an AVX2-only CPU on a newer one); the choice follows that cap, because it decides
 which kernels oneDNN runs.
@@ -32,7 +33,7 @@ _BF16_ISAS = frozenset({
 })
 
 #: measured cost of emulated bf16 against fp32 on the CPU (BENCHMARKS.md, "Portable CPU defaults")
-EMULATED_BF16_COST = "7-17x slower training steps than fp32 were measured"
+EMULATED_BF16_COST = "training steps 16x (UNETR) to 51x (unet3d) slower than fp32 were measured"
 
 
 @dataclass(frozen=True)
