@@ -184,7 +184,9 @@ def test_training_processes_on_one_machine_share_the_cores(tmp_path):
             other.kill()
             other.wait()
             assert share.refresh() == 2 and not (tmp_path / str(other.pid)).exists()
+            torch.set_num_threads(1)
         assert not (tmp_path / str(os.getpid())).exists()
+        assert torch.get_num_threads() == original  # the caller's setting comes back
         (tmp_path / "12345678").touch()
         with CpuShare(3, tmp_path, environ={}, cores=2) as fixed:  # an explicit choice stays
             assert fixed.refresh() == 3 and fixed.fixed

@@ -124,8 +124,8 @@ class CpuShare:
     On entry it registers the process (a file named by its pid in ``folder``) and sets
     ``torch.set_num_threads`` from :func:`choose_threads`; :meth:`refresh` (after every
     training step) re-counts the live registered processes and adjusts the threads when that
-    number changed; on exit it unregisters. Files of processes that died are ignored and
-    removed.
+    number changed; on exit it unregisters and restores the thread count it found. Files of
+    processes that died are ignored and removed.
 
     Args:
         setting: ``train.threads`` (``None`` = automatic).
@@ -144,6 +144,7 @@ class CpuShare:
         self.threads, self.reason = choose_threads(setting, self.environ, self.cores)
         self.fixed = self.reason in ("train.threads", "OMP_NUM_THREADS")
         self._file: Path | None = None
+        self._threads_before: int | None = None
 
     def others(self) -> int:
         """Live medcontext training processes registered besides this one."""
@@ -172,6 +173,9 @@ class CpuShare:
         return self.threads
 
     def __enter__(self) -> "CpuShare":
+        import torch
+
+        self._threads_before = torch.get_num_threads()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._file = self.folder / str(os.getpid())
@@ -182,6 +186,10 @@ class CpuShare:
         return self
 
     def __exit__(self, *exc) -> None:
+        import torch
+
         if self._file is not None:
             self._file.unlink(missing_ok=True)
             self._file = None
+        if self._threads_before is not None and torch.get_num_threads() != self._threads_before:
+            torch.set_num_threads(self._threads_before)
