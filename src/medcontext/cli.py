@@ -3,8 +3,11 @@
 Every command is a thin layer over a library function (``medcontext.engine.train``,
 ``evaluate_run``, ``predict_run``, ``medcontext.demo.run_demo``, ``medcontext.data``).
 Expected failures (bad configuration, dataset problems, missing files) end with exit code 2
-and a one-paragraph message; ``--debug`` shows the traceback instead. A training run stopped
-by SIGINT/SIGTERM saves ``last.pt`` and exits with 130/143.
+and a one-paragraph message; ``--debug`` shows the traceback instead. A command stopped by
+SIGINT/SIGTERM exits with 130/143 (a training run after saving ``last.pt``; the demo and a
+study without evaluating or reporting unfinished training) and says how to continue.
+``train``, ``demo`` and ``experiment`` re-execute themselves once with tcmalloc preloaded where
+it is installed (:mod:`medcontext.engine.tcmalloc`; ``MEDCONTEXT_TCMALLOC=0`` turns it off).
 """
 
 from __future__ import annotations
@@ -81,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rename key prefixes of --init-checkpoint, e.g. module.= or encoder.=swinViT. (repeatable)")
     train.add_argument("--init-skip-mismatch", action="store_true",
                        help="skip --init-checkpoint tensors whose shape differs instead of failing")
+    train.add_argument("--trust-checkpoint", action="store_true",
+                       help="load checkpoint files with full pickle instead of weights only: a crafted file can run code, "
+                       "so only for files you trust")
     train.add_argument("--print-config", action="store_true",
                        help="print the resolved configuration and every valid --set key, then exit")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in batch jobs)")
@@ -98,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--use", default="student", choices=["student", "teacher"], help="which weights")
     evaluate.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    evaluate.add_argument("--trust-checkpoint", action="store_true",
+                          help="load checkpoint files with full pickle instead of weights only: a crafted file can run code, "
+                          "so only for files you trust")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     # ------------------------------------------------------------------ predict
@@ -113,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", default="best", help="best (falls back to last), last or a path")
     predict.add_argument("--probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    predict.add_argument("--trust-checkpoint", action="store_true",
+                         help="load checkpoint files with full pickle instead of weights only: a crafted file can run code, "
+                         "so only for files you trust")
 
     # ------------------------------------------------------------------ demo
     demo = sub.add_parser(
@@ -154,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(e.g. unet3d_k5, 'acdc_unet3d_k5/*_s0')")
     experiment.add_argument("--max-runs", type=int, metavar="N", help="stop after N newly finished runs")
     experiment.add_argument("--report", metavar="MD", help="report path (default: DIR/report/report.md)")
+    experiment.add_argument("--trust-checkpoint", action="store_true",
+                            help="load checkpoint files with full pickle instead of weights only: a crafted file can run code, "
+                            "so only for files you trust")
     experiment.add_argument("--no-progress", action="store_true", help="no progress bars")
     report = sub.add_parser(
         "report", formatter_class=_Formatter, help="markdown report over evaluated runs",
@@ -264,7 +279,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         print("# valid keys: " + ", ".join(TrainConfig.keys()))
         return 0
-    result = train(cfg, args.out, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+    result = train(cfg, args.out, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress,
+                   trust_checkpoint=args.trust_checkpoint)
     if result.rank != 0:  # under torchrun only rank 0 reports
         return result.exit_code if result.stopped_by in ("SIGINT", "SIGTERM") else 0
     timing = result.timing
@@ -294,7 +310,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from medcontext.evaluation.runs import evaluate_run
 
     evaluate_run(args.run, data=args.data, split=args.split, use=args.use, checkpoint=args.checkpoint,
-                 device=args.device, progress=not args.no_progress)
+                 device=args.device, progress=not args.no_progress, trust_checkpoint=args.trust_checkpoint)
     return 0
 
 
@@ -302,7 +318,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from medcontext.engine.predict import predict_run
 
     predict_run(args.run, args.input, args.output, checkpoint=args.checkpoint, use=args.use,
-                probabilities=args.probabilities, device=args.device)
+                probabilities=args.probabilities, device=args.device, trust_checkpoint=args.trust_checkpoint)
     return 0
 
 
@@ -326,7 +342,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         groups = sorted({r.group for r in plan})
         raise ValueError(f"--only {args.only} selects no run of study {args.study!r}; its groups are {groups}")
     test_ids = load_test_split(args.test_split or study_test_split(study))
-    run_study(runs, args.data, args.out, test_ids, max_runs=args.max_runs, progress=not args.no_progress)
+    run_study(runs, args.data, args.out, test_ids, max_runs=args.max_runs, progress=not args.no_progress,
+              trust_checkpoint=args.trust_checkpoint)
     finished = [Path(args.out) / r.name for r in plan if (Path(args.out) / r.name / DONE_MARKER).is_file()]
     if finished:
         out = Path(args.report) if args.report else Path(args.out) / "report" / "report.md"
@@ -380,6 +397,9 @@ _COMMANDS = {
 }
 
 
+_TRAINING_COMMANDS = ("train", "demo", "experiment")
+
+
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from medcontext.data import DatasetError
     from medcontext.data.atomic import DiskFullError
@@ -411,11 +431,21 @@ def _one_paragraph(err: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (``python -m medcontext`` exits with it)."""
+    from medcontext.engine.signals import RunInterrupted, StopOnSignal
+
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
+    if argv is None and args.command in _TRAINING_COMMANDS and not getattr(args, "print_config", False):
+        from medcontext.engine.tcmalloc import reexec_with_tcmalloc
+
+        reexec_with_tcmalloc()  # returns only when it does not re-execute
     try:
-        return _COMMANDS[args.command](args)
+        with StopOnSignal():
+            return _COMMANDS[args.command](args)
+    except RunInterrupted as err:
+        print(f"medcontext {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("medcontext: interrupted", file=sys.stderr)
         return 130

@@ -13,7 +13,13 @@ What it does, all in ``OUT``:
 4. prints a comparison table and writes ``results.md``, ``overlay.png`` (a slice: image,
    ground truth, both predictions) and ``curves.png`` (loss terms and validation Dice).
 
-Budgets: the full demo takes about 3-5 minutes on two CPU cores, ``--quick`` about 1-2.
+Interrupted (Ctrl-C, SIGTERM), the demo saves the run in training and exits with 130/143
+without evaluating anything; the same command continues it (finished runs are kept, the
+interrupted one resumes from its ``last.pt``). Other settings start the folder afresh.
+
+Budgets: 300 steps of one 32^3 crop per variant (``--quick``: 100). On CPUs without native bf16
+the runs are fp32 (precision ``auto``); BENCHMARKS.md ("Portable CPU defaults") has the measured
+times, under 10 minutes on two cores of an AVX2-only CPU.
 The numbers depend on ``k`` and the seed; the demo shows them as they come out.
 Both runs share every setting except ``method.variant``; the teacher momentum is scaled to
 the short run (:func:`short_run_momentum`).
@@ -68,7 +74,7 @@ def demo_config(data_dir: str | Path, variant: str, budget: DemoBudget, *, train
             "data.train_cases": train_cases,
             "data.val_cases": budget.val_cases,
             "data.test_cases": budget.cases - train_cases - budget.val_cases,
-            "data.num_samples": 2,
+            "data.num_samples": 1,  # one crop per step: fits 10 minutes on a 2-core AVX2-only CPU in fp32
             "model.name": "unet3d",
             "model.options": {"size": "small"},
             "model.roi": [32, 32, 32],
@@ -81,7 +87,7 @@ def demo_config(data_dir: str | Path, variant: str, budget: DemoBudget, *, train
             "optim.warmup_steps": steps // 20,
             "train.steps": steps,
             "train.seed": seed,
-            "train.precision": "bf16",
+            "train.precision": "auto",
             "train.device": "cpu",
             "train.checkpoint_every": steps,
             "eval.every": min(budget.eval_every, steps),
@@ -111,13 +117,33 @@ class DemoResult:
     seconds: float = 0.0
 
 
-def _prepare_out(out: Path) -> None:
+def _prepare_out(out: Path, settings: dict | None = None) -> bool:
+    """Make ``out`` ready for a demo with ``settings``; ``True`` when it continues an earlier,
+    interrupted demo with the same settings (its runs are kept), ``False`` when it starts afresh."""
     if out.exists() and any(out.iterdir()) and not (out / _MARKER).exists():
         raise ConfigError(f"{out} exists and is not a demo folder; choose another --out (the demo overwrites its folder)")
+    if settings is not None and (out / _MARKER).is_file():
+        try:
+            previous = json.loads((out / _MARKER).read_text())
+        except ValueError:
+            previous = None
+        if previous == settings and not (out / "results.md").exists():
+            return True
     for name in (*VARIANTS, "phantom"):
         if (out / name).exists():
             shutil.rmtree(out / name)
+    for name in ("results.md", "overlay.png", "curves.png"):
+        (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def _finished_steps(run_dir: Path) -> int | None:
+    """Completed steps saved in ``run_dir/last.pt`` (read weights-only), ``None`` without one."""
+    from medcontext.engine.checkpoint import read_checkpoint
+
+    last = run_dir / "last.pt"
+    return int(read_checkpoint(last)["step"]) if last.is_file() else None
 
 
 def run_demo(
@@ -134,14 +160,18 @@ def run_demo(
     from medcontext.data import generate_phantom
     from medcontext.evaluation.runs import evaluate_run
     from medcontext.engine.run import train
+    from medcontext.engine.signals import stop_if_interrupted
 
     start = time.perf_counter()
     budget = BUDGETS["quick" if quick else "full"]
     if train_cases < 1 or train_cases > budget.cases - budget.val_cases - 2:
         raise ConfigError(f"--train-cases must be in [1, {budget.cases - budget.val_cases - 2}], got {train_cases}")
     out = Path(out)
-    _prepare_out(out)
-    write_text_atomic(out / _MARKER, json.dumps({"quick": quick, "seed": seed, "train_cases": train_cases}) + "\n")
+    settings = {"quick": quick, "seed": seed, "train_cases": train_cases, "steps": steps}
+    continuing = _prepare_out(out, settings)
+    write_text_atomic(out / _MARKER, json.dumps(settings) + "\n")
+    if continuing:
+        echo(f"continuing the interrupted demo in {out} (same settings)")
     data_dir = generate_phantom(out / "phantom", num_cases=budget.cases, shape=budget.shape, seed=seed)
     echo(f"phantom: {budget.cases} cases of {budget.shape} voxels in {data_dir}")
 
@@ -149,9 +179,15 @@ def run_demo(
     for variant in VARIANTS:
         cfg = demo_config(data_dir, variant, budget, train_cases=train_cases, seed=seed, steps=steps)
         run_dir = out / variant
-        echo(f"\n=== {variant}: {cfg.train.steps} steps, {train_cases} training cases ===")
-        train(cfg, run_dir, progress=progress, echo=echo)
+        done = _finished_steps(run_dir)
         result.runs[variant] = run_dir
+        if done is not None and done >= cfg.train.steps:
+            echo(f"\n=== {variant}: finished earlier ({done} steps) ===")
+            continue
+        echo(f"\n=== {variant}: {cfg.train.steps} steps, {train_cases} training cases ===")
+        trained = train(cfg, run_dir, resume=done is not None, progress=progress, echo=echo)
+        stop_if_interrupted(trained, f"the {variant} run in {run_dir}",
+                            "Run the same `medcontext demo` command again to continue.")
     for variant, run_dir in result.runs.items():
         echo(f"\n=== evaluating {variant} ===")
         evaluation = evaluate_run(run_dir, progress=False, echo=lambda s: None, device="cpu")

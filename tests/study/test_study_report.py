@@ -147,12 +147,15 @@ def test_runner_does_not_evaluate_a_run_stopped_by_a_signal(tmp_path, monkeypatc
     """A SIGTERM-stopped run must neither be evaluated nor marked done (it resumes next time)."""
     from types import SimpleNamespace
 
+    from medcontext.engine.signals import RunInterrupted
     from medcontext.study import runner
 
     calls = []
-    monkeypatch.setattr(runner, "train", lambda cfg, run_dir, **kw: SimpleNamespace(finished=False, step=3))
+    stopped = SimpleNamespace(finished=False, step=3, total_steps=300, stopped_by="SIGTERM")
+    monkeypatch.setattr(runner, "train", lambda cfg, run_dir, **kw: stopped)
     monkeypatch.setattr(runner, "evaluate_run", lambda *a, **kw: calls.append(a))
     plan = hippocampus_plan()[:2]
-    records = runner.run_study(plan, tmp_path, tmp_path / "study", ["x"], progress=False, echo=lambda _: None)
-    assert records == [] and calls == []
+    with pytest.raises(RunInterrupted, match="SIGTERM stopped the study run"):
+        runner.run_study(plan, tmp_path, tmp_path / "study", ["x"], progress=False, echo=lambda _: None)
+    assert calls == []
     assert not any((tmp_path / "study" / r.name / runner.DONE_MARKER).exists() for r in plan)

@@ -159,7 +159,8 @@ class DatasetSpec:
         crop_foreground: crop every volume to the bounding box of its nonzero voxels
             (skull-stripped brain MRI).
         layout: where the case list came from (``msd``, ``nnunet``, ``datalist``,
-            ``folders``, ``brats_subjects``), for messages only.
+            ``folders``, ``brats_subjects``; ``msd_folders``: a Decathlon ``dataset.json``
+            without its ``training`` list, cases read from ``imagesTr``/``labelsTr`` by name).
         group_by: the group rule (:mod:`medcontext.data.grouping`), ``None`` = no grouping.
         groups: case id -> group key of every labelled case under ``group_by`` (``None``
             without a rule); splits keep a group on one side.
@@ -292,6 +293,16 @@ class DatasetSpec:
             ungrouped = [c.case_id for c in self.cases if c.case_id not in self.groups]
             if ungrouped:
                 raise DatasetError(f"{where}: cases without a group key under {self.group_by!r}: {ungrouped[:5]}")
+
+    @property
+    def source_note(self) -> str:
+        """A sentence on where the cases came from when that may surprise (else ``""``)."""
+        if self.layout == "msd_folders":
+            return (
+                f"{self.root / 'dataset.json'} has no 'training' list: the {len(self.cases)} labelled case(s) were "
+                "read from imagesTr/ and labelsTr/ by file name"
+            )
+        return ""
 
     # -- serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -427,8 +438,8 @@ def load_dataset(
     hint = source.pop("resolved_preset_hint", None)
     chosen = preset
     if preset == "auto":
-        chosen = hint or ("msd" if source["layout"] in ("msd", "nnunet") else "generic")
-    if chosen == "msd" and source["layout"] not in ("msd", "nnunet"):
+        chosen = hint or ("msd" if source["layout"] in _MSD_LAYOUTS else "generic")
+    if chosen == "msd" and source["layout"] not in _MSD_LAYOUTS:
         raise DatasetError(f"preset 'msd' needs a dataset.json in {source['root']}; none found")
     return _build_spec(source, PRESETS[chosen], ct_window, group_by)
 
@@ -512,6 +523,9 @@ def _resolve_file(entry: Any, base: Path, where: str, alt_base: Path | None = No
     return cand
 
 
+_MSD_LAYOUTS = ("msd", "nnunet", "msd_folders")
+
+
 def _read_msd(root: Path) -> dict[str, Any]:
     meta_path = root / "dataset.json"
     meta = _read_json(meta_path)
@@ -541,7 +555,7 @@ def _read_msd(root: Path) -> dict[str, Any]:
     else:
         folders = _read_folders(root, image_dirs=("imagesTr",), label_dirs=("labelsTr",))
         cases, unlabeled = folders["cases"], folders["unlabeled"]
-        layout = "nnunet" if is_nnunet else "msd"
+        layout = "nnunet" if is_nnunet else "msd_folders"
 
     hint = None
     if root.name.startswith("Task01_BrainTumour") or str(meta.get("name", "")).upper() == "BRATS":
@@ -1012,7 +1026,7 @@ class DatasetSummary:
         labelled = [c for c in self.cases if c.labelled]
         lines = [
             f"dataset   {spec.name}  ({spec.root})",
-            f"layout    {spec.layout}, preset {spec.preset}",
+            f"layout    {spec.layout}, preset {spec.preset}" + (f"\nnote      {spec.source_note}" if spec.source_note else ""),
             f"cases     {len(labelled)} labelled, {len(self.cases) - len(labelled)} unlabelled",
             f"channels  {spec.num_channels}: {', '.join(spec.channel_names)} ({spec.modality})",
             "labels    " + ", ".join(f"{k}={v}" for k, v in sorted(spec.labels.items())),

@@ -3,12 +3,12 @@
 A checkpoint (``last.pt``, ``best.pt``) is a dict::
 
     {
-      "format": "medcontext-checkpoint", "format_version": 1,
+      "format": "medcontext-checkpoint", "format_version": 2,
       "version": medcontext.__version__,
       "step": completed optimizer steps,
       "model": mc.state_dict(),          # student, teacher.*, mask tokens
       "optimizer": ..., "scaler": ... | None,
-      "rng": {"python", "numpy", "torch", "cuda", "mask_generator"},
+      "rng": {"python", "numpy", "torch", "cuda", "mask_generator"},   # tensors and plain values
       "config": TrainConfig.to_dict(),
       "model_info": {"name", "in_channels", "out_channels", "roi", "output_mode"},
       "best": {"metric", "step"}, "extra": {...},
@@ -18,6 +18,11 @@ It is written with :func:`medcontext.data.atomic.atomic_write` (temp file, fsync
 ``os.replace``): a crash during a save leaves the previous file intact, and a full disk
 raises :class:`~medcontext.data.atomic.DiskFullError` naming the file and the space it needs. Loading is strict:
 any key difference between the checkpoint and the model is an error listing the keys.
+
+Everything in it is a tensor or a plain Python value, so it is read with
+``torch.load(weights_only=True)`` (:mod:`medcontext.models.safe_load`): a crafted file in a run
+folder cannot run code. Format version 2 stores numpy's random state as a tensor (version 1
+stored a numpy array; such files still load, see :mod:`~medcontext.models.safe_load`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from torch import nn
 
 import medcontext
 from medcontext.data.atomic import atomic_write
+from medcontext.models.safe_load import UnreadableFileError, load_weights_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -46,7 +52,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "medcontext-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _LIST_LIMIT = 12
 
 
@@ -55,10 +61,19 @@ class CheckpointError(RuntimeError):
 
 
 def capture_rng_state(mask_generator: torch.Generator | None = None) -> dict:
-    """Every random state a training step consumes (python, numpy, torch CPU/CUDA, masks)."""
+    """Every random state a training step consumes (python, numpy, torch CPU/CUDA, masks).
+
+    Only tensors and plain values, so that a weights-only load reads it back: numpy's state
+    ``(kind, keys, pos, has_gauss, cached_gaussian)`` becomes a dict with the 624 keys as an
+    int64 tensor.
+    """
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "mask_generator": mask_generator.get_state() if mask_generator is not None else None,
@@ -66,10 +81,19 @@ def capture_rng_state(mask_generator: torch.Generator | None = None) -> dict:
     return state
 
 
+def _numpy_state(saved: Any) -> tuple:
+    """numpy's ``set_state`` tuple from :func:`capture_rng_state`'s dict (or a format-1 tuple)."""
+    if isinstance(saved, Mapping):
+        keys = saved["keys"].numpy() if isinstance(saved["keys"], torch.Tensor) else np.asarray(saved["keys"])
+        return (saved["kind"], keys.astype(np.uint32), int(saved["pos"]), int(saved["has_gauss"]),
+                float(saved["cached_gaussian"]))
+    return tuple(saved)
+
+
 def restore_rng_state(state: Mapping[str, Any], mask_generator: torch.Generator | None = None) -> None:
     """Inverse of :func:`capture_rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_python_state(state["python"]))
+    np.random.set_state(_numpy_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -77,6 +101,12 @@ def restore_rng_state(state: Mapping[str, Any], mask_generator: torch.Generator 
         if state.get("mask_generator") is None:
             raise CheckpointError("the checkpoint has no mask generator state but the model draws seeded masks")
         mask_generator.set_state(state["mask_generator"])
+
+
+def _python_state(saved: Any) -> tuple:
+    """``random.setstate`` wants tuples; a loader may hand back lists."""
+    version, internal, gauss = saved
+    return (int(version), tuple(int(v) for v in internal), gauss)
 
 
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
@@ -114,15 +144,26 @@ def tensor_bytes(obj: Any) -> int:
     return sum(storages.values())
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a medcontext checkpoint dict, with errors that name the file."""
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *, trust: bool = False) -> dict:
+    """Load a medcontext checkpoint dict, with errors that name the file.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where tensors go.
+        trust: load with full pickle instead of ``weights_only=True`` (only for files whose
+            origin you trust; CLI ``--trust-checkpoint``).
+
+    Raises:
+        CheckpointError: missing, unreadable or not a medcontext checkpoint.
+        UntrustedFileError: the file holds objects a weights-only load refuses.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # torch raises many types for corrupt files
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it may be truncated") from err
+        data = load_weights_file(path, trust=trust, map_location=map_location)
+    except UnreadableFileError as err:
+        raise CheckpointError(f"checkpoint {err}") from err
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} is not a medcontext training checkpoint (no format={CHECKPOINT_FORMAT!r} field); "

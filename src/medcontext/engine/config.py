@@ -204,7 +204,8 @@ class TrainingConfig:
             optimisation (see :func:`resolve_batch_scaling`).
         seed: seeds weights, data order, augmentation and masks.
         precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` (``auto``: bf16 on CUDA when
-            supported else fp16, fp32 on CPU).
+            supported else fp16; on CPU bf16 only where the CPU runs it natively, else fp32;
+            see :mod:`medcontext.engine.precision`).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
         checkpoint_every: write ``last.pt`` every this many steps (and at the end).
         log_every: update the progress bar and TensorBoard every this many steps
@@ -217,6 +218,9 @@ class TrainingConfig:
             page-faulting it in again every step: faster steps, but the peak memory can
             double (see :mod:`medcontext.engine.cpu_memory`; a preloaded tcmalloc is the
             better fix). Changes speed and memory, not results.
+        threads: CPU threads of the process; ``None`` = ``OMP_NUM_THREADS`` if set, else the
+            physical cores divided by the run's processes on the node
+            (:mod:`medcontext.engine.cpu_threads`). Changes speed, not results.
     """
 
     steps: int = 200
@@ -231,6 +235,7 @@ class TrainingConfig:
     tensorboard: bool = True
     dist_timeout_min: float = 60.0
     retain_cpu_memory: bool = False
+    threads: int | None = None
 
 
 @dataclass
@@ -528,6 +533,7 @@ CHECKS: list[Check] = [
     Check("train.checkpoint_every", ">= 1", lambda v, c: _int(v, 1)),
     Check("train.log_every", ">= 1", lambda v, c: _int(v, 1)),
     Check("train.dist_timeout_min", "a finite number > 0", lambda v, c: _number(v, 0, low_open=True)),
+    Check("train.threads", ">= 1 or null (automatic)", lambda v, c: v is None or _int(v, 1)),
     # eval
     Check("eval.every", ">= 0 (0: only after the last step)", lambda v, c: _int(v, 0)),
     Check("eval.overlap", "in [0, 1)", lambda v, c: _number(v, 0, 1, high_open=True)),

@@ -87,6 +87,8 @@ class Predictor:
         use: ``student`` (default) or ``teacher`` weights.
         device: ``auto``, ``cpu``, ``cuda``...
         precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` for the forward passes.
+        trust_checkpoint: read the checkpoint with full pickle instead of weights-only
+            (only for a file you trust).
     """
 
     def __init__(
@@ -96,11 +98,12 @@ class Predictor:
         use: str = "student",
         device: str = "auto",
         precision: str = "fp32",
+        trust_checkpoint: bool = False,
     ):
         self.run = run if isinstance(run, RunInfo) else load_run(run)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.mc, self.checkpoint = load_model(self.run, checkpoint, self.device)
+        self.mc, self.checkpoint = load_model(self.run, checkpoint, self.device, trust=trust_checkpoint)
         self.network = self.mc.inference_network(use)
         self.use = use
         self.spec = self.run.spec
@@ -185,6 +188,7 @@ def predict_run(
     probabilities: bool = False,
     device: str = "auto",
     echo: Callable[[str], None] = print,
+    trust_checkpoint: bool = False,
 ) -> list[Path]:
     """``medcontext predict``: predict every case under ``input_path`` into ``output_dir``.
 
@@ -195,6 +199,9 @@ def predict_run(
     Returns:
         The files written (label maps, and probability maps with ``probabilities``).
 
+    The run's checkpoint is read weights-only unless ``trust_checkpoint`` (only for a file you
+    trust; CLI ``--trust-checkpoint``).
+
     Raises:
         FileNotFoundError: a missing input (named).
         PredictionFailedError: one or more cases failed (each named with its file and reason);
@@ -203,7 +210,7 @@ def predict_run(
     """
     from medcontext.data.atomic import DiskFullError
 
-    predictor = Predictor(run_dir, checkpoint=checkpoint, use=use, device=device)
+    predictor = Predictor(run_dir, checkpoint=checkpoint, use=use, device=device, trust_checkpoint=trust_checkpoint)
     cases = find_input_cases(input_path, predictor.spec.num_channels)
     echo(
         f"predicting {len(cases)} case(s) with {predictor.checkpoint['path']} (step {predictor.checkpoint['step']}, "

@@ -34,7 +34,7 @@ from torch import nn
 from medcontext.data.atomic import remove_stale_temporaries, write_text_atomic
 from medcontext.engine.checkpoint import CheckpointError, load_model_state, read_checkpoint
 from medcontext.engine.config import ConfigError, TrainConfig, load_config, resolve_batch_scaling, save_config
-from medcontext.engine.cpu_memory import describe_cpu_allocator
+from medcontext.engine.cpu_threads import CpuShare
 from medcontext.engine.distributed import World, init_distributed
 from medcontext.engine.preflight import check_run_settings
 from medcontext.engine.trainer import RESUME_MAY_CHANGE, TrainResult, Trainer, ValidationCase
@@ -197,6 +197,7 @@ def train(
     trainer_class: type[Trainer] = Trainer,
     network_hook: Callable[[nn.Module], nn.Module] | None = None,
     world: World | None = None,
+    trust_checkpoint: bool = False,
 ) -> TrainResult:
     """Train (or resume) a run in ``run_dir`` as ``cfg`` says.
 
@@ -219,6 +220,9 @@ def train(
             to use (e.g. to wrap it for tests or debugging).
         world: an existing process group's facts; ``None`` reads the torchrun environment
             (and leaves the group it created at the end).
+        trust_checkpoint: read ``model.init_checkpoint`` and, with ``resume``, ``last.pt``
+            with full pickle instead of ``weights_only=True``: only for files you trust (a
+            crafted file runs code). CLI ``--trust-checkpoint``.
 
     Returns:
         The :class:`TrainResult`.
@@ -232,10 +236,12 @@ def train(
     owned = world is None
     if world is None:
         world = init_distributed(cfg.train.device, timeout_min=cfg.train.dist_timeout_min)
+    cpu_share = CpuShare(cfg.train.threads).__enter__()  # threads: this process's share of the cores
     try:
         return _train(
             cfg, run_dir, world, resume=resume, stop_after=stop_after, progress=progress and world.is_main,
             echo=echo if world.is_main else _silent, trainer_class=trainer_class, network_hook=network_hook,
+            trust_checkpoint=trust_checkpoint, cpu_share=cpu_share,
         )
     except BaseException as err:
         explained = world.explain_failure(err)
@@ -243,6 +249,7 @@ def train(
             raise
         raise explained from err
     finally:
+        cpu_share.__exit__(None, None, None)
         if owned:
             world.close()
 
@@ -253,7 +260,8 @@ def _silent(_line: str) -> None:
 
 def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_after: int | None, progress: bool,
            echo: Callable[[str], None], trainer_class: type[Trainer],
-           network_hook: Callable[[nn.Module], nn.Module] | None) -> TrainResult:
+           network_hook: Callable[[nn.Module], nn.Module] | None, trust_checkpoint: bool = False,
+           cpu_share: CpuShare | None = None) -> TrainResult:
     from medcontext.data import PreprocessConfig, Split, load_dataset, split_for_spec, validate_dataset
     from medcontext.data import make_train_dataset
 
@@ -298,6 +306,8 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
             split = Split.load(run_dir / "split.json")
         else:
             echo(f"checking dataset {spec.name!r} ({len(spec.cases)} labelled cases) in {spec.root} ...")
+            if spec.source_note:
+                echo(f"note: {spec.source_note}")
             summary = validate_dataset(spec, progress=progress)
             echo(f"dataset OK: {len(summary.cases)} cases, {spec.num_channels} channel(s), {spec.num_outputs} outputs ({spec.output_mode})")
             split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.train.seed
@@ -327,7 +337,7 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
 
         report = load_pretrained(
             network, cfg.model.init_checkpoint, prefix_map=cfg.model.init_prefix_map or None,
-            skip_mismatch=cfg.model.init_skip_mismatch,
+            skip_mismatch=cfg.model.init_skip_mismatch, trust=trust_checkpoint,
         )
         echo(report.format())
     if network_hook is not None:
@@ -362,10 +372,18 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
         f"({trainer.precision.name}), crop {roi}, batch {cfg.train.batch_size}x{cfg.data.num_samples} crops"
     )
     echo(f"scale: {trainer.scaling_summary()}")
+    echo(f"precision: {trainer.precision.describe()}")
+    if trainer.precision.warning:
+        echo(f"warning: {trainer.precision.warning}")
     if trainer.device.type == "cpu":
-        allocator, hint = describe_cpu_allocator()
-        echo(f"memory allocator: {allocator}" + (f"; note: {hint}" if hint else ""))
-    return trainer.fit(resume=resume, stop_after=stop_after)
+        from medcontext.engine.tcmalloc import allocator_line
+
+        if cpu_share is not None:
+            echo(f"threads: {cpu_share.threads} ({cpu_share.reason}; adjusted when other runs start or end)"
+                 if not cpu_share.fixed else f"threads: {cpu_share.threads} ({cpu_share.reason})")
+        echo(f"memory allocator: {allocator_line()}")
+    trainer.cpu_share = cpu_share
+    return trainer.fit(resume=resume, stop_after=stop_after, trust_checkpoint=trust_checkpoint)
 
 
 def load_run(run_dir: str | Path, data: str | Path | None = None) -> RunInfo:
@@ -407,15 +425,18 @@ def checkpoint_path(run_dir: str | Path, checkpoint: str = "best") -> Path:
     return Path(checkpoint)
 
 
-def load_model(run: RunInfo, checkpoint: str = "best", device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+def load_model(run: RunInfo, checkpoint: str = "best", device: torch.device | str = "cpu", *,
+               trust: bool = False) -> tuple[nn.Module, dict]:
     """The run's MedContext module with the checkpoint's weights (strict), in eval mode.
+
+    The checkpoint is read weights-only (a crafted file cannot run code) unless ``trust``.
 
     Returns:
         ``(mc, checkpoint_dict_without_tensors)`` where the dict holds ``step``, ``best``,
         ``model_info`` and ``path``.
     """
     path = checkpoint_path(run.run_dir, checkpoint)
-    data = read_checkpoint(path, map_location="cpu")
+    data = read_checkpoint(path, map_location="cpu", trust=trust)
     cfg = TrainConfig.from_dict(data["config"], source=f"{path} config")
     network = build_network(cfg, run.spec.num_channels, run.spec.num_outputs, run.roi)
     mc = build_medcontext(cfg, network, run.roi, run.spec.output_mode)

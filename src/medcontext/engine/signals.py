@@ -11,6 +11,13 @@ SIGTERM). The training loop therefore agrees on the stop after every step: it ta
 largest signal number over all ranks and hands it to :meth:`GracefulStop.request` on the
 ranks that saw none, so every rank stops after the same step, rank 0 writes the checkpoint,
 and every process exits with the same code. No rank is left waiting in a collective.
+
+Outside the training loop (checking data, evaluating, a workflow between its runs),
+:class:`StopOnSignal` turns SIGINT and SIGTERM into :class:`RunInterrupted` at once; a
+workflow that sees a training run stop early (``TrainResult.stopped_by``) raises the same
+exception, so the demo, a study or an experiment never goes on to evaluate or report
+unfinished training. The command line exits with ``RunInterrupted.exit_code`` (130/143)
+after printing its message, which says how to continue.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import signal
 import threading
 from types import FrameType
 
-__all__ = ["GracefulStop"]
+__all__ = ["GracefulStop", "RunInterrupted", "StopOnSignal", "stop_if_interrupted"]
 
 
 class GracefulStop:
@@ -77,3 +84,70 @@ class GracefulStop:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+
+
+class RunInterrupted(BaseException):
+    """A command was stopped by SIGINT/SIGTERM (a ``BaseException``, like ``KeyboardInterrupt``,
+    so that no ``except Exception`` on the way swallows it).
+
+    Attributes:
+        signum: the signal.
+        exit_code: 128 + ``signum`` (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int, message: str = ""):
+        self.signum = int(signum)
+        name = signal.Signals(self.signum).name
+        super().__init__(message or f"stopped by {name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+class StopOnSignal:
+    """Context manager: SIGINT and SIGTERM raise :class:`RunInterrupted` in the main thread.
+
+    The training loop's :class:`GracefulStop` replaces these handlers while it runs (a
+    signal then ends the current step and saves) and restores them afterwards. Without it,
+    SIGTERM would end the process at once, without a message or a clean exit code.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self._previous: dict[int, object] = {}
+
+    @staticmethod
+    def handle(signum: int, frame: FrameType | None = None) -> None:
+        raise RunInterrupted(signum, f"stopped by {signal.Signals(signum).name}")
+
+    def __enter__(self) -> "StopOnSignal":
+        if self.enabled:
+            for sig in GracefulStop.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+
+def stop_if_interrupted(result, what: str, how_to_continue: str) -> None:
+    """Raise :class:`RunInterrupted` when a training run (a ``TrainResult``) was stopped by a signal.
+
+    Args:
+        result: what :func:`medcontext.engine.train` returned.
+        what: the run, for the message (e.g. ``"the baseline run in demo/baseline"``).
+        how_to_continue: the sentence that says how to continue.
+    """
+    if result.stopped_by in ("SIGINT", "SIGTERM"):
+        raise RunInterrupted(
+            signal.Signals[result.stopped_by].value,
+            f"{result.stopped_by} stopped {what} after step {result.step} of {result.total_steps}; its last.pt is "
+            f"saved and nothing was evaluated. {how_to_continue}",
+        )

@@ -223,6 +223,7 @@ class Trainer:
         self.best_step: int | None = None
         self.last_checkpoint_step: int | None = None
         self.log: RunLog | None = None
+        self.cpu_share = None  # a medcontext.engine.cpu_threads.CpuShare: threads re-counted after every step
         self._float_buffers = [b for b in self.mc.buffers() if b.is_floating_point()]
         if self.world.is_distributed:
             self._join_world()
@@ -310,14 +311,17 @@ class Trainer:
         if path == self.last_path:
             self.last_checkpoint_step = self.step
 
-    def restore(self, path: Path) -> None:
-        """Continue from a checkpoint written by :meth:`save` (strict); every rank reads it."""
+    def restore(self, path: Path, *, trust: bool = False) -> None:
+        """Continue from a checkpoint written by :meth:`save` (strict); every rank reads it.
+
+        The file is read weights-only (a crafted ``last.pt`` cannot run code) unless ``trust``.
+        """
         if not self.world.is_main and not Path(path).is_file():
             raise CheckpointError(
                 f"rank {self.world.rank} cannot see {path}: with several nodes, the run folder must be on a "
                 "filesystem that every node mounts at the same path"
             )
-        data = read_checkpoint(path, map_location="cpu")
+        data = read_checkpoint(path, map_location="cpu", trust=trust)
         saved_world = int(data.get("world_size", 1))
         if saved_world != self.world.world_size:
             raise CheckpointError(
@@ -451,7 +455,8 @@ class Trainer:
         return step == self.total_steps or (every > 0 and step % every == 0)
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, *, resume: bool = False, stop_after: int | None = None, handle_signals: bool = True) -> TrainResult:
+    def fit(self, *, resume: bool = False, stop_after: int | None = None, handle_signals: bool = True,
+            trust_checkpoint: bool = False) -> TrainResult:
         """Train from step 0 (or from ``last.pt`` with ``resume``) to ``train.steps``.
 
         Args:
@@ -459,6 +464,7 @@ class Trainer:
             stop_after: stop (with a checkpoint) after this many steps of this call; the
                 run can be continued with ``resume`` (for time-limited jobs and tests).
             handle_signals: turn SIGINT/SIGTERM into a graceful stop.
+            trust_checkpoint: read ``last.pt`` with full pickle (only for a file you trust).
 
         Returns:
             A :class:`TrainResult`; ``stopped_by`` says why it ended early.
@@ -467,7 +473,7 @@ class Trainer:
             NonFiniteLossError: a loss term became NaN/Inf (that step was not applied).
         """
         if resume:
-            self.restore(self.last_path)
+            self.restore(self.last_path, trust=trust_checkpoint)
         start_step = self.step
         result = TrainResult(self.run_dir, start_step, self.step, self.total_steps, rank=self.world.rank)
         self.log = RunLog(
@@ -509,6 +515,8 @@ class Trainer:
                     self.on_train_step_end(self.step, values)
                     if self._should_validate(self.step):
                         self.validate()
+                    if self.cpu_share is not None:
+                        self.cpu_share.refresh()
                     signalled = self._agree_on_stop(stop)
                     ran = self.step - start_step
                     if signalled or (stop_after is not None and ran >= stop_after) or self.step == self.total_steps:
@@ -559,7 +567,7 @@ class Trainer:
 RESUME_MAY_CHANGE = frozenset(
     {
         "data.path", "data.num_workers", "data.cache_dir", "train.device", "train.log_every", "train.tensorboard",
-        "train.dist_timeout_min", "train.retain_cpu_memory",
+        "train.dist_timeout_min", "train.retain_cpu_memory", "train.threads",
     }
 )
 """Settings that do not change the training trajectory and may differ on ``--resume``."""

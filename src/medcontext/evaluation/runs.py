@@ -46,6 +46,7 @@ def evaluate_run(
     out_name: str = "eval",
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    trust_checkpoint: bool = False,
 ) -> EvaluationResult:
     """Evaluate a run on its ``test`` (default), ``val`` or ``all`` (test + val) cases.
 
@@ -59,6 +60,8 @@ def evaluate_run(
         out_name: output subfolder of the run (``eval``).
         progress: show a progress bar while scoring.
         echo: where to print.
+        trust_checkpoint: read the checkpoint with full pickle instead of weights-only
+            (only for a file you trust; CLI ``--trust-checkpoint``).
 
     Raises:
         ConfigError: the split has no case; DatasetError / FileNotFoundError: missing files.
@@ -78,7 +81,7 @@ def evaluate_run(
             f"the run's {split} split is empty ({run.run_dir / 'split.json'}); evaluate another split "
             "(--split val) or train with data.test_cases / data.val_cases > 0"
         )
-    predictor = Predictor(run, checkpoint=checkpoint, use=use, device=device)
+    predictor = Predictor(run, checkpoint=checkpoint, use=use, device=device, trust_checkpoint=trust_checkpoint)
     out = Path(run.run_dir) / out_name
     pred_dir = out / "predictions"
     records = run.spec.select(case_ids)

@@ -12,6 +12,10 @@ Key prefixes can be renamed with ``prefix_map`` (``{"module.": ""}`` strips DDP'
 ``{"encoder.": "swinViT."}`` maps an encoder-only SSL checkpoint onto SwinUNETR). Weights
 whose shapes differ are an error unless ``skip_mismatch`` is set; keys missing on either
 side are reported, never silently ignored.
+
+The file is read with ``torch.load(weights_only=True)`` (:mod:`medcontext.models.safe_load`):
+a crafted file cannot run code. A file that pickled other Python objects is refused with a
+message naming them, unless the caller trusts it (``trust=True``, ``--trust-checkpoint``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Mapping
 
 import torch
 from torch import nn
+
+from .safe_load import UnreadableFileError, load_weights_file
 
 __all__ = ["LoadReport", "PretrainedLoadError", "load_pretrained", "extract_state_dict", "apply_prefix_map"]
 
@@ -121,6 +127,8 @@ def load_pretrained(
     path: str | os.PathLike,
     prefix_map: Mapping[str, str] | None = None,
     skip_mismatch: bool = False,
+    *,
+    trust: bool = False,
 ) -> LoadReport:
     """Copy pretrained weights from ``path`` into ``network`` (in place).
 
@@ -130,6 +138,8 @@ def load_pretrained(
         path: checkpoint file (see the module docstring for accepted layouts).
         prefix_map: ``{old_prefix: new_prefix}`` applied to the file's keys.
         skip_mismatch: skip tensors whose shape differs instead of raising.
+        trust: read the file with full pickle (``weights_only=False``); only for files whose
+            origin you trust (a crafted file runs code).
 
     Returns:
         A :class:`LoadReport` with loaded, missing, unexpected and mismatched keys.
@@ -137,14 +147,16 @@ def load_pretrained(
     Raises:
         PretrainedLoadError: unreadable file, no matching key at all, or shape mismatches
             without ``skip_mismatch``.
+        UntrustedFileError: without ``trust``, the file holds objects a weights-only load
+            refuses.
     """
     path = Path(path)
     if not path.is_file():
         raise PretrainedLoadError(f"pretrained checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise PretrainedLoadError(f"pretrained checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
+        obj = load_weights_file(path, trust=trust, map_location="cpu")
+    except UnreadableFileError as err:
+        raise PretrainedLoadError(f"pretrained checkpoint {err}") from err
     state = apply_prefix_map(extract_state_dict(obj, source=str(path)), prefix_map)
     own = network.state_dict()
     report = LoadReport(path=str(path))

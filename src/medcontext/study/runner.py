@@ -16,6 +16,7 @@ from ..data.atomic import write_text_atomic
 from ..engine.config import load_config
 from ..evaluation.runs import evaluate_run
 from ..engine.run import train
+from ..engine.signals import stop_if_interrupted
 from .plan import StudyRun
 
 __all__ = ["run_study", "DONE_MARKER"]
@@ -24,18 +25,28 @@ DONE_MARKER = "study_done.json"
 
 
 def _run_one(
-    run: StudyRun, data: str, test_ids: list[str], run_dir: Path, echo: Callable[[str], None], progress: bool
-) -> dict | None:
-    """Train (or resume) and evaluate one run; ``None`` when training was stopped early."""
-    cfg = load_config(None, run.settings(data, test_ids))
-    start = time.perf_counter()
+    run: StudyRun, data: str, test_ids: list[str], run_dir: Path, echo: Callable[[str], None], progress: bool,
+    trust_checkpoint: bool = False,
+) -> dict:
+    """Train (or resume) and evaluate one run.
+
+    Raises:
+        RunInterrupted: SIGINT/SIGTERM stopped the training (``last.pt`` is saved; nothing of
+            this run is evaluated or recorded).
+    """
+    settings = run.settings(data, test_ids)
     resume = (run_dir / "last.pt").is_file()
-    result = train(cfg, run_dir, resume=resume, progress=progress, echo=echo)
-    if not result.finished:  # SIGINT/SIGTERM: last.pt is saved, the next call resumes it
-        return None
+    if resume and (run_dir / "config.yaml").is_file():
+        # a run continues in the precision it started with (runs begun before `auto` saved bf16)
+        settings["train.precision"] = load_config(run_dir / "config.yaml").train.precision
+    cfg = load_config(None, settings)
+    start = time.perf_counter()
+    result = train(cfg, run_dir, resume=resume, progress=progress, echo=echo, trust_checkpoint=trust_checkpoint)
+    stop_if_interrupted(result, f"the study run {run_dir}", "Run the same command again to continue the study.")
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    evaluation = evaluate_run(run_dir, split="test", progress=progress, echo=lambda _line: None)
+    evaluation = evaluate_run(run_dir, split="test", progress=progress, echo=lambda _line: None,
+                              trust_checkpoint=trust_checkpoint)
     eval_seconds = time.perf_counter() - start
     summary = evaluation.table.summary()
     record = {
@@ -66,6 +77,7 @@ def run_study(
     max_runs: int | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    trust_checkpoint: bool = False,
 ) -> list[dict]:
     """Train and evaluate ``runs`` under ``out`` (one folder each); returns the new records.
 
@@ -75,6 +87,12 @@ def run_study(
         out: study folder.
         test_ids: the fixed test case ids (never trained or selected on).
         max_runs: stop after this many newly finished runs (``None`` = all).
+        trust_checkpoint: read the runs' checkpoints with full pickle instead of
+            weights-only (only for files you trust).
+
+    Raises:
+        RunInterrupted: SIGINT/SIGTERM stopped a run's training: it is saved and resumes
+            when the study is run again; the runs finished before it keep their records.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,10 +105,7 @@ def run_study(
         if max_runs is not None and len(records) >= max_runs:
             break
         echo(f"[{index}/{len(todo)}] {run.name}")
-        record = _run_one(run, data, list(test_ids), out / run.name, echo, progress)
-        if record is None:
-            echo(f"study stopped during {run.name}; run the same command again to continue")
-            break
+        record = _run_one(run, data, list(test_ids), out / run.name, echo, progress, trust_checkpoint)
         echo(
             f"[{index}/{len(todo)}] {run.name}: test mean Dice {record['test_mean_dice']:.4f} "
             f"(train {record['train_seconds']:.0f} s, eval {record['eval_seconds']:.0f} s)"
