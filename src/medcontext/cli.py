@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(train)
     train.add_argument("--out", metavar="RUN_DIR", help="run folder (checkpoints, logs, split); required to train")
     train.add_argument("--data", metavar="DATASET_DIR", help="dataset folder (MSD layout, datalist JSON, folders)")
-    train.add_argument("--config", metavar="FILE", help="YAML configuration (see configs/)")
+    train.add_argument("--config", metavar="FILE", help="YAML configuration: a file or a shipped name (configs/, e.g. cpu_phantom)")
     train.add_argument("--model", help="network name: unetr, swin_unetr, unet3d, nnformer (model.name)")
     train.add_argument("--size", help="network size: paper, small or tiny (model.options.size)")
     train.add_argument("--variant", help="baseline, medcontext, no_teacher, msl_only or cl_only (method.variant)")
@@ -143,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("study", choices=["hippocampus"], help="which study")
     experiment.add_argument("--data", required=True, metavar="DATASET_DIR", help="the Task04_Hippocampus folder")
     experiment.add_argument("--out", required=True, metavar="DIR", help="study folder (one sub-folder per run)")
-    experiment.add_argument("--test-split", default="benchmarks/splits/hippocampus_test.json", metavar="JSON",
-                            help='fixed test case ids, {"test": [...]}; never trained or selected on')
+    experiment.add_argument("--test-split", default="hippocampus_test", metavar="JSON",
+                            help='a JSON file {"test": [...]} or a shipped split name (default: hippocampus_test, the study's 50 ids, '
+                                 'shipped with the package); never trained or selected on')
     experiment.add_argument("--only", nargs="+", metavar="GROUP",
                             help="run only these groups (unet3d_k5, unet3d_k20, unetr_k5)")
     experiment.add_argument("--max-runs", type=int, metavar="N", help="stop after N newly finished runs")
@@ -235,16 +236,11 @@ def _train_config(args: argparse.Namespace):
 
 
 def _config_file(name: str) -> Path:
-    """``--config`` as given, or the name of a shipped config (``cpu_phantom``)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    repo_configs = Path(__file__).resolve().parents[2] / "configs"
-    for folder in (repo_configs, Path(__file__).resolve().parent / "configs"):
-        candidate = folder / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
-        if candidate.is_file():
-            return candidate
-    return path  # read_yaml names the missing file
+    """``--config`` as given, or the name of a shipped config (``cpu_phantom``), found in the
+    installed package or the checkout, never relative to the current directory."""
+    from medcontext.shipped import find_config
+
+    return find_config(name)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -312,7 +308,9 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     runs = [r for r in hippocampus_plan() if not args.only or r.group in args.only]
     if not runs:
         raise ValueError(f"--only {args.only} selects no run; groups are unet3d_k5, unet3d_k20, unetr_k5")
-    test_ids = load_test_split(args.test_split)
+    from medcontext.shipped import find_split
+
+    test_ids = load_test_split(find_split(args.test_split))
     run_study(runs, args.data, args.out, test_ids, max_runs=args.max_runs, progress=not args.no_progress)
     finished = [Path(args.out) / r.name for r in runs if (Path(args.out) / r.name / DONE_MARKER).is_file()]
     if finished:
