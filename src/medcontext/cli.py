@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--data", required=True, metavar="DATASET_DIR", help="the Task04_Hippocampus folder")
     experiment.add_argument("--out", required=True, metavar="DIR", help="study folder (one sub-folder per run)")
     experiment.add_argument("--test-split", default="hippocampus_test", metavar="JSON",
-                            help='a JSON file {"test": [...]} or a shipped split name (default: hippocampus_test, the study's 50 ids, '
+                            help='a JSON file {"test": [...]} or a shipped split name (default: hippocampus_test, the study\'s 50 ids, '
                                  'shipped with the package); never trained or selected on')
     experiment.add_argument("--only", nargs="+", metavar="GROUP",
                             help="run only these groups (unet3d_k5, unet3d_k20, unetr_k5)")
