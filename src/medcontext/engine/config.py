@@ -204,6 +204,9 @@ class TrainingConfig:
             page-faulting it in again every step: faster steps, but the peak memory can
             double (see :mod:`medcontext.engine.cpu_memory`; a preloaded tcmalloc is the
             better fix). Changes speed and memory, not results.
+        memory_budget_gb: GiB one training step may use on the device, for the plan (the crop
+            is fitted to it, a crop that does not fit is refused); ``None`` = 90% of the GPU's
+            memory, or 80% of the CPU memory available at start.
     """
 
     steps: int = 200
@@ -218,6 +221,7 @@ class TrainingConfig:
     tensorboard: bool = True
     dist_timeout_min: float = 60.0
     retain_cpu_memory: bool = False
+    memory_budget_gb: float | None = None
 
 
 @dataclass
@@ -344,6 +348,8 @@ class TrainConfig:
             (self.train.effective_batch_size is None or self.train.effective_batch_size >= 1,
              "train.effective_batch_size must be >= 1 or null"),
             (self.train.dist_timeout_min > 0, "train.dist_timeout_min must be > 0"),
+            (self.train.memory_budget_gb is None or self.train.memory_budget_gb > 0,
+             "train.memory_budget_gb must be > 0 or null"),
             (self.eval.every >= 0, "eval.every must be >= 0"),
             (0 <= self.eval.overlap < 1, "eval.overlap must be in [0, 1)"),
             (self.eval.mode in ("gaussian", "constant"), "eval.mode must be gaussian or constant"),

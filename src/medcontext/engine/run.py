@@ -9,6 +9,8 @@ to use the run later is written into ``run_dir`` before the first step:
 ``split.json``            the train / val / test case ids actually used
 ``dataset.json``          the dataset description (cases, labels, regions, ...)
 ``preprocess.json``       the :class:`~medcontext.data.PreprocessConfig`
+``plan.json``             the plan: spacing, crop, batch, mask cell, memory and time
+                          estimates, each value with its source and reason
 ``metrics.jsonl``         one JSON record per step and per validation
 ``tensorboard/``          TensorBoard event files
 ``last.pt``, ``best.pt``  checkpoints (best by validation mean Dice)
@@ -254,8 +256,13 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
     spec = load_dataset(cfg.data.path, preset=cfg.data.preset)
     cfg.data.path = str(Path(cfg.data.path).resolve())
     cfg.data.preset = spec.preset
-    roi = resolve_roi(cfg, spec)
-    cfg.model.roi = list(roi)
+    from medcontext.engine.run_plan import PLAN_FILE, apply_plan, plan_run, read_plan
+
+    previous = read_plan(run_dir) if resume else None
+    plan = world.main_first(lambda: plan_run(cfg, spec, previous=previous), "planning the run")
+    echo(plan.format())
+    apply_plan(cfg, plan)
+    roi = tuple(int(r) for r in cfg.model.roi)
     resolve_batch_scaling(cfg, world.world_size)
     if resume:
         saved = load_config(run_dir / "config.yaml")
@@ -297,6 +304,7 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
         save_config(cfg, run_dir / "config.yaml")
         _write_json(run_dir / "dataset.json", spec.to_dict())
         _write_json(run_dir / "preprocess.json", preprocess.to_dict())
+        _write_json(run_dir / PLAN_FILE, plan.to_dict())
         return split
 
     split = world.main_first(prepare_run_folder, "checking the dataset and writing the run folder")

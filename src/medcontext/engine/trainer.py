@@ -553,6 +553,7 @@ class Trainer:
 RESUME_MAY_CHANGE = frozenset(
     {
         "data.path", "data.num_workers", "data.cache_dir", "train.device", "train.log_every", "train.tensorboard",
+        "train.memory_budget_gb",
         "train.dist_timeout_min", "train.retain_cpu_memory",
     }
 )
