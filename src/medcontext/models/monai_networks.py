@@ -97,11 +97,12 @@ UNET3D_SIZES = {
 
 
 def _unet3d_roi_rule(options) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """Every side a multiple of ``2 ** (levels - 1)`` (the total stride), as the builder checks."""
+    """Every side a multiple of ``2 ** (levels - 1)`` (the total stride), as the builder checks,
+    and at least twice that: instance norm in training needs more than one bottleneck voxel."""
     kwargs = _size_options(UNET3D_SIZES, options.get("size", "paper"), "unet3d")
     levels = len(options.get("filters", kwargs["filters"]))
     multiple = 2 ** (levels - 1)
-    return (multiple,) * 3, (multiple,) * 3
+    return (multiple,) * 3, (2 * multiple,) * 3
 
 
 @register_model(
