@@ -123,7 +123,7 @@ def test_a_resumed_run_keeps_the_crop_and_spacing_of_its_plan(thick_slice_dir):
     assert cfg.model.roi == [32, 32, 16] and cfg.data.preprocess["spacing"] == [1.5, 1.5, 6.0]
 
 
-def test_nnformer_and_unetr_plans_follow_their_token_cells(thick_slice_dir):
+def test_transformer_plans_follow_their_token_cells_and_crop_rules(thick_slice_dir):
     spec = load_dataset(thick_slice_dir)
     unetr = plan_run(_cfg(model__name="unetr", model__options={"size": "tiny"}), spec, measure_time=False)
     assert all(r % 16 == 0 for r in unetr.roi.value) and unetr.mask_cell.value == [16, 16, 16]
@@ -133,3 +133,13 @@ def test_nnformer_and_unetr_plans_follow_their_token_cells(thick_slice_dir):
                         spec, measure_time=False)
     assert nnformer.mask_cell.value == [2, 2, 2]  # its embedding patch (SPEC 2)
     assert all(r % 16 == 0 for r in nnformer.roi.value)  # patch 2 x 2^3 down-samplings
+    swin = plan_run(_cfg(model__name="swin_unetr", model__options={"size": "tiny"}), spec, measure_time=False)
+    # median 63.8x66.1x11.3 up to multiples of 32, at least 64 per side
+    assert swin.roi.value == [64, 96, 64] and swin.mask_cell.value == [16, 16, 16]
+
+
+def test_tubes_across_the_thick_slices_are_warned_about(thick_slice_dir):
+    spec = load_dataset(thick_slice_dir)
+    assert not plan_run(_cfg(), spec, measure_time=False).warnings  # tubes along axis 2, the slice axis
+    across = plan_run(_cfg(method__depth_axis=0), spec, measure_time=False)
+    assert len(across.warnings) == 1 and "method.depth_axis=2" in across.warnings[0]

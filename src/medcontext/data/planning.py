@@ -51,7 +51,9 @@ __all__ = [
     "MAX_CROP_VOXELS",
     "ANISOTROPY_THRESHOLD",
     "plan_spacing",
+    "thick_slice_axis",
     "estimate_memory",
+    "build_on_meta",
     "measure_step_time",
     "memory_budget",
     "plan_training",
@@ -175,6 +177,18 @@ def _fmt(values: Sequence[float], digits: int = 3) -> str:
     return "x".join(f"{float(v):.{digits}g}" for v in values)
 
 
+def thick_slice_axis(fingerprint: DatasetFingerprint) -> int | None:
+    """The axis nnU-Net's anisotropy rule calls thick-slice (median spacing more than
+    :data:`ANISOTROPY_THRESHOLD` times the others', and that many times fewer voxels), or None."""
+    target = np.median(np.asarray(fingerprint.spacings, dtype=float), axis=0)
+    size = np.asarray(fingerprint.median_shape)
+    worst = int(np.argmax(target))
+    others = [a for a in range(3) if a != worst]
+    aniso_spacing = target[worst] > ANISOTROPY_THRESHOLD * max(target[a] for a in others)
+    aniso_voxels = size[worst] * ANISOTROPY_THRESHOLD < min(size[a] for a in others)
+    return worst if aniso_spacing and aniso_voxels else None
+
+
 def plan_spacing(fingerprint: DatasetFingerprint) -> tuple[Spacing | None, str]:
     """The target spacing nnU-Net would choose, and why.
 
@@ -186,13 +200,10 @@ def plan_spacing(fingerprint: DatasetFingerprint) -> tuple[Spacing | None, str]:
     if np.allclose(spacings, spacings[0], rtol=1e-3, atol=1e-5):
         return None, f"all {n} cases share {_fmt(spacings[0])} mm: no resampling"
     target = np.median(spacings, axis=0)
-    size = np.asarray(fingerprint.median_shape)
-    worst = int(np.argmax(target))
-    others = [a for a in range(3) if a != worst]
-    aniso_spacing = target[worst] > ANISOTROPY_THRESHOLD * max(target[a] for a in others)
-    aniso_voxels = size[worst] * ANISOTROPY_THRESHOLD < min(size[a] for a in others)
+    worst = thick_slice_axis(fingerprint)
     reason = f"median spacing of {n} cases (from {_fmt(spacings.min(axis=0))} to {_fmt(spacings.max(axis=0))} mm)"
-    if aniso_spacing and aniso_voxels:
+    if worst is not None:
+        others = [a for a in range(3) if a != worst]
         tenth = float(np.percentile(spacings[:, worst], 10))
         finest_other = float(max(target[a] for a in others))
         if tenth < finest_other:
@@ -226,7 +237,7 @@ class MemoryEstimate:
         return self.weights_bytes + self.activations_bytes
 
 
-def _meta_network(build: Callable[[], nn.Module]) -> nn.Module:
+def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
     """The network on the meta device (no memory): built there, or built on the CPU and moved."""
     try:
         with torch.device("meta"):
@@ -272,7 +283,7 @@ def estimate_memory(
         optimizer: ``adamw`` (2 state tensors per parameter) or ``sgd`` (1).
     """
     _units, graphs, teacher = variant_cost(variant)
-    network = _meta_network(lambda: build(tuple(roi)))
+    network = build_on_meta(lambda: build(tuple(roi)))
     parameters = sum(p.numel() for p in network.parameters())
     copies = 2 + _OPTIMIZER_STATES.get(optimizer, 2) + (1 if teacher else 0)  # weights, grads, states, teacher
     activations = graphs * _saved_bytes(network, in_channels, roi, crops)

@@ -21,12 +21,14 @@ import torch
 
 from medcontext.data.planning import (
     DatasetFingerprint,
+    build_on_meta,
     PlanError,
     TrainingPlan,
     add_time_estimate,
     measure_step_time,
     memory_budget,
     plan_training,
+    thick_slice_axis,
     variant_cost,
 )
 from medcontext.engine.config import TrainConfig
@@ -56,12 +58,13 @@ def _mask_cell_reporter(cfg: TrainConfig, spec, in_channels: int, out_channels: 
     def report(roi: Sequence[int]) -> tuple[tuple[int, int, int] | None, str, str]:
         if graphs == 1:
             return None, "none", f"no masked view (variant {m.variant})"
-        with torch.device("meta"):
-            network = create_model(cfg.model.name, in_channels, out_channels, tuple(roi), **cfg.model.options)
-            mc = MedContext(
-                network, variant=m.variant, mask_space=m.mask_space, depth_axis=m.depth_axis, mask_cell=m.mask_cell,
-                roi_size=tuple(roi), total_steps=1, output_mode=spec.output_mode,
-            )
+        network = build_on_meta(
+            lambda: create_model(cfg.model.name, in_channels, out_channels, tuple(roi), **cfg.model.options)
+        )
+        mc = MedContext(
+            network, variant=m.variant, mask_space=m.mask_space, depth_axis=m.depth_axis, mask_cell=m.mask_cell,
+            roi_size=tuple(roi), total_steps=1, output_mode=spec.output_mode,
+        )
         cell = tuple(int(c) for c in mc.masker.cell_size)
         if m.mask_cell is not None:
             return cell, mc.mask_space, f"set by method.mask_cell ({mc.mask_space} space)"
@@ -162,6 +165,13 @@ def plan_run(
         spacing_source=spacing_source,
         token_cell=token_cell,
     )
+    thick = thick_slice_axis(fingerprint)
+    depth = cfg.method.depth_axis % 3
+    if thick is not None and thick != depth and variant_cost(cfg.method.variant)[1] > 1:
+        plan.warnings.append(
+            f"axis {thick} is the dataset's thick-slice axis but the mask tubes run along axis {depth} "
+            f"(method.depth_axis={cfg.method.depth_axis}); for tubes along the slices set method.depth_axis={thick}"
+        )
     if measure_time:
         precision = resolve_precision(cfg.train.precision, device)
         devices = [device.index or 0] if device.type == "cuda" else []
