@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from medcontext.cli import build_parser
 from medcontext.shipped import find_config, find_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,8 +20,7 @@ def test_names_resolve_independently_of_the_current_directory(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     assert find_config("cpu_phantom") == ROOT / "configs" / "cpu_phantom.yaml"
     assert find_config("cpu_phantom.yaml") == ROOT / "configs" / "cpu_phantom.yaml"
-    args = build_parser().parse_args(["experiment", "hippocampus", "--data", "d", "--out", "o"])
-    split = find_split(args.test_split)  # the default of --test-split
+    split = find_split("hippocampus_test")  # the study's default test split, by name
     assert split == ROOT / "benchmarks" / "splits" / "hippocampus_test.json"
     assert len(json.loads(split.read_text())["test"]) == 50
     (tmp_path / "mine.yaml").write_text("train: {steps: 3}\n")
