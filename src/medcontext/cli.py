@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(train)
     train.add_argument("--out", metavar="RUN_DIR", help="run folder (checkpoints, logs, split); required to train")
     train.add_argument("--data", metavar="DATASET_DIR", help="dataset folder (MSD layout, datalist JSON, folders)")
-    train.add_argument("--config", metavar="FILE", help="YAML configuration (see configs/)")
+    train.add_argument("--config", metavar="FILE", help="YAML configuration: a file or a shipped name (configs/, e.g. cpu_phantom)")
     train.add_argument("--model", help="network name: unetr, swin_unetr, unet3d, nnformer (model.name)")
     train.add_argument("--size", help="network size: paper, small or tiny (model.options.size)")
     train.add_argument("--variant", help="baseline, medcontext, no_teacher, msl_only or cl_only (method.variant)")
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--out", required=True, metavar="DIR", help="study folder (one sub-folder per run)")
     experiment.add_argument("--test-split", metavar="JSON",
                             help='fixed test case ids, {"test": [...]}, never trained or selected on '
-                                 "(default: the study's file in benchmarks/splits)")
+                                 "or a shipped split name (default: the study's own, shipped with the package)")
     experiment.add_argument("--only", nargs="+", metavar="PATTERN",
                             help="run only the groups or runs matching these shell patterns "
                                  "(e.g. unet3d_k5, 'acdc_unet3d_k5/*_s0')")
@@ -255,16 +255,11 @@ def _train_config(args: argparse.Namespace):
 
 
 def _config_file(name: str) -> Path:
-    """``--config`` as given, or the name of a shipped config (``cpu_phantom``)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    repo_configs = Path(__file__).resolve().parents[2] / "configs"
-    for folder in (repo_configs, Path(__file__).resolve().parent / "configs"):
-        candidate = folder / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
-        if candidate.is_file():
-            return candidate
-    return path  # read_yaml names the missing file
+    """``--config`` as given, or the name of a shipped config (``cpu_phantom``), found in the
+    installed package or the checkout, never relative to the current directory."""
+    from medcontext.shipped import find_config
+
+    return find_config(name)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -331,6 +326,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
+    from medcontext.shipped import find_split
     from medcontext.study import STUDIES, collect_runs, load_test_split, run_study, write_report
     from medcontext.study.runner import DONE_MARKER
 
@@ -341,7 +337,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if not runs:
         groups = sorted({r.group for r in plan})
         raise ValueError(f"--only {args.only} selects no run of study {args.study!r}; its groups are {groups}")
-    test_ids = load_test_split(args.test_split or study_test_split(study))
+    test_ids = load_test_split(find_split(args.test_split or study.test_split))
     run_study(runs, args.data, args.out, test_ids, max_runs=args.max_runs, progress=not args.no_progress,
               trust_checkpoint=args.trust_checkpoint)
     finished = [Path(args.out) / r.name for r in plan if (Path(args.out) / r.name / DONE_MARKER).is_file()]
@@ -350,11 +346,6 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         write_report(collect_runs(finished), out, title=study.title)
         print(f"wrote {out} ({len(finished)} of {len(plan)} runs)")
     return 0
-
-
-def study_test_split(study) -> Path:
-    """The fixed test split file shipped for ``study`` (``benchmarks/splits/NAME``)."""
-    return Path(__file__).resolve().parents[2] / "benchmarks" / "splits" / study.test_split
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

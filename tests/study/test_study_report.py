@@ -123,12 +123,10 @@ def test_acdc_plan_is_paired_and_every_study_has_its_test_split():
     assert a["data.preset"] == "acdc" and a["model.roi"] == [80, 80, 16] and a["eval.every"] == 250
     horizon = [r for r in runs if r.ablation == "h0.05"]
     assert len(horizon) == 3 and all(r.settings("D", [])["method.momentum_horizon"] == 0.05 for r in horizon)
-    from pathlib import Path
-
-    from medcontext.cli import study_test_split
+    from medcontext.shipped import find_split
 
     for study in STUDIES.values():
-        assert load_test_split(study_test_split(study)) and Path(study_test_split(study)).is_file()
+        assert load_test_split(find_split(study.test_split))
 
 
 def test_fixed_test_split_file(tmp_path):

@@ -221,6 +221,9 @@ class TrainingConfig:
         threads: CPU threads of the process; ``None`` = ``OMP_NUM_THREADS`` if set, else the
             physical cores divided by the run's processes on the node
             (:mod:`medcontext.engine.cpu_threads`). Changes speed, not results.
+        memory_budget_gb: GiB one training step may use on the device, for the plan (the crop
+            is fitted to it, a crop that does not fit is refused); ``None`` = 90% of the GPU's
+            memory, or 80% of the CPU memory available at start.
     """
 
     steps: int = 200
@@ -236,6 +239,7 @@ class TrainingConfig:
     dist_timeout_min: float = 60.0
     retain_cpu_memory: bool = False
     threads: int | None = None
+    memory_budget_gb: float | None = None
 
 
 @dataclass
@@ -534,6 +538,8 @@ CHECKS: list[Check] = [
     Check("train.log_every", ">= 1", lambda v, c: _int(v, 1)),
     Check("train.dist_timeout_min", "a finite number > 0", lambda v, c: _number(v, 0, low_open=True)),
     Check("train.threads", ">= 1 or null (automatic)", lambda v, c: v is None or _int(v, 1)),
+    Check("train.memory_budget_gb", "a finite number > 0 or null (automatic)",
+          lambda v, c: v is None or _number(v, 0, low_open=True)),
     # eval
     Check("eval.every", ">= 0 (0: only after the last step)", lambda v, c: _int(v, 0)),
     Check("eval.overlap", "in [0, 1)", lambda v, c: _number(v, 0, 1, high_open=True)),

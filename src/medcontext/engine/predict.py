@@ -116,8 +116,14 @@ class Predictor:
             sw_batch_size=cfg.sw_batch_size, precision=self.precision, device=self.device,
         )[0]
 
-    def predict_case(self, case: InputCase, output_dir: str | Path, probabilities: bool = False) -> list[Path]:
-        """Predict one case and write ``<case>.nii.gz`` (+ probabilities) into ``output_dir``."""
+    def predict_case(
+        self, case: InputCase, output_dir: str | Path, probabilities: bool = False, regions_dir: str | Path | None = None
+    ) -> list[Path]:
+        """Predict one case and write ``<case>.nii.gz`` (+ probabilities) into ``output_dir``.
+
+        ``regions_dir`` (sigmoid region runs): also write the region channels on their own,
+        ``<regions_dir>/<case>.nii.gz`` of shape ``(H, W, D, R)`` uint8, what evaluation scores.
+        """
         from medcontext.data import load_for_inference
 
         image, restore = load_for_inference(self.run.preprocess, case.paths)
@@ -135,6 +141,10 @@ class Predictor:
         max_label = max(self.spec.labels)
         dtype = np.uint8 if max_label < 256 else np.int16
         written = [restore.save(labels.astype(dtype), output_dir / f"{case.case_id}.nii.gz", dtype=dtype, is_label=True)]
+        if regions_dir is not None and self.spec.output_mode == "sigmoid":
+            on = (logits > 0).numpy().astype(np.uint8)  # sigmoid > 0.5
+            Path(regions_dir).mkdir(parents=True, exist_ok=True)
+            written.append(restore.save(on, Path(regions_dir) / f"{case.case_id}.nii.gz", dtype=np.uint8, is_label=True))
         if probabilities:
             probs = logits_to_probabilities(logits, self.spec.output_mode).numpy().astype(np.float32)
             written.append(

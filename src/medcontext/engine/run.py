@@ -9,6 +9,8 @@ to use the run later is written into ``run_dir`` before the first step:
 ``split.json``            the train / val / test case ids actually used
 ``dataset.json``          the dataset description (cases, labels, regions, ...)
 ``preprocess.json``       the :class:`~medcontext.data.PreprocessConfig`
+``plan.json``             the plan: spacing, crop, batch, mask cell, memory and time
+                          estimates, each value with its source and reason
 ``metrics.jsonl``         one JSON record per step and per validation
 ``tensorboard/``          TensorBoard event files
 ``last.pt``, ``best.pt``  checkpoints (best by validation mean Dice)
@@ -272,8 +274,24 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
     spec = load_dataset(cfg.data.path, preset=cfg.data.preset, group_by=cfg.data.group_by)
     cfg.data.path = str(Path(cfg.data.path).resolve())
     cfg.data.preset = spec.preset
-    roi = resolve_roi(cfg, spec)
-    cfg.model.roi = list(roi)
+    from medcontext.engine.run_plan import PLAN_FILE, apply_plan, plan_run, read_plan
+
+    def preflight(roi: tuple[int, ...]) -> None:
+        """Every setting checked before the dataset is read and before the run folder is written."""
+        check_run_settings(
+            cfg, in_channels=spec.num_channels, roi=roi,
+            build_network=lambda: build_network(cfg, spec.num_channels, spec.num_outputs, roi),
+            build_medcontext=lambda network: build_medcontext(cfg, network, roi, spec.output_mode),
+            preprocess=lambda: PreprocessConfig.from_spec(spec, **cfg.data.preprocess),
+        )
+
+    if cfg.model.roi is not None:  # an explicit crop is checked before the planner builds networks with it
+        preflight(tuple(int(r) for r in cfg.model.roi))
+    previous = read_plan(run_dir) if resume else None
+    plan = world.main_first(lambda: plan_run(cfg, spec, previous=previous), "planning the run")
+    echo(plan.format())
+    apply_plan(cfg, plan)
+    roi = tuple(int(r) for r in cfg.model.roi)
     resolve_batch_scaling(cfg, world.world_size)
     if resume:
         saved = load_config(run_dir / "config.yaml")
@@ -290,13 +308,7 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
                 f"--resume: the settings differ from the run's config.yaml ({listing}){hint}; resume with the same "
                 "settings (drop the changed options) or start a new run"
             )
-    # every setting is checked before the dataset is read and before the run folder is written
-    check_run_settings(
-        cfg, in_channels=spec.num_channels, roi=roi,
-        build_network=lambda: build_network(cfg, spec.num_channels, spec.num_outputs, roi),
-        build_medcontext=lambda network: build_medcontext(cfg, network, roi, spec.output_mode),
-        preprocess=lambda: PreprocessConfig.from_spec(spec, **cfg.data.preprocess),
-    )
+    preflight(roi)
     preprocess = PreprocessConfig.from_spec(spec, **cfg.data.preprocess)
 
     def prepare_run_folder() -> Split:
@@ -325,6 +337,7 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
         save_config(cfg, run_dir / "config.yaml")
         _write_json(run_dir / "dataset.json", spec.to_dict())
         _write_json(run_dir / "preprocess.json", preprocess.to_dict())
+        _write_json(run_dir / PLAN_FILE, plan.to_dict())
         return split
 
     split = world.main_first(prepare_run_folder, "checking the dataset and writing the run folder")

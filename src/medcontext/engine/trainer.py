@@ -400,8 +400,9 @@ class Trainer:
         """Called after every step with the logged values (``step`` = completed steps)."""
 
     def validation_step(self, case: ValidationCase) -> dict[str, float]:
-        """Dice per evaluated class of one whole validation volume."""
-        from medcontext.evaluation import dice_score, label_masks
+        """Dice per evaluated class of one whole validation volume (sigmoid region tasks: per
+        region channel against the region's ground truth, not through a painted label map)."""
+        from medcontext.evaluation import dice_score, label_masks, region_channel_masks
 
         network = self.mc.inference_network(self.cfg.eval.use)
         logits = sliding_window_logits(
@@ -414,8 +415,11 @@ class Trainer:
             precision=self.precision,
             device=self.device,
         )[0]
-        pred = logits_to_labels(logits, self.output_mode, channel_labels=self.channel_labels, regions=self.regions)
-        pred_masks = label_masks(pred, self.classes)
+        if self.output_mode == "sigmoid":
+            pred_masks = region_channel_masks((logits > 0).numpy(), self.regions, self.classes)
+        else:
+            pred = logits_to_labels(logits, self.output_mode, channel_labels=self.channel_labels, regions=self.regions)
+            pred_masks = label_masks(pred, self.classes)
         truth_masks = label_masks(case.label, self.classes)
         return {name: dice_score(pred_masks[name], truth_masks[name]) for name in self.classes}
 
@@ -567,7 +571,7 @@ class Trainer:
 RESUME_MAY_CHANGE = frozenset(
     {
         "data.path", "data.num_workers", "data.cache_dir", "train.device", "train.log_every", "train.tensorboard",
-        "train.dist_timeout_min", "train.retain_cpu_memory", "train.threads",
+        "train.memory_budget_gb", "train.dist_timeout_min", "train.retain_cpu_memory", "train.threads",
     }
 )
 """Settings that do not change the training trajectory and may differ on ``--resume``."""

@@ -15,9 +15,10 @@ from .classes import (
     ClassMap,
     classes_from_dataset_labels,
     label_masks,
+    region_channel_masks,
     validate_classes,
 )
-from .folder import as_label_map, case_id_from_path, evaluate_folder, header_spacing, pair_cases
+from .folder import as_label_map, case_id_from_path, evaluate_folder, evaluate_region_folder, header_spacing, pair_cases
 from .metrics import (
     NOTE_BOTH_EMPTY,
     NOTE_PRED_EMPTY,
@@ -48,10 +49,12 @@ __all__ = [
     "ClassMap",
     "classes_from_dataset_labels",
     "label_masks",
+    "region_channel_masks",
     "validate_classes",
     "as_label_map",
     "case_id_from_path",
     "evaluate_folder",
+    "evaluate_region_folder",
     "header_spacing",
     "pair_cases",
     "NOTE_BOTH_EMPTY",

@@ -25,6 +25,7 @@ __all__ = [
     "validate_classes",
     "classes_from_dataset_labels",
     "label_masks",
+    "region_channel_masks",
 ]
 
 ClassMap = Mapping[str, Sequence[int]]
@@ -155,4 +156,37 @@ def label_masks(labels: np.ndarray, classes: ClassMap) -> dict[str, np.ndarray]:
             masks[name] = labels == values[0]
         else:
             masks[name] = np.isin(labels, values)
+    return masks
+
+
+def region_channel_masks(
+    regions_on: np.ndarray, regions: Mapping[str, Sequence[int]], classes: ClassMap
+) -> dict[str, np.ndarray]:
+    """Boolean masks of evaluated regions, each read from its own sigmoid output channel.
+
+    A painted label map (:func:`medcontext.engine.inference.logits_to_labels`) cannot say that
+    a voxel is enhancing tumour but not whole tumour; scoring the painted map would count it
+    for WT and TC. Region tasks are therefore scored per channel.
+
+    Args:
+        regions_on: ``(R, H, W, D)`` bool (or 0/1) region channels, in the order of ``regions``.
+        regions: region name -> label values, in output-channel order (e.g. BraTS WT, TC, ET).
+        classes: the evaluated regions, name -> label values (each equal to one region's).
+
+    Returns:
+        name -> ``(H, W, D)`` boolean mask, in the order of ``classes``.
+
+    Raises:
+        ValueError: the channel count differs from ``regions``, or a class matches no region.
+    """
+    regions_on = np.asarray(regions_on)
+    region_values = [tuple(int(v) for v in values) for values in regions.values()]
+    if regions_on.shape[0] != len(region_values):
+        raise ValueError(f"{regions_on.shape[0]} region channels but {len(region_values)} regions {list(regions)}")
+    masks: dict[str, np.ndarray] = {}
+    for name, values in validate_classes(classes).items():
+        matches = [c for c, rv in enumerate(region_values) if set(rv) == set(values)]
+        if not matches:
+            raise ValueError(f"class {name!r} with label values {list(values)} is none of the regions {dict(regions)}")
+        masks[name] = regions_on[matches[0]] > 0
     return masks

@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from .classes import ClassMap, validate_classes
-from .metrics import HD_COMBINE_MODES, evaluate_case
+from .classes import ClassMap, label_masks, region_channel_masks, validate_classes
+from .metrics import HD_COMBINE_MODES, evaluate_case, evaluate_masks
 from .report import MetricTable
 
-__all__ = ["NIFTI_SUFFIXES", "case_id_from_path", "as_label_map", "header_spacing", "pair_cases", "evaluate_folder"]
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "case_id_from_path",
+    "as_label_map",
+    "header_spacing",
+    "pair_cases",
+    "evaluate_folder",
+    "evaluate_region_folder",
+]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -236,4 +244,68 @@ def evaluate_folder(
         pred = as_label_map(np.asanyarray(pred_img.dataobj), pred_path)
         ref = as_label_map(np.asanyarray(truth_img.dataobj), truth_path)
         table.add(evaluate_case(pred, ref, spacing, classes, case_id, combine=combine))
+    return table
+
+
+def evaluate_region_folder(
+    pred_dir: str | os.PathLike,
+    truth: str | os.PathLike | Mapping[str, str | os.PathLike],
+    regions: Mapping[str, Sequence[int]],
+    classes: ClassMap,
+    *,
+    affine_atol: float = 1e-3,
+    combine: str = "max",
+    progress: bool = True,
+) -> MetricTable:
+    """Dice and HD95 of every region of sigmoid region predictions, each channel on its own.
+
+    Args:
+        pred_dir: folder of region stacks ``<case_id>.nii.gz``, ``(H, W, D, R)`` 0/1 in the
+            reference images' space, channels in the order of ``regions`` (what
+            ``Predictor.predict_case(..., regions_dir=...)`` writes).
+        truth: reference label maps, see :func:`pair_cases`; each region's ground truth is
+            the union of its label values.
+        regions: region name -> label values in channel order, e.g. BraTS ``WT, TC, ET``.
+        classes: the evaluated regions (name -> label values).
+        affine_atol, combine, progress: as for :func:`evaluate_folder`.
+
+    Returns:
+        A :class:`MetricTable` with one row per case and region.
+
+    Raises:
+        ValueError: a pair differs in grid or channel count (naming both files), or a class
+            is none of the regions.
+    """
+    classes = validate_classes(classes)
+    if combine not in HD_COMBINE_MODES:
+        raise ValueError(f"combine must be one of {HD_COMBINE_MODES}, got {combine!r}")
+    table = MetricTable(hd95_combine=combine)
+    pairs = pair_cases(pred_dir, truth)
+    loaded = []
+    for case_id, pred_path, truth_path in pairs:
+        pred_img, truth_img = nib.load(pred_path), nib.load(truth_path)
+        shape, truth_shape = tuple(pred_img.shape), _spatial_shape(truth_img, truth_path)
+        if len(shape) == 3 and len(regions) == 1:  # one region: the restored stack lost its channel axis
+            shape = shape + (1,)
+        if len(shape) != 4 or shape[:3] != truth_shape or shape[3] != len(regions):
+            raise ValueError(
+                f"case {case_id!r}: region prediction {pred_path} has shape {shape}; expected {truth_shape + (len(regions),)} "
+                f"(the reference {truth_path} grid, one channel per region {list(regions)})"
+            )
+        diff = float(np.max(np.abs(pred_img.affine - truth_img.affine)))
+        if not diff <= affine_atol:
+            raise ValueError(
+                f"case {case_id!r}: region prediction {pred_path} and reference {truth_path} have different affines "
+                f"(largest difference {diff:.4g} > affine_atol={affine_atol})"
+            )
+        loaded.append((case_id, pred_path, truth_path, pred_img, truth_img))
+    for case_id, pred_path, truth_path, pred_img, truth_img in tqdm(
+        loaded, desc="evaluate regions", unit="case", disable=not progress
+    ):
+        stack = np.asanyarray(pred_img.dataobj)
+        stack = np.moveaxis(stack if stack.ndim == 4 else stack[..., None], -1, 0)
+        ref = as_label_map(np.asanyarray(truth_img.dataobj), truth_path)
+        spacing = header_spacing(truth_img, truth_path)
+        pred_masks = region_channel_masks(stack, regions, classes)
+        table.add(evaluate_masks(pred_masks, label_masks(ref, classes), spacing, case_id, combine=combine))
     return table

@@ -3,7 +3,9 @@
 Predictions are written to ``RUN_DIR/eval/predictions/<case>.nii.gz`` (the label file's
 geometry) and compared with the reference labels at their original geometry, spacing from
 the label header: Dice and HD95 per case and class, with the empty-mask conventions of
-:mod:`medcontext.evaluation`. Results: ``eval/metrics.csv``, ``eval/summary.md``, and the
+:mod:`medcontext.evaluation`. Sigmoid region tasks (BraTS WT/TC/ET) are scored per region
+channel (``eval/regions/<case>.nii.gz``, ``(H, W, D, R)``) against each region's ground
+truth; the painted label map in ``predictions/`` is written for use, not scored. Results: ``eval/metrics.csv``, ``eval/summary.md``, and the
 summary printed. This sits in the evaluation layer, above the engine whose runs it scores.
 """
 
@@ -18,7 +20,7 @@ from medcontext.engine.config import ConfigError
 from medcontext.engine.predict import InputCase, Predictor
 from medcontext.engine.run import load_run
 
-from .folder import evaluate_folder
+from .folder import evaluate_folder, evaluate_region_folder
 from .report import format_summary, write_csv, write_markdown
 
 __all__ = ["EvaluationResult", "evaluate_run"]
@@ -84,6 +86,8 @@ def evaluate_run(
     predictor = Predictor(run, checkpoint=checkpoint, use=use, device=device, trust_checkpoint=trust_checkpoint)
     out = Path(run.run_dir) / out_name
     pred_dir = out / "predictions"
+    # region tasks: every sigmoid channel scored on its own against its region (not the painted map)
+    regions_dir = out / "regions" if run.spec.output_mode == "sigmoid" else None
     records = run.spec.select(case_ids)
     echo(
         f"evaluating {len(records)} {split} case(s) of {run.run_dir} with {predictor.checkpoint['path'].name} "
@@ -94,10 +98,13 @@ def evaluate_run(
         if record.label is None:
             raise ConfigError(f"case {record.case_id} has no label file; it cannot be evaluated")
         start = time.perf_counter()
-        predictor.predict_case(InputCase(record.case_id, list(record.images)), pred_dir)
+        predictor.predict_case(InputCase(record.case_id, list(record.images)), pred_dir, regions_dir=regions_dir)
         truth[record.case_id] = record.label
         echo(f"  predicted {record.case_id} ({time.perf_counter() - start:.1f} s)")
-    table = evaluate_folder(pred_dir, truth, run.classes, progress=progress)
+    if regions_dir is not None:
+        table = evaluate_region_folder(regions_dir, truth, run.spec.regions, run.classes, progress=progress)
+    else:
+        table = evaluate_folder(pred_dir, truth, run.classes, progress=progress)
     metrics_csv = write_csv(table, out / "metrics.csv")
     title = f"{run.cfg.model.name} / {run.cfg.method.variant} ({use} weights), {split} split of {run.run_dir.name}"
     summary_md = write_markdown(table, out / "summary.md", title=title)

@@ -5,9 +5,9 @@ training loop can use it directly.
 """
 
 from .adapters import TokenAdapter, find_token_adapter, register_token_adapter
-from .losses import SegmentationLoss, consistency_loss, deep_supervision_weights
+from .losses import RegionLoss, SegmentationLoss, consistency_loss, deep_supervision_weights
 from .masking import InputMasker, default_cell_size, tube_mask, upsample_mask
-from .medcontext import VARIANTS, LossBreakdown, MedContext
+from .medcontext import VARIANTS, LossBreakdown, MedContext, TeacherOutOfSyncWarning
 from .schedules import cosine_schedule, momentum_at, poly, warmup_cosine
 from .teacher import ema_update, make_teacher, unwrap_model
 from .token_masking import TokenMasker
@@ -16,6 +16,7 @@ __all__ = [
     "MedContext",
     "LossBreakdown",
     "VARIANTS",
+    "TeacherOutOfSyncWarning",
     "tube_mask",
     "upsample_mask",
     "default_cell_size",
@@ -25,6 +26,7 @@ __all__ = [
     "register_token_adapter",
     "find_token_adapter",
     "SegmentationLoss",
+    "RegionLoss",
     "consistency_loss",
     "deep_supervision_weights",
     "momentum_at",

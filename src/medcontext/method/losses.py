@@ -1,8 +1,9 @@
 """Losses of the MedContext step (paper Eq. 2-4, SPEC 1.4).
 
 * :class:`SegmentationLoss`: soft Dice + cross-entropy (softmax over classes with one-hot
-  targets) or soft Dice + BCE (sigmoid multi-label regions, e.g. BraTS WT/TC/ET), over one
-  output or a list of deep-supervision heads.
+  targets) or :class:`RegionLoss`, soft Dice on sigmoid outputs + per-channel binary
+  cross-entropy (multi-label regions, e.g. BraTS WT/TC/ET), over one output or a list of
+  deep-supervision heads weighted as nnU-Net weighs them (:func:`deep_supervision_weights`).
 * :func:`consistency_loss`: ``||F_s^M - F_t||^2 / ||F_t||^2`` per sample, then the batch mean.
 """
 
@@ -12,10 +13,10 @@ from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
-__all__ = ["SegmentationLoss", "consistency_loss", "deep_supervision_weights", "first_head"]
+__all__ = ["SegmentationLoss", "RegionLoss", "consistency_loss", "deep_supervision_weights", "first_head"]
 
 OutputMode = Literal["softmax", "sigmoid"]
 
@@ -45,8 +46,19 @@ def consistency_loss(student_masked_logits: torch.Tensor, teacher_logits: torch.
 
 
 def deep_supervision_weights(num_heads: int) -> list[float]:
-    """nnU-Net's weights 1/2^i for head i (full resolution first), normalised to sum 1."""
+    """nnU-Net's deep-supervision weights: 1/2^i for head i (full resolution first), the
+    lowest-resolution head 0 when there are several, normalised to sum 1.
+
+    Examples: 1 head ``[1.0]``; 2 heads ``[1.0, 0.0]``; 3 heads ``[2/3, 1/3, 0]``;
+    4 heads ``[4/7, 2/7, 1/7, 0]`` (nnU-Net v2 ``_get_deep_supervision_scales`` and
+    ``DeepSupervisionWrapper``; its DDP variant uses 1e-6 instead of 0, here a zero-weight
+    head still joins the graph with a zero gradient, so DDP needs no such trick).
+    """
+    if num_heads < 1:
+        raise ValueError(f"num_heads must be >= 1, got {num_heads}")
     raw = [0.5**i for i in range(num_heads)]
+    if num_heads > 1:
+        raw[-1] = 0.0
     total = sum(raw)
     return [w / total for w in raw]
 
@@ -58,13 +70,45 @@ def first_head(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
     return output
 
 
+class RegionLoss(nn.Module):
+    """Soft Dice on sigmoid outputs plus per-channel binary cross-entropy (SPEC 1.4).
+
+    For nested multi-label regions (BraTS WT contains TC contains ET) every channel is its own
+    binary problem. MONAI's ``DiceCELoss(sigmoid=True)`` is not this: its CE part is a softmax
+    cross-entropy across channels whenever there are several, which pushes nested regions
+    apart.
+
+    ``loss = mean_{b,r}(1 - (2 sum(p t) + 1e-5) / (sum(p) + sum(t) + 1e-5)) + mean(BCE(x, t))``
+    with ``p = sigmoid(x)``, sums over the voxels of one sample and channel, the BCE mean over
+    every voxel, channel and sample.
+
+    Args:
+        logits: (B, R, H, W, D); targets: binary (B, R, H, W, D), any numeric dtype.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dice = DiceLoss(sigmoid=True)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if logits.shape != targets.shape:
+            raise ValueError(
+                f"RegionLoss needs one binary target channel per region: logits {tuple(logits.shape)}, "
+                f"targets {tuple(targets.shape)}"
+            )
+        targets = targets.to(logits.dtype)
+        return self.dice(logits, targets) + F.binary_cross_entropy_with_logits(logits, targets)
+
+
 class SegmentationLoss(nn.Module):
     """Dice + CE for one output or a list of deep-supervision heads.
 
     Args:
-        output_mode: ``"softmax"``: logits (B, K, ...) and integer labels (B, 1, ...);
-            ``"sigmoid"``: logits (B, R, ...) and binary region targets (B, R, ...).
-        head_weights: weights of deep-supervision heads; ``None`` = 1/2^i normalised.
+        output_mode: ``"softmax"``: logits (B, K, ...) and integer labels (B, 1, ...), Dice +
+            softmax cross-entropy (MONAI ``DiceCELoss``); ``"sigmoid"``: logits (B, R, ...) and
+            binary region targets (B, R, ...), :class:`RegionLoss`.
+        head_weights: weights of deep-supervision heads; ``None`` =
+            :func:`deep_supervision_weights` (nnU-Net's).
     """
 
     def __init__(self, output_mode: OutputMode = "softmax", head_weights: Sequence[float] | None = None):
@@ -72,7 +116,7 @@ class SegmentationLoss(nn.Module):
         if output_mode == "softmax":
             self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
         elif output_mode == "sigmoid":
-            self.dice_ce = DiceCELoss(sigmoid=True)
+            self.dice_ce = RegionLoss()
         else:
             raise ValueError(f"output_mode must be 'softmax' or 'sigmoid', got {output_mode!r}")
         self.output_mode = output_mode
@@ -87,6 +131,8 @@ class SegmentationLoss(nn.Module):
         total = torch.zeros((), device=labels.device)
         for head, weight in zip(heads, weights):
             if weight == 0:
+                # kept in the graph with a zero gradient, so every parameter gets one (DDP)
+                total = total + 0.0 * head.float().sum()
                 continue
             target = labels
             if head.shape[2:] != labels.shape[2:]:

@@ -11,6 +11,7 @@ One training step (SPEC 1, paper Algorithm 1)::
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
@@ -22,10 +23,15 @@ from .adapters import TokenAdapter, find_token_adapter
 from .losses import SegmentationLoss, consistency_loss, first_head
 from .masking import InputMasker, as_triple, default_cell_size, tube_mask
 from .schedules import momentum_at, momentum_for_horizon
-from .teacher import ema_update, make_teacher, unwrap_model
+from .teacher import copy_into_teacher, ema_update, make_teacher, max_teacher_difference, unwrap_model
 from .token_masking import TokenMasker
 
-__all__ = ["MedContext", "LossBreakdown", "VARIANTS"]
+__all__ = ["MedContext", "LossBreakdown", "VARIANTS", "TeacherOutOfSyncWarning"]
+
+
+class TeacherOutOfSyncWarning(UserWarning):
+    """The teacher differs from the student before the first teacher update (SPEC 1.7 wants
+    an exact copy): weights were most likely loaded into the network after wrapping it."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ def _teacher_state_dict_hook(module: "MedContext", state_dict: dict, prefix: str
 def _teacher_load_pre_hook(
     module: "MedContext", state_dict: dict, prefix: str, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
 ) -> None:
+    module._teacher_checked = True  # a loaded state (a checkpoint, a resume) brings its own teacher
     teacher_prefix = f"{prefix}teacher."
     teacher_state = {k[len(teacher_prefix):]: state_dict.pop(k) for k in list(state_dict) if k.startswith(teacher_prefix)}
     if module.teacher is None:
@@ -204,6 +211,8 @@ class MedContext(nn.Module):
         # The teacher is held outside the module tree: parameters()/named_parameters() never
         # yield it (so no optimizer or DDP reducer sees it), state_dict() still saves it.
         object.__setattr__(self, "teacher", make_teacher(network) if self.config.teacher else None)
+        # until the first teacher update, losses() checks once that the teacher still equals the student
+        self._teacher_checked = self.teacher is None
         self.register_state_dict_post_hook(_teacher_state_dict_hook)
         self.register_load_state_dict_pre_hook(_teacher_load_pre_hook)
 
@@ -309,6 +318,8 @@ class MedContext(nn.Module):
             :class:`LossBreakdown` with ``total = sup + msl + beta * cl`` (terms the variant
             does not use are zero tensors).
         """
+        if not self._teacher_checked:
+            self._check_teacher_in_sync()
         zero = torch.zeros((), device=images.device)
         if not self.config.masked_pass:
             sup = self.criterion(self.network(images), labels)
@@ -332,6 +343,32 @@ class MedContext(nn.Module):
         return self.losses(images, labels, mask)
 
     # ------------------------------------------------------------------ teacher
+    @torch.no_grad()
+    def sync_teacher(self) -> None:
+        """Copy the student's current weights and buffers into the teacher (SPEC 1.7).
+
+        Call it after loading pretrained weights into the network once ``MedContext`` wraps
+        it: the teacher was copied at construction, from the weights the network had then.
+        Does nothing for variants without a teacher.
+        """
+        if self.teacher is not None:
+            copy_into_teacher(self.teacher, self.network)
+        self._teacher_checked = True
+
+    def _check_teacher_in_sync(self) -> None:
+        """Warn once when the teacher differs from the student before its first update."""
+        self._teacher_checked = True
+        difference = max_teacher_difference(self.teacher, self.network)
+        if difference > 0:
+            warnings.warn(
+                f"the MedContext teacher differs from the student before the first teacher update (largest "
+                f"difference {difference:.3g}): it was copied when MedContext(...) wrapped the network, so weights "
+                "loaded into the network afterwards are not in the teacher. Call mc.sync_teacher() after loading "
+                "(or load before wrapping); SPEC 1.7 starts the teacher as an exact copy of the student.",
+                TeacherOutOfSyncWarning,
+                stacklevel=3,
+            )
+
     def momentum_at(self, step: int) -> float:
         """Teacher momentum after optimizer step ``step`` (0-based)."""
         return momentum_at(step, self.total_steps, self.base_momentum)
@@ -342,6 +379,7 @@ class MedContext(nn.Module):
         (``None`` when the variant has no teacher)."""
         if self.teacher is None:
             return None
+        self._teacher_checked = True
         momentum = self.momentum_at(step)
         ema_update(self.teacher, self.network, momentum)
         return momentum

@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["unwrap_model", "make_teacher", "ema_update"]
+__all__ = ["unwrap_model", "make_teacher", "copy_into_teacher", "max_teacher_difference", "ema_update"]
 
 
 def unwrap_model(module: nn.Module) -> nn.Module:
@@ -33,6 +33,39 @@ def make_teacher(student: nn.Module) -> nn.Module:
     teacher = copy.deepcopy(unwrap_model(student))
     teacher.requires_grad_(False)
     return teacher.eval()
+
+
+@torch.no_grad()
+def copy_into_teacher(teacher: nn.Module, student: nn.Module) -> None:
+    """Make ``teacher`` an exact copy of ``student``'s current weights and buffers, in place.
+
+    Raises:
+        ValueError: the two modules differ in structure.
+    """
+    pairs = _paired_tensors(teacher, unwrap_model(student))
+    for t, s in pairs:
+        t.copy_(s.detach())
+
+
+@torch.no_grad()
+def max_teacher_difference(teacher: nn.Module, student: nn.Module) -> float:
+    """Largest absolute difference between a parameter or buffer of ``teacher`` and ``student``."""
+    largest = 0.0
+    for t, s in _paired_tensors(teacher, unwrap_model(student)):
+        if t.numel():
+            diff = (t.detach().double() - s.detach().to(t.device).double()).abs().max()
+            largest = max(largest, float(diff))
+    return largest
+
+
+def _paired_tensors(teacher: nn.Module, student: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    t_named = list(teacher.named_parameters()) + list(teacher.named_buffers())
+    s_named = list(student.named_parameters()) + list(student.named_buffers())
+    if [n for n, _ in t_named] != [n for n, _ in s_named] or any(
+        t.shape != s.shape for (_, t), (_, s) in zip(t_named, s_named)
+    ):
+        raise ValueError("teacher and student have different structures; the teacher must be a copy of the student")
+    return [(t, s) for (_, t), (_, s) in zip(t_named, s_named)]
 
 
 @torch.no_grad()

@@ -60,6 +60,7 @@ SWIN_UNETR_SIZES = {
     roi_multiple=32,
     test_options={"size": "tiny"},
     test_roi=(64, 64, 64),
+    roi_rule=lambda options: ((32, 32, 32), (64, 64, 64)),
 )
 def build_swin_unetr(
     in_channels: int, out_channels: int, roi_size: Sequence[int], size: str = "paper", **options
@@ -95,12 +96,22 @@ UNET3D_SIZES = {
 }
 
 
+def _unet3d_roi_rule(options) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Every side a multiple of ``2 ** (levels - 1)`` (the total stride), as the builder checks,
+    and at least twice that: instance norm in training needs more than one bottleneck voxel."""
+    kwargs = _size_options(UNET3D_SIZES, options.get("size", "paper"), "unet3d")
+    levels = len(options.get("filters", kwargs["filters"]))
+    multiple = 2 ** (levels - 1)
+    return (multiple,) * 3, (2 * multiple,) * 3
+
+
 @register_model(
     "unet3d",
     description="nnU-Net-like 3D U-Net (MONAI DynUNet: 3^3 convs, instance norm, leaky ReLU)",
     roi_multiple=1,
     test_options={"size": "tiny"},
     test_roi=(32, 32, 32),
+    roi_rule=_unet3d_roi_rule,
 )
 def build_unet3d(
     in_channels: int,

@@ -595,6 +595,19 @@ _OPTIONS = ("patch_size", "embed_dim", "depths", "num_heads", "window_size", "do
             "mlp_ratio", "drop_path_rate", "deep_supervision")
 
 
+def _roi_rule(options) -> tuple[Triple, Triple]:
+    """Crop planning: sides a multiple of ``patch * 2^halvings`` (whole windows at every
+    stage), at least that much; the builder itself accepts any multiple of the patch above
+    the minimum of :func:`check_roi`."""
+    preset = options.get("preset") or {"paper": "synapse"}.get(options.get("size"), "small")
+    config = {**PRESETS.get(preset, PRESETS["small"]), **{k: v for k, v in options.items() if k in _OPTIONS}}
+    patch = as_triple(config["patch_size"], "patch_size")
+    strides = _per_stage(config["down_strides"], 3, "down_strides")
+    halvings = [sum(1 for st in strides if st[a] == 2) for a in range(3)]
+    multiple = tuple(p * 2**h for p, h in zip(patch, halvings))
+    return multiple, multiple  # type: ignore[return-value]
+
+
 @register_model(
     "nnformer",
     description="nnFormer (Zhou et al.): conv embedding, interleaved local/global volume attention, "
@@ -602,6 +615,7 @@ _OPTIONS = ("patch_size", "embed_dim", "depths", "num_heads", "window_size", "do
     roi_multiple=1,  # preset-dependent (the patch size); checked precisely by the builder
     test_options=dict(preset="small", embed_dim=8, num_heads=(1, 1, 2, 2), depths=(2, 2, 2, 2)),
     test_roi=(32, 32, 32),
+    roi_rule=_roi_rule,
 )
 def build_nnformer(
     in_channels: int,
@@ -666,6 +680,8 @@ register_token_adapter(
         embed_dim=lambda net: net.embed_dim,
         in_channels=lambda net: net.in_channels,
         layout="channels_first",
+        # SPEC 2: one mask cell per embedding patch, as the nnFormer authors' masking did
+        default_mask_cell=lambda net: net.patch_size,
     ),
 )
 

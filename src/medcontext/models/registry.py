@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
 from ..method.masking import as_triple
 
-__all__ = ["ModelSpec", "register_model", "create_model", "list_models", "get_model_spec"]
+__all__ = ["ModelSpec", "register_model", "create_model", "list_models", "get_model_spec", "roi_requirements"]
 
 Builder = Callable[..., nn.Module]
+Triple = tuple[int, int, int]
+RoiRule = Callable[[Mapping[str, Any]], tuple[Triple, Triple]]
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class ModelSpec:
         description: one line for ``--help`` and error messages.
         roi_multiple: every ROI side must be a multiple of this (token patch or total stride).
         test_options: small options for CPU contract tests and ``--size tiny`` style use.
+        roi_rule: ``options -> (multiple, minimum)`` per axis for options that change them
+            (the number of U-Net levels, nnFormer's patch); ``None`` = ``roi_multiple`` for both.
     """
 
     name: str
@@ -39,6 +43,7 @@ class ModelSpec:
     roi_multiple: int | tuple[int, int, int] = 1
     test_options: dict | None = None
     test_roi: tuple[int, int, int] = (32, 32, 32)
+    roi_rule: RoiRule | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -51,13 +56,16 @@ def register_model(
     roi_multiple: int | tuple[int, int, int] = 1,
     test_options: dict | None = None,
     test_roi: tuple[int, int, int] = (32, 32, 32),
+    roi_rule: RoiRule | None = None,
 ) -> Callable[[Builder], Builder]:
     """Decorator that registers a model builder under ``name``."""
 
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is already registered")
-        _REGISTRY[name] = ModelSpec(name, builder, description, roi_multiple, dict(test_options or {}), tuple(test_roi))
+        _REGISTRY[name] = ModelSpec(
+            name, builder, description, roi_multiple, dict(test_options or {}), tuple(test_roi), roi_rule
+        )
         return builder
 
     return decorator
@@ -76,6 +84,21 @@ def get_model_spec(name: str) -> ModelSpec:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}.{hint}") from None
+
+
+def roi_requirements(name: str, options: Mapping[str, Any] | None = None) -> tuple[Triple, Triple]:
+    """What a crop must satisfy for model ``name`` built with ``options``.
+
+    Returns:
+        ``(multiple, minimum)``: every side a multiple of ``multiple`` and at least ``minimum``
+        voxels (per axis, (H, W, D)). Crop planning rounds to these; the builder still checks.
+    """
+    spec = get_model_spec(name)
+    if spec.roi_rule is not None:
+        multiple, minimum = spec.roi_rule(dict(options or {}))
+        return as_triple(multiple, "multiple"), as_triple(minimum, "minimum")
+    multiple = as_triple(spec.roi_multiple, "roi_multiple")
+    return multiple, multiple
 
 
 def create_model(

@@ -207,7 +207,7 @@ def acdc_plan(seeds=SEEDS) -> list[StudyRun]:
 
 @dataclass(frozen=True)
 class Study:
-    """A study: its runs, its data and its fixed test split."""
+    """A study: its runs, its data and its fixed test split (a shipped split name)."""
 
     name: str
     plan: Callable[[], list[StudyRun]]
@@ -221,13 +221,13 @@ _SETTINGS = {"hippocampus": (BASE_SETTINGS, MODEL_SETTINGS), "acdc": (ACDC_BASE_
 #: the studies of ``medcontext experiment``
 STUDIES: dict[str, Study] = {
     "hippocampus": Study(
-        "hippocampus", lambda: hippocampus_plan() + hippocampus_long_plan(), "hippocampus_test.json",
+        "hippocampus", lambda: hippocampus_plan() + hippocampus_long_plan(), "hippocampus_test",
         "MedContext few-shot study: Task04_Hippocampus",
         "few-shot study on MSD Task04_Hippocampus: baseline / medcontext / no_teacher, 3 seeds, unet3d at k=5 and "
         "k=20, unetr at k=5, ablations (53 runs of 300 steps), then k=5 unet3d at 3000 steps (6 runs)",
     ),
     "acdc": Study(
-        "acdc", acdc_plan, "acdc_test.json", "MedContext few-shot study: ACDC (k = 5 patients)",
+        "acdc", acdc_plan, "acdc_test", "MedContext few-shot study: ACDC (k = 5 patients)",
         "ACDC k=5 (5 patients): unet3d and UNETR small, baseline / medcontext / no_teacher, 3 seeds at a budget "
         "past the baseline's plateau, validation curves every 250 steps, run-relative teacher schedule (21 runs)",
     ),

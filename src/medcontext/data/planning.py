@@ -1,0 +1,609 @@
+"""Planning a training run from a dataset fingerprint: target spacing, crop, batch, memory, time.
+
+nnU-Net-style: what the configuration and the dataset preset leave open is derived from the
+dataset's fingerprint (every labelled case's shape and spacing, read from the image headers),
+the model's crop rules (:func:`~medcontext.models.registry.roi_requirements`) and a memory
+budget for the device. Explicit settings always win, then the preset's, then the plan's:
+
+- **spacing**: the preset's or ``data.preprocess.spacing``; else no resampling when every case
+  shares one spacing; else the median spacing, with nnU-Net's rule for thick slices (a slice
+  axis more than 3x coarser than the others, with more than 3x fewer voxels, gets the 10th
+  percentile of its spacings instead of the median);
+- **crop** (``model.roi``): the preset's default or the setting; else the median shape after
+  resampling rounded up to the model's size multiple (and the mask cell), at most
+  :data:`MAX_CROP_VOXELS`, shrunk along the axis largest relative to the median shape until
+  the estimated training memory fits the budget;
+- **batch**: ``train.batch_size x data.num_samples`` crops as configured (nnU-Net's 3D batch
+  of 2 by default); the crop shrinks to fit it, and a batch that does not fit the budget even
+  at the smallest crop is refused;
+- **mask cell**: what the MedContext wrapper will use for that crop (SPEC 2), reported, with
+  the crop kept a multiple of it.
+
+Memory is estimated without allocating: the network runs once on PyTorch's ``meta`` device and
+the tensors autograd saves for the backward pass are summed (fp32), then multiplied by the
+passes of the variant (MedContext keeps two student graphs), plus weights, gradients, optimizer
+state and the teacher. Time per step is measured: one forward and backward of the real network
+on a single crop, scaled by the crops per step and the variant's cost (SPEC 3: 7 units per
+MedContext step, 3 per baseline step).
+
+Data enters as a :class:`~medcontext.data.DatasetSpec` and settings; it leaves as a
+:class:`TrainingPlan` (printable with reasons, saved as ``plan.json`` in the run folder).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "DatasetFingerprint",
+    "MemoryEstimate",
+    "PlanError",
+    "TrainingPlan",
+    "MAX_CROP_VOXELS",
+    "ANISOTROPY_THRESHOLD",
+    "plan_spacing",
+    "thick_slice_axis",
+    "estimate_memory",
+    "build_on_meta",
+    "measure_step_time",
+    "memory_budget",
+    "plan_training",
+    "add_time_estimate",
+    "variant_cost",
+    "PlannedValue",
+]
+
+Triple = tuple[int, int, int]
+Spacing = tuple[float, float, float]
+
+MAX_CROP_VOXELS = 128**3
+"""Largest planned crop (voxels): nnU-Net's usual 3D full-resolution crop volume."""
+
+ANISOTROPY_THRESHOLD = 3.0
+"""nnU-Net's threshold: an axis this many times coarser (and with this many times fewer
+voxels) than the others is a thick-slice axis."""
+
+#: forward-pass units of one training step per variant (a backward = 2 forwards, SPEC 3):
+#: baseline 1 + 2; two student passes 2 x 3; plus the teacher's forward where it has one.
+_VARIANT_UNITS = {"baseline": 3, "medcontext": 7, "no_teacher": 6, "msl_only": 7, "cl_only": 7}
+#: student graphs alive at the backward pass
+_VARIANT_GRAPHS = {"baseline": 1, "medcontext": 2, "no_teacher": 2, "msl_only": 2, "cl_only": 2}
+#: optimizer state tensors per parameter
+_OPTIMIZER_STATES = {"adamw": 2, "sgd": 1}
+
+
+class PlanError(ValueError):
+    """The run does not fit the device (the message gives the numbers and the fixes)."""
+
+
+def variant_cost(variant: str) -> tuple[int, int, bool]:
+    """``(forward units per step, student graphs alive, has a teacher)`` of a method variant."""
+    if variant not in _VARIANT_UNITS:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(_VARIANT_UNITS)}")
+    return _VARIANT_UNITS[variant], _VARIANT_GRAPHS[variant], variant not in ("baseline", "no_teacher")
+
+
+# ---------------------------------------------------------------------------------- fingerprint
+@dataclass(frozen=True)
+class DatasetFingerprint:
+    """Shapes and spacings of a dataset's labelled cases, in the training orientation.
+
+    Attributes:
+        case_ids: the cases.
+        shapes: voxels per axis of each case, ``(H, W, D)`` after reorientation.
+        spacings: mm per voxel of each case, same axis order.
+    """
+
+    case_ids: tuple[str, ...]
+    shapes: tuple[Triple, ...]
+    spacings: tuple[Spacing, ...]
+
+    def __post_init__(self) -> None:
+        if not self.case_ids or len(self.shapes) != len(self.case_ids) or len(self.spacings) != len(self.case_ids):
+            raise ValueError("a fingerprint needs one shape and one spacing per case, and at least one case")
+
+    @classmethod
+    def from_spec(cls, spec: Any, orientation: str = "RAS") -> "DatasetFingerprint":
+        """Read the first image header of every labelled case of ``spec`` (no voxel data).
+
+        Args:
+            spec: a :class:`~medcontext.data.DatasetSpec`.
+            orientation: the axis codes preprocessing reorients to (``"RAS"``).
+        """
+        import nibabel as nib
+        from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+        target = axcodes2ornt(tuple(orientation))
+        ids, shapes, spacings = [], [], []
+        for case in spec.cases:
+            path = Path(case.images[0])
+            try:
+                img = nib.load(str(path))
+            except Exception as err:  # nibabel raises several types for unreadable files
+                raise ValueError(f"case {case.case_id}: cannot read the header of {path}: {err}") from err
+            shape = [int(s) for s in img.shape[:3]]
+            zooms = [float(z) for z in img.header.get_zooms()[:3]]
+            transform = ornt_transform(io_orientation(img.affine), target)
+            out_shape, out_spacing = [0, 0, 0], [0.0, 0.0, 0.0]
+            for axis, (new_axis, _flip) in enumerate(transform):
+                out_shape[int(new_axis)] = shape[axis]
+                out_spacing[int(new_axis)] = zooms[axis]
+            ids.append(case.case_id)
+            shapes.append(tuple(out_shape))
+            spacings.append(tuple(out_spacing))
+        return cls(tuple(ids), tuple(shapes), tuple(spacings))  # type: ignore[arg-type]
+
+    @property
+    def median_shape(self) -> tuple[float, float, float]:
+        """Median voxels per axis."""
+        return tuple(float(v) for v in np.median(np.asarray(self.shapes, dtype=float), axis=0))  # type: ignore[return-value]
+
+    @property
+    def median_spacing(self) -> Spacing:
+        """Median mm per voxel per axis."""
+        return tuple(float(v) for v in np.median(np.asarray(self.spacings, dtype=float), axis=0))  # type: ignore[return-value]
+
+    def resampled_median_shape(self, spacing: Sequence[float] | None) -> tuple[float, float, float]:
+        """Median voxels per axis after resampling every case to ``spacing`` (``None``: as stored)."""
+        shapes = np.asarray(self.shapes, dtype=float)
+        if spacing is not None:
+            shapes = shapes * np.asarray(self.spacings, dtype=float) / np.asarray(spacing, dtype=float)
+        return tuple(float(v) for v in np.median(shapes, axis=0))  # type: ignore[return-value]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: case count, medians and ranges (not every case)."""
+        shapes, spacings = np.asarray(self.shapes), np.asarray(self.spacings)
+        return {
+            "cases": len(self.case_ids),
+            "median_shape": list(self.median_shape),
+            "min_shape": shapes.min(axis=0).tolist(),
+            "max_shape": shapes.max(axis=0).tolist(),
+            "median_spacing": list(self.median_spacing),
+            "min_spacing": spacings.min(axis=0).tolist(),
+            "max_spacing": spacings.max(axis=0).tolist(),
+        }
+
+
+def _fmt(values: Sequence[float], digits: int = 3) -> str:
+    return "x".join(f"{float(v):.{digits}g}" for v in values)
+
+
+def thick_slice_axis(fingerprint: DatasetFingerprint) -> int | None:
+    """The axis nnU-Net's anisotropy rule calls thick-slice (median spacing more than
+    :data:`ANISOTROPY_THRESHOLD` times the others', and that many times fewer voxels), or None."""
+    target = np.median(np.asarray(fingerprint.spacings, dtype=float), axis=0)
+    size = np.asarray(fingerprint.median_shape)
+    worst = int(np.argmax(target))
+    others = [a for a in range(3) if a != worst]
+    aniso_spacing = target[worst] > ANISOTROPY_THRESHOLD * max(target[a] for a in others)
+    aniso_voxels = size[worst] * ANISOTROPY_THRESHOLD < min(size[a] for a in others)
+    return worst if aniso_spacing and aniso_voxels else None
+
+
+def plan_spacing(fingerprint: DatasetFingerprint) -> tuple[Spacing | None, str]:
+    """The target spacing nnU-Net would choose, and why.
+
+    Returns:
+        ``(spacing or None, reason)``; ``None`` keeps every case's own grid (all share one).
+    """
+    spacings = np.asarray(fingerprint.spacings, dtype=float)
+    n = len(spacings)
+    if np.allclose(spacings, spacings[0], rtol=1e-3, atol=1e-5):
+        return None, f"all {n} cases share {_fmt(spacings[0])} mm: no resampling"
+    target = np.median(spacings, axis=0)
+    worst = thick_slice_axis(fingerprint)
+    reason = f"median spacing of {n} cases (from {_fmt(spacings.min(axis=0))} to {_fmt(spacings.max(axis=0))} mm)"
+    if worst is not None:
+        others = [a for a in range(3) if a != worst]
+        tenth = float(np.percentile(spacings[:, worst], 10))
+        finest_other = float(max(target[a] for a in others))
+        if tenth < finest_other:
+            tenth = finest_other + 1e-5
+        reason += (
+            f"; axis {worst} is a thick-slice axis (median {target[worst]:.3g} mm > {ANISOTROPY_THRESHOLD:g}x the "
+            f"in-plane {finest_other:.3g} mm): its 10th percentile {tenth:.3g} mm, as nnU-Net"
+        )
+        target[worst] = tenth
+    return tuple(float(round(v, 5)) for v in target), reason  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------- memory
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Estimated peak memory of one training step, in bytes.
+
+    Attributes:
+        parameters: number of student parameters.
+        weights_bytes: student weights, gradients, optimizer state, teacher (fp32).
+        activations_bytes: tensors saved for the backward pass, all student graphs of a step.
+        total_bytes: their sum.
+    """
+
+    parameters: int
+    weights_bytes: int
+    activations_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.activations_bytes
+
+
+def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    """The network on the meta device (no memory): built there, or built on the CPU and moved."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except (RuntimeError, NotImplementedError):  # e.g. .item() on a meta tensor at construction
+        return build().to("meta")
+
+
+def _saved_bytes(network: nn.Module, in_channels: int, roi: Sequence[int], crops: int) -> int:
+    """Bytes autograd saves for the backward pass of one training forward (fp32, meta device)."""
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    x = torch.zeros(crops, in_channels, *roi, device="meta")
+    network.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = network(x)
+    heads = out if isinstance(out, (list, tuple)) else [out]
+    return total + sum(h.numel() * h.element_size() for h in heads)
+
+
+def estimate_memory(
+    build: Callable[[Sequence[int]], nn.Module],
+    in_channels: int,
+    roi: Sequence[int],
+    crops: int,
+    *,
+    variant: str = "medcontext",
+    optimizer: str = "adamw",
+) -> MemoryEstimate:
+    """Estimated peak training memory of ``crops`` crops of ``roi`` voxels per step.
+
+    Args:
+        build: ``roi -> network`` (the student; built on the meta device, no memory used).
+        in_channels: image channels.
+        roi: crop ``(H, W, D)``.
+        crops: crops per optimizer step on this device.
+        variant: the method variant (how many student graphs, whether a teacher exists).
+        optimizer: ``adamw`` (2 state tensors per parameter) or ``sgd`` (1).
+    """
+    _units, graphs, teacher = variant_cost(variant)
+    network = build_on_meta(lambda: build(tuple(roi)))
+    parameters = sum(p.numel() for p in network.parameters())
+    copies = 2 + _OPTIMIZER_STATES.get(optimizer, 2) + (1 if teacher else 0)  # weights, grads, states, teacher
+    activations = graphs * _saved_bytes(network, in_channels, roi, crops)
+    return MemoryEstimate(parameters, 4 * parameters * copies, activations)
+
+
+def memory_budget(device: torch.device, fraction: float | None = None) -> tuple[int, str]:
+    """Memory a run may plan for on ``device``, and where the number comes from.
+
+    CUDA: ``fraction`` (default 0.9) of the GPU's total memory. CPU: ``fraction`` (default
+    0.8) of the memory available now (``MemAvailable``, or the cgroup limit when lower).
+    """
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(index).total_memory
+        share = 0.9 if fraction is None else fraction
+        return int(total * share), f"{share:.0%} of {total / 2**30:.1f} GiB on {torch.cuda.get_device_name(index)}"
+    available, source = _cpu_available_bytes()
+    share = 0.8 if fraction is None else fraction
+    return int(available * share), f"{share:.0%} of {available / 2**30:.1f} GiB {source}"
+
+
+def _cpu_available_bytes() -> tuple[int, str]:
+    available, source = None, "available CPU memory"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit() and (available is None or int(limit) < available):
+            available, source = int(limit), "cgroup memory limit"
+    except OSError:
+        pass
+    if available is None:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        available, source = int(pages * page_size), "physical CPU memory"
+    return available, source
+
+
+# ---------------------------------------------------------------------------------- time
+def measure_step_time(
+    network: nn.Module,
+    in_channels: int,
+    roi: Sequence[int],
+    device: torch.device,
+    *,
+    crops: int = 1,
+    repeats: int = 2,
+    autocast: Callable[[], ContextManager] | None = None,
+) -> float:
+    """Seconds of one forward and backward of ``network`` on a batch of ``crops`` crops.
+
+    One untimed warm-up pass, then the fastest of ``repeats`` timed passes; the network's
+    gradients are cleared after.
+    """
+    network = network.to(device).train()
+    x = torch.randn(crops, in_channels, *roi, device=device)
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with autocast() if autocast is not None else torch.autocast(device.type, enabled=False):
+            out = network(x)
+        heads = out if isinstance(out, (list, tuple)) else [out]
+        sum(h.float().square().mean() for h in heads).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    once()
+    elapsed = min(once() for _ in range(max(1, repeats)))
+    network.zero_grad(set_to_none=True)
+    return elapsed
+
+
+# ---------------------------------------------------------------------------------- the plan
+@dataclass
+class PlannedValue:
+    """One value of the plan: what it is, who set it (``setting``, ``preset`` or ``plan``), why."""
+
+    value: Any
+    source: str
+    reason: str
+
+
+@dataclass
+class TrainingPlan:
+    """The plan of a run (``plan.json``): every value with its source and reason, the
+    fingerprint summary and the estimates."""
+
+    spacing: PlannedValue
+    roi: PlannedValue
+    batch: PlannedValue
+    mask_cell: PlannedValue
+    fingerprint: dict[str, Any]
+    memory: dict[str, Any]
+    time: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainingPlan":
+        """Inverse of :meth:`to_dict`."""
+        values = dict(data)
+        for key in ("spacing", "roi", "batch", "mask_cell"):
+            values[key] = PlannedValue(**values[key])
+        return cls(**values)
+
+    def format(self) -> str:
+        """The plan as printed before training: one line per value with its reason."""
+
+        def show(value: Any, unit: str = "") -> str:
+            if value is None:
+                return "each case's own"
+            if isinstance(value, (list, tuple)):
+                return "x".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) + unit
+            return f"{value}{unit}"
+
+        mem = self.memory
+        lines = [
+            f"plan ({self.fingerprint.get('cases')} cases, median {show([round(v, 1) for v in self.fingerprint['median_shape']])} "
+            f"voxels at {show([round(v, 3) for v in self.fingerprint['median_spacing']])} mm):",
+            f"  spacing   {show(self.spacing.value, ' mm'):<22} [{self.spacing.source}] {self.spacing.reason}",
+            f"  crop      {show(self.roi.value):<22} [{self.roi.source}] {self.roi.reason}",
+            f"  batch     {show(self.batch.value, ' crops'):<22} [{self.batch.source}] {self.batch.reason}",
+            f"  mask cell {show(self.mask_cell.value):<22} [{self.mask_cell.source}] {self.mask_cell.reason}",
+            f"  memory    {mem['total_gib']:.2f} GiB estimated peak ({mem['activations_gib']:.2f} GiB activations, "
+            f"{mem['weights_gib']:.2f} GiB weights/gradients/optimizer/teacher of {mem['parameters'] / 1e6:.2f}M "
+            f"parameters); budget {mem['budget_gib']:.1f} GiB ({mem['budget_source']})",
+        ]
+        if self.time:
+            t = self.time
+            lines.append(
+                f"  time      {t['step_s']:.3g} s/step estimated ({t['batch_s']:.3g} s measured for one forward+backward "
+                f"of {t['crops']} crops, x {t['units']}/3 for the variant), {t['steps']} steps ~ {_duration(t['total_s'])}"
+            )
+        lines.extend(f"  warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
+
+
+def _round_up(value: float, step: int) -> int:
+    return int(math.ceil(value / step) * step)
+
+
+def plan_training(
+    fingerprint: DatasetFingerprint,
+    *,
+    build: Callable[[Sequence[int]], nn.Module],
+    in_channels: int,
+    multiple: Sequence[int],
+    minimum: Sequence[int],
+    mask_cell_for: Callable[[Sequence[int]], tuple[Triple | None, str]],
+    crops: int,
+    batch_reason: str,
+    variant: str = "medcontext",
+    optimizer: str = "adamw",
+    budget_bytes: int,
+    budget_source: str,
+    roi: Sequence[int] | None = None,
+    roi_source: str = "setting",
+    spacing: Sequence[float] | None = None,
+    spacing_source: str | None = None,
+    token_cell: Sequence[int] | None = None,
+    max_crop_voxels: int = MAX_CROP_VOXELS,
+) -> TrainingPlan:
+    """Plan what is missing and estimate the memory of the result (no timing; see
+    :func:`add_time_estimate`).
+
+    Args:
+        fingerprint: the dataset's shapes and spacings.
+        build: ``roi -> student network`` (called on the meta device).
+        in_channels: image channels.
+        multiple: every crop side a multiple of this (the model's size multiple).
+        minimum: every crop side at least this.
+        mask_cell_for: ``roi -> (mask cell or None, reason)``: what the MedContext wrapper uses.
+        crops: crops per optimizer step on one device.
+        batch_reason: why that many crops (printed).
+        variant: method variant (graphs kept, teacher).
+        optimizer: ``adamw`` or ``sgd``.
+        budget_bytes: memory the step may use; budget_source: where that number comes from.
+        roi: a crop fixed by a setting or preset (``roi_source`` says which); ``None`` plans it.
+        spacing: a spacing fixed by a setting or preset (``spacing_source``); planned when
+            ``spacing_source`` is ``None``.
+        token_cell: a mask cell known before the crop (token space or set): planned crops are
+            multiples of it.
+        max_crop_voxels: the largest planned crop volume.
+
+    Raises:
+        PlanError: the estimated memory exceeds the budget even at the smallest crop, or the
+            fixed crop does not fit (the message gives both numbers and the fixes).
+    """
+    if spacing_source is None:
+        spacing_value, spacing_reason = plan_spacing(fingerprint)
+        spacing_plan = PlannedValue(None if spacing_value is None else list(spacing_value), "plan", spacing_reason)
+    else:
+        spacing_value = None if spacing is None else tuple(float(s) for s in spacing)
+        spacing_plan = PlannedValue(None if spacing_value is None else list(spacing_value), spacing_source,
+                                    f"fixed by the {spacing_source}")
+    median = fingerprint.resampled_median_shape(spacing_value)
+
+    def memory_of(candidate: Sequence[int]) -> MemoryEstimate:
+        return estimate_memory(build, in_channels, candidate, crops, variant=variant, optimizer=optimizer)
+
+    step = [int(m) for m in multiple]
+    if token_cell is not None:
+        step = [_lcm(s, int(c)) for s, c in zip(step, token_cell)]
+    floor = [max(int(lo), s) for lo, s in zip(minimum, step)]
+    floor = [_round_up(f, s) for f, s in zip(floor, step)]
+
+    if roi is not None:
+        crop = tuple(int(r) for r in roi)
+        estimate = memory_of(crop)
+        roi_plan = PlannedValue(list(crop), roi_source, f"fixed by the {roi_source}")
+        if estimate.total_bytes > budget_bytes:
+            raise PlanError(
+                f"the {roi_source}'s crop {_fmt(crop)} with {crops} crops per step needs about "
+                f"{estimate.total_bytes / 2**30:.2f} GiB (estimated peak), more than the memory budget "
+                f"{budget_bytes / 2**30:.2f} GiB ({budget_source}); use a smaller --roi (or drop it to let the planner "
+                "choose), fewer crops per step (train.batch_size, data.num_samples), a smaller model, or set "
+                "train.memory_budget_gb if the budget is wrong"
+            )
+    else:
+        crop_list = [max(f, _round_up(m, s)) for m, s, f in zip(median, step, floor)]
+        bound = "the median shape rounded up to multiples of " + _fmt(step)
+        while math.prod(crop_list) > max_crop_voxels and _shrink(crop_list, median, step, floor):
+            bound = f"capped at {max_crop_voxels} voxels (nnU-Net's usual 3D crop volume)"
+        estimate, estimate_crop = memory_of(crop_list), list(crop_list)
+        while estimate.total_bytes > budget_bytes:
+            if not _shrink(crop_list, median, step, floor):
+                raise PlanError(
+                    f"even the smallest crop {_fmt(crop_list)} for this model needs about "
+                    f"{estimate.total_bytes / 2**30:.2f} GiB with {crops} crops per step (estimated peak), more than "
+                    f"the memory budget {budget_bytes / 2**30:.2f} GiB ({budget_source}); use fewer crops per step "
+                    "(train.batch_size, data.num_samples), a smaller model (--size), or another device"
+                )
+            # activations grow about linearly with the voxels: jump close, then estimate exactly
+            measured_voxels, before = math.prod(estimate_crop), estimate
+            while (before.weights_bytes + before.activations_bytes * math.prod(crop_list) / measured_voxels
+                   > budget_bytes) and _shrink(crop_list, median, step, floor):
+                pass
+            estimate, estimate_crop = memory_of(crop_list), list(crop_list)
+            bound = f"shrunk to fit the memory budget ({budget_bytes / 2**30:.1f} GiB)"
+        crop = tuple(crop_list)
+        roi_plan = PlannedValue(
+            list(crop), "plan", f"{bound} (median {_fmt([round(m, 1) for m in median])} voxels after resampling)"
+        )
+
+    cell, cell_reason = mask_cell_for(crop)
+    if roi is None and cell is not None and any(c % int(m) for c, m in zip(crop, cell)):
+        # a planned crop stays a multiple of the mask cell: round down where that keeps the cell
+        adjusted = [c if c % m == 0 else (c // _lcm(s, m)) * _lcm(s, m) for c, m, s in zip(crop, cell, step)]
+        if all(a >= f for a, f in zip(adjusted, floor)) and mask_cell_for(adjusted)[0] == cell:
+            crop = tuple(adjusted)
+            roi_plan = PlannedValue(list(crop), "plan", roi_plan.reason + f"; rounded down to whole mask cells {_fmt(cell)}")
+            estimate = memory_of(crop)
+    if cell is not None and any(c % int(m) for c, m in zip(crop, cell)):
+        cell_reason += f"; the crop {_fmt(crop)} is not a multiple of it: the last cell along an axis is partial"
+    cell_plan = PlannedValue(None if cell is None else list(cell), "method", cell_reason)
+    memory = {
+        "parameters": estimate.parameters,
+        "weights_gib": estimate.weights_bytes / 2**30,
+        "activations_gib": estimate.activations_bytes / 2**30,
+        "total_gib": estimate.total_bytes / 2**30,
+        "budget_gib": budget_bytes / 2**30,
+        "budget_source": budget_source,
+    }
+    return TrainingPlan(
+        spacing=spacing_plan,
+        roi=roi_plan,
+        batch=PlannedValue(crops, "setting", batch_reason),
+        mask_cell=cell_plan,
+        fingerprint=fingerprint.to_dict(),
+        memory=memory,
+    )
+
+
+def _shrink(crop: list[int], median: Sequence[float], step: Sequence[int], floor: Sequence[int]) -> bool:
+    """Shrink the axis largest relative to the median shape by one step (nnU-Net's rule);
+    False when every axis is at its floor."""
+    candidates = [a for a in range(3) if crop[a] - step[a] >= floor[a]]
+    if not candidates:
+        return False
+    axis = max(candidates, key=lambda a: (crop[a] / max(median[a], 1.0), crop[a]))
+    crop[axis] -= step[axis]
+    return True
+
+
+def add_time_estimate(
+    plan: TrainingPlan, batch_seconds: float, *, crops: int, variant: str, steps: int, warn_after_s: float = 24 * 3600
+) -> TrainingPlan:
+    """Add the time estimate from a measured forward+backward of one batch of ``crops``
+    crops; warns (in the plan) when the run would take longer than ``warn_after_s``."""
+    units, _graphs, _teacher = variant_cost(variant)
+    step_s = batch_seconds * units / 3
+    total = step_s * steps
+    plan.time = {"batch_s": batch_seconds, "crops": crops, "units": units, "step_s": step_s, "steps": steps, "total_s": total}
+    if total > warn_after_s:
+        plan.warnings.append(
+            f"{steps} steps at about {step_s:.3g} s/step take about {_duration(total)} on this device; "
+            "consider a GPU, fewer steps (--steps), a smaller crop (--roi) or a smaller model (--size)"
+        )
+    return plan

@@ -1,0 +1,193 @@
+"""The plan of a run: what the config leaves open, derived from the dataset before training.
+
+:func:`plan_run` gathers what :func:`medcontext.data.planning.plan_training` needs from a
+:class:`TrainConfig` and a dataset (the model's crop rules and mask cell, the crops per step,
+the device's memory budget), measures one forward and backward for the time estimate, and
+returns the :class:`~medcontext.data.planning.TrainingPlan`. :func:`apply_plan` writes the
+planned crop (and a planned spacing) into the config, so that ``config.yaml`` holds every
+value a run used and ``--resume`` compares them like any other setting.
+
+Explicit settings win, then the dataset preset, then the plan; a resumed run keeps the
+values of its ``plan.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from medcontext.data.planning import (
+    DatasetFingerprint,
+    build_on_meta,
+    PlanError,
+    TrainingPlan,
+    add_time_estimate,
+    measure_step_time,
+    memory_budget,
+    plan_training,
+    thick_slice_axis,
+    variant_cost,
+)
+from medcontext.engine.config import TrainConfig
+from medcontext.engine.precision import resolve_device, resolve_precision
+
+__all__ = ["plan_run", "apply_plan", "read_plan", "PlanError", "PLAN_FILE"]
+
+PLAN_FILE = "plan.json"
+
+
+def read_plan(run_dir: str | Path) -> TrainingPlan | None:
+    """The run folder's ``plan.json``, or ``None`` for a run without one."""
+    path = Path(run_dir) / PLAN_FILE
+    if not path.is_file():
+        return None
+    return TrainingPlan.from_dict(json.loads(path.read_text()))
+
+
+def _mask_cell_reporter(cfg: TrainConfig, spec, in_channels: int, out_channels: int):
+    """``roi -> (cell or None, space, reason)``: the mask cell the MedContext wrapper will use."""
+    from medcontext.method import MedContext
+    from medcontext.models import create_model
+
+    m = cfg.method
+    _units, graphs, _teacher = variant_cost(m.variant)
+
+    def report(roi: Sequence[int]) -> tuple[tuple[int, int, int] | None, str, str]:
+        if graphs == 1:
+            return None, "none", f"no masked view (variant {m.variant})"
+        network = build_on_meta(
+            lambda: create_model(cfg.model.name, in_channels, out_channels, tuple(roi), **cfg.model.options)
+        )
+        mc = MedContext(
+            network, variant=m.variant, mask_space=m.mask_space, depth_axis=m.depth_axis, mask_cell=m.mask_cell,
+            roi_size=tuple(roi), total_steps=1, output_mode=spec.output_mode,
+        )
+        cell = tuple(int(c) for c in mc.masker.cell_size)
+        if m.mask_cell is not None:
+            return cell, mc.mask_space, f"set by method.mask_cell ({mc.mask_space} space)"
+        if mc.mask_space == "token":
+            patch = tuple(mc.masker.token_patch)
+            tokens = "x".join(str(c // p) for c, p in zip(cell, patch))
+            return cell, "token", (
+                f"token space, SPEC 2 default of {cfg.model.name}: {tokens} tokens of {'x'.join(map(str, patch))} voxels"
+            )
+        if cell == (16, 16, 16):
+            return cell, "input", "input space, SPEC 2 default 16^3"
+        return cell, "input", (
+            "input space: SPEC 2's 16 voxels halved on axes where the crop would hold fewer than 4 cells "
+            "(smaller for small crops)"
+        )
+
+    return report
+
+
+def plan_run(
+    cfg: TrainConfig,
+    spec,
+    *,
+    steps: int | None = None,
+    previous: TrainingPlan | None = None,
+    measure_time: bool = True,
+) -> TrainingPlan:
+    """Plan the run ``cfg`` describes on ``spec`` (a :class:`~medcontext.data.DatasetSpec`).
+
+    Args:
+        cfg: the configuration; ``model.roi`` and ``data.preprocess.spacing`` (or
+            ``target_spacing``), when set, are kept.
+        spec: the dataset; its preset's ``default_roi`` and ``target_spacing`` are kept too.
+        steps: optimizer steps for the time estimate (default ``train.steps``).
+        previous: a resumed run's plan; its crop and spacing are kept.
+        measure_time: time one forward and backward on the device (the time estimate).
+
+    Raises:
+        PlanError: the crop and batch do not fit the device's memory budget.
+    """
+    from medcontext.models import create_model
+    from medcontext.models.registry import roi_requirements
+
+    in_channels, out_channels = spec.num_channels, spec.num_outputs
+    fingerprint = DatasetFingerprint.from_spec(spec, orientation=str(cfg.data.preprocess.get("orientation", "RAS")))
+    preprocess = cfg.data.preprocess
+    if "spacing" in preprocess or "target_spacing" in preprocess:
+        spacing, spacing_source = preprocess.get("spacing", preprocess.get("target_spacing")), "setting"
+    elif previous is not None:
+        spacing, spacing_source = previous.spacing.value, "run's plan.json"
+    elif spec.target_spacing is not None:
+        spacing, spacing_source = spec.target_spacing, "preset"
+    else:
+        spacing, spacing_source = None, None
+    if cfg.model.roi is not None:
+        roi, roi_source = cfg.model.roi, "setting"
+    elif previous is not None:
+        roi, roi_source = previous.roi.value, "run's plan.json"
+    elif spec.default_roi is not None:
+        roi, roi_source = spec.default_roi, "preset"
+    else:
+        roi, roi_source = None, "plan"
+
+    multiple, minimum = roi_requirements(cfg.model.name, cfg.model.options)
+    report = _mask_cell_reporter(cfg, spec, in_channels, out_channels)
+    floor = tuple(max(a, b) for a, b in zip(multiple, minimum))
+    first_cell, space, _ = report(floor)
+    token_cell = first_cell if space == "token" or (first_cell is not None and cfg.method.mask_cell is not None) else None
+    crops = cfg.train.batch_size * cfg.data.num_samples
+    device = resolve_device(cfg.train.device)
+    if cfg.train.memory_budget_gb is not None:
+        budget, budget_source = int(cfg.train.memory_budget_gb * 2**30), "train.memory_budget_gb"
+    else:
+        budget, budget_source = memory_budget(device)
+
+    def build(crop: Sequence[int]):
+        return create_model(cfg.model.name, in_channels, out_channels, tuple(crop), **cfg.model.options)
+
+    plan = plan_training(
+        fingerprint,
+        build=build,
+        in_channels=in_channels,
+        multiple=multiple,
+        minimum=minimum,
+        mask_cell_for=lambda crop: report(crop)[::2],
+        crops=crops,
+        batch_reason=(
+            f"train.batch_size={cfg.train.batch_size} x data.num_samples={cfg.data.num_samples} per device "
+            "(nnU-Net's 3D batch is 2 crops); the crop is fitted to it"
+        ),
+        variant=cfg.method.variant,
+        optimizer=cfg.optim.name,
+        budget_bytes=budget,
+        budget_source=budget_source,
+        roi=roi,
+        roi_source=roi_source,
+        spacing=spacing,
+        spacing_source=spacing_source,
+        token_cell=token_cell,
+    )
+    thick = thick_slice_axis(fingerprint)
+    depth = cfg.method.depth_axis % 3
+    if thick is not None and thick != depth and variant_cost(cfg.method.variant)[1] > 1:
+        plan.warnings.append(
+            f"axis {thick} is the dataset's thick-slice axis but the mask tubes run along axis {depth} "
+            f"(method.depth_axis={cfg.method.depth_axis}); for tubes along the slices set method.depth_axis={thick}"
+        )
+    if measure_time:
+        precision = resolve_precision(cfg.train.precision, device)
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # planning leaves the run's random streams alone
+            network = build(plan.roi.value)
+            seconds = measure_step_time(
+                network, in_channels, plan.roi.value, device, crops=crops, autocast=precision.autocast
+            )
+            del network
+        add_time_estimate(plan, seconds, crops=crops, variant=cfg.method.variant, steps=steps or cfg.train.steps)
+    return plan
+
+
+def apply_plan(cfg: TrainConfig, plan: TrainingPlan) -> TrainConfig:
+    """Write the plan's crop and planned spacing into ``cfg`` (in place; returns it)."""
+    cfg.model.roi = [int(r) for r in plan.roi.value]
+    if plan.spacing.source in ("plan", "run's plan.json") and plan.spacing.value is not None:
+        cfg.data.preprocess = {**cfg.data.preprocess, "spacing": [float(s) for s in plan.spacing.value]}
+    return cfg
