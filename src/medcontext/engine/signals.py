@@ -145,9 +145,10 @@ def stop_if_interrupted(result, what: str, how_to_continue: str) -> None:
         what: the run, for the message (e.g. ``"the baseline run in demo/baseline"``).
         how_to_continue: the sentence that says how to continue.
     """
-    if result.stopped_by in ("SIGINT", "SIGTERM"):
+    stopped_by = getattr(result, "stopped_by", "")
+    if stopped_by in ("SIGINT", "SIGTERM"):
         raise RunInterrupted(
-            signal.Signals[result.stopped_by].value,
-            f"{result.stopped_by} stopped {what} after step {result.step} of {result.total_steps}; its last.pt is "
+            signal.Signals[stopped_by].value,
+            f"{stopped_by} stopped {what} after step {result.step} of {result.total_steps}; its last.pt is "
             f"saved and nothing was evaluated. {how_to_continue}",
         )

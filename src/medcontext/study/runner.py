@@ -27,8 +27,8 @@ DONE_MARKER = "study_done.json"
 def _run_one(
     run: StudyRun, data: str, test_ids: list[str], run_dir: Path, echo: Callable[[str], None], progress: bool,
     trust_checkpoint: bool = False,
-) -> dict:
-    """Train (or resume) and evaluate one run.
+) -> dict | None:
+    """Train (or resume) and evaluate one run; ``None`` when training ended early without a signal.
 
     Raises:
         RunInterrupted: SIGINT/SIGTERM stopped the training (``last.pt`` is saved; nothing of
@@ -43,6 +43,8 @@ def _run_one(
     start = time.perf_counter()
     result = train(cfg, run_dir, resume=resume, progress=progress, echo=echo, trust_checkpoint=trust_checkpoint)
     stop_if_interrupted(result, f"the study run {run_dir}", "Run the same command again to continue the study.")
+    if not result.finished:
+        return None
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     evaluation = evaluate_run(run_dir, split="test", progress=progress, echo=lambda _line: None,
@@ -106,6 +108,9 @@ def run_study(
             break
         echo(f"[{index}/{len(todo)}] {run.name}")
         record = _run_one(run, data, list(test_ids), out / run.name, echo, progress, trust_checkpoint)
+        if record is None:
+            echo(f"study stopped during {run.name} before its last step; run the same command again to continue")
+            break
         echo(
             f"[{index}/{len(todo)}] {run.name}: test mean Dice {record['test_mean_dice']:.4f} "
             f"(train {record['train_seconds']:.0f} s, eval {record['eval_seconds']:.0f} s)"
