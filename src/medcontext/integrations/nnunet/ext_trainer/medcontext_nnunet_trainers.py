@@ -6,7 +6,7 @@ re-exports the MedContext trainers from their real module, so the classes keep o
 try:
     from medcontext.integrations.nnunet.trainer import __getattr__, nnUNetTrainerMedContext  # noqa: F401
 except ModuleNotFoundError as err:
-    # medcontext was uninstalled but this copy stayed in nnU-Net's folder: offer no trainer
-    # instead of breaking every nnU-Net trainer lookup.
-    if err.name != "medcontext":
+    # medcontext (or a version with this integration) was uninstalled but this copy stayed in
+    # nnU-Net's folder: offer no trainer instead of breaking every nnU-Net trainer lookup.
+    if (err.name or "").split(".")[0] != "medcontext":
         raise
