@@ -16,7 +16,7 @@ Steps (each skipped when its output exists, so a stopped run resumes; training r
 CPU budget (what RESULTS.md reports)::
 
     nice -n 10 python scripts/nnunet_hippocampus_compare.py --work /tmp/nnunet_hippo \
-        --train-cases 10 --epochs 6 --iterations 10 --val-iterations 3 --device cpu --no-tta
+        --train-cases 10 --epochs 4 --iterations 10 --val-iterations 2 --device cpu --no-tta --processes 1
 
 nnU-Net's full budget on a GPU (1000 epochs x 250 iterations, nnU-Net's own nnUNetTrainer)::
 
@@ -121,9 +121,9 @@ def main(argv=None) -> int:
     parser.add_argument("--train-cases", type=int, default=10)
     parser.add_argument("--val-cases", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="draws the training and validation cases")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=10, help="training iterations per epoch")
-    parser.add_argument("--val-iterations", type=int, default=3, help="validation iterations per epoch")
+    parser.add_argument("--val-iterations", type=int, default=2, help="validation iterations per epoch")
     parser.add_argument("--full-budget", action="store_true",
                         help="nnU-Net's own budget (1000 x 250): nnUNetTrainer vs nnUNetTrainerMedContext")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
