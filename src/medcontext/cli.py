@@ -1,4 +1,4 @@
-"""The ``medcontext`` command line: train, evaluate, predict, demo, experiment, report, data.
+"""The ``medcontext`` command line: train, evaluate, predict, demo, experiment, report, data, nnunet.
 
 Every command is a thin layer over a library function (``medcontext.engine.train``,
 ``evaluate_run``, ``predict_run``, ``medcontext.demo.run_demo``, ``medcontext.data``).
@@ -201,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("task", metavar="TASK", help="e.g. Task04_Hippocampus, Task04, hippocampus")
     download.add_argument("--out", required=True, metavar="DIR", help="folder receiving <task>/")
     download.add_argument("--base-url", help="mirror serving <task>.tar")
+
+    # ------------------------------------------------------------------ nnunet
+    from medcontext.integrations.nnunet import command as nnunet_command
+
+    nnunet_command.add_parser(sub, _Formatter)
     return parser
 
 
@@ -377,6 +382,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
     raise ValueError(f"unknown data command {args.data_command!r}")
 
 
+def _cmd_nnunet(args: argparse.Namespace) -> int:
+    from medcontext.integrations.nnunet import command
+
+    return command.run(args)
+
+
 _COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
@@ -385,6 +396,7 @@ _COMMANDS = {
     "experiment": _cmd_experiment,
     "report": _cmd_report,
     "data": _cmd_data,
+    "nnunet": _cmd_nnunet,
 }
 
 
