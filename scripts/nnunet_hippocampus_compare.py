@@ -20,7 +20,7 @@ CPU budget (what RESULTS.md reports)::
 
 nnU-Net's full budget on a GPU (1000 epochs x 250 iterations, nnU-Net's own nnUNetTrainer)::
 
-    python scripts/nnunet_hippocampus_compare.py --work /data/nnunet_hippo --train-cases 150 --full-budget
+    python scripts/nnunet_hippocampus_compare.py --work /data/nnunet_hippo --train-cases 145 --full-budget
 
 With ``--epochs``/``--iterations`` the default trainer is ``nnUNetTrainerMedContext_baseline_<budget>``:
 nnUNetTrainer's step unchanged (tests/integrations/test_nnunet_trainer.py checks it equals
