@@ -220,7 +220,8 @@ class TrainingConfig:
             better fix). Changes speed and memory, not results.
         threads: CPU threads of the process; ``None`` = ``OMP_NUM_THREADS`` if set, else the
             physical cores divided by the run's processes on the node
-            (:mod:`medcontext.engine.cpu_threads`). Changes speed, not results.
+            (:mod:`medcontext.engine.cpu_threads`). Changes speed; a count that changes mid-run
+            (another run starts or ends) also changes float rounding: set it for bit-exact resumes.
         memory_budget_gb: GiB one training step may use on the device, for the plan (the crop
             is fitted to it, a crop that does not fit is refused); ``None`` = 90% of the GPU's
             memory, or 80% of the CPU memory available at start.
