@@ -18,8 +18,8 @@ without evaluating anything; the same command continues it (finished runs are ke
 interrupted one resumes from its ``last.pt``). Other settings start the folder afresh.
 
 Budgets: 300 steps of one 32^3 crop per variant (``--quick``: 100). On CPUs without native bf16
-the runs are fp32 (precision ``auto``); BENCHMARKS.md ("Portable CPU defaults") has the measured
-times, under 10 minutes on two cores of an AVX2-only CPU.
+the runs are fp32 (precision ``auto``); BENCHMARKS.md ("Portable CPU defaults") has the times
+measured with oneDNN capped at AVX2 and the estimate for an idle 2-core AVX2-only CPU.
 The numbers depend on ``k`` and the seed; the demo shows them as they come out.
 Both runs share every setting except ``method.variant``; the teacher momentum is scaled to
 the short run (:func:`short_run_momentum`).
@@ -74,7 +74,7 @@ def demo_config(data_dir: str | Path, variant: str, budget: DemoBudget, *, train
             "data.train_cases": train_cases,
             "data.val_cases": budget.val_cases,
             "data.test_cases": budget.cases - train_cases - budget.val_cases,
-            "data.num_samples": 1,  # one crop per step: fits 10 minutes on a 2-core AVX2-only CPU in fp32
+            "data.num_samples": 1,  # one crop per step: half the cost of two (BENCHMARKS.md, AVX2-only CPUs)
             "model.name": "unet3d",
             "model.options": {"size": "small"},
             "model.roi": [32, 32, 32],
