@@ -29,7 +29,29 @@ from types import FrameType
 __all__ = ["GracefulStop", "RunInterrupted", "StopOnSignal", "stop_if_interrupted"]
 
 
-class GracefulStop:
+class _SignalHandlers:
+    """Installs the subclass's ``handle(signum, frame)`` for SIGINT and SIGTERM in the main
+    thread while active, and restores the previous handlers on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self):
+        if self.enabled:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+
+class GracefulStop(_SignalHandlers):
     """Context manager that turns SIGINT/SIGTERM into a stop request.
 
     Attributes:
@@ -38,13 +60,10 @@ class GracefulStop:
             :meth:`request`), not by a signal to this one.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self, enabled: bool = True):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        super().__init__(enabled)
         self.signum: int | None = None
         self.from_peer = False
-        self._previous: dict[int, object] = {}
 
     @property
     def requested(self) -> bool:
@@ -74,17 +93,6 @@ class GracefulStop:
             self.signum = int(signum)
             self.from_peer = True
 
-    def __enter__(self) -> "GracefulStop":
-        if self.enabled:
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self.handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous.clear()
-
 
 class RunInterrupted(BaseException):
     """A command was stopped by SIGINT/SIGTERM (a ``BaseException``, like ``KeyboardInterrupt``,
@@ -109,7 +117,7 @@ class RunInterrupted(BaseException):
         return signal.Signals(self.signum).name
 
 
-class StopOnSignal:
+class StopOnSignal(_SignalHandlers):
     """Context manager: SIGINT and SIGTERM raise :class:`RunInterrupted` in the main thread.
 
     The training loop's :class:`GracefulStop` replaces these handlers while it runs (a
@@ -117,24 +125,8 @@ class StopOnSignal:
     SIGTERM would end the process at once, without a message or a clean exit code.
     """
 
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self._previous: dict[int, object] = {}
-
-    @staticmethod
-    def handle(signum: int, frame: FrameType | None = None) -> None:
+    def handle(self, signum: int, frame: FrameType | None = None) -> None:
         raise RunInterrupted(signum, f"stopped by {signal.Signals(signum).name}")
-
-    def __enter__(self) -> "StopOnSignal":
-        if self.enabled:
-            for sig in GracefulStop.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self.handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous.clear()
 
 
 def stop_if_interrupted(result, what: str, how_to_continue: str) -> None:
