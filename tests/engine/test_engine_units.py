@@ -14,7 +14,7 @@ from medcontext.data.atomic import atomic_write, write_text_atomic
 from medcontext.engine.config import OptimConfig
 from medcontext.engine.inference import logits_to_labels, region_paint_order, regions_to_labels
 from medcontext.engine.optim import build_optimizer, learning_rate
-from medcontext.engine.precision import resolve_precision
+from medcontext.engine.precision import cpu_bf16_support, resolve_precision
 from medcontext.engine.sampling import SeededDraws, StepSampler, draw_seed, make_step_loader
 from medcontext.engine.signals import GracefulStop
 
@@ -151,7 +151,8 @@ def test_graceful_stop_sets_flag_and_restores_handlers():
 
 def test_precision_choices():
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu).name == "fp32"
+    # auto on the CPU: bf16 exactly where it runs natively (the choice itself: test_precision_choice.py)
+    assert resolve_precision("auto", cpu).name == ("bf16" if cpu_bf16_support().native else "fp32")
     assert resolve_precision("bf16", cpu).dtype is torch.bfloat16
     with pytest.raises(ValueError, match="fp16 needs a CUDA"):
         resolve_precision("fp16", cpu)
