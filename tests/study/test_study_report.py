@@ -5,7 +5,8 @@ import pytest
 
 from medcontext.study import STUDIES, acdc_plan, hippocampus_plan, load_test_split
 from medcontext.study.report import (
-    RunResult, _final_loss_lines, _paired_lines, _validation_lines, hierarchical_bootstrap, paired_bootstrap,
+    RunResult, _final_loss_lines, _method_label, _paired_lines, _validation_lines, hierarchical_bootstrap,
+    paired_bootstrap,
 )
 
 
@@ -157,3 +158,10 @@ def test_runner_does_not_evaluate_a_run_stopped_by_a_signal(tmp_path, monkeypatc
         runner.run_study(plan, tmp_path, tmp_path / "study", ["x"], progress=False, echo=lambda _: None)
     assert calls == []
     assert not any((tmp_path / "study" / r.name / runner.DONE_MARKER).exists() for r in plan)
+
+
+def test_method_labels_tell_ablations_apart():
+    assert _method_label("medcontext", 0.4, 0.996) == "medcontext"
+    assert _method_label("medcontext", 0.4, 0.996, horizon=0.05) == "medcontext (EMA horizon 0.05 of the run)"
+    assert _method_label("medcontext", 0.6, 0.95) == "medcontext (ratio 0.6, momentum 0.95)"
+    assert _method_label("baseline", 0.6, 0.95, 1.0, 0.05) == "baseline"

@@ -53,11 +53,14 @@ class RunResult:
         return np.array([np.mean([self.dice[c][k] for k in self.classes]) for c in cases])
 
 
-def _method_label(variant: str, ratio: float, momentum: float, beta: float = DEFAULT_BETA) -> str:
+def _method_label(variant: str, ratio: float, momentum: float, beta: float = DEFAULT_BETA,
+                  horizon: float | None = None) -> str:
     notes = []
     if variant != "baseline" and not math.isclose(ratio, DEFAULT_RATIO):
         notes.append(f"ratio {ratio:g}")
-    if variant not in ("baseline", "no_teacher") and not math.isclose(momentum, DEFAULT_MOMENTUM):
+    if variant not in ("baseline", "no_teacher") and horizon is not None:
+        notes.append(f"EMA horizon {horizon:g} of the run")
+    elif variant not in ("baseline", "no_teacher") and not math.isclose(momentum, DEFAULT_MOMENTUM):
         notes.append(f"momentum {momentum:g}")
     if variant in ("medcontext", "cl_only") and not math.isclose(beta, DEFAULT_BETA):
         notes.append(f"beta {beta:g}")
@@ -91,7 +94,8 @@ def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> 
             RunResult(
                 path=run_dir,
                 setting=f"{cfg.model.name}, k={k}, {cfg.train.steps} steps",
-                method=_method_label(cfg.method.variant, cfg.method.mask_ratio, cfg.method.momentum, cfg.method.beta),
+                method=_method_label(cfg.method.variant, cfg.method.mask_ratio, cfg.method.momentum, cfg.method.beta,
+                                     cfg.method.momentum_horizon),
                 seed=cfg.train.seed,
                 classes=list(table.class_names),
                 dice=dict(dice),
