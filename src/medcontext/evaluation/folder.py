@@ -137,6 +137,16 @@ def _spatial_shape(img: nib.spatialimages.SpatialImage, path: Path) -> tuple[int
     return shape[:3]
 
 
+def _check_affines(case_id: str, pred_img, truth_img, affine_atol: float, what: str, advice: str = "") -> None:
+    """Raise ``ValueError`` naming ``what`` when the two images' affines differ by more than ``affine_atol``."""
+    diff = float(np.max(np.abs(pred_img.affine - truth_img.affine)))
+    if not diff <= affine_atol:
+        raise ValueError(
+            f"case {case_id!r}: {what} have different affines "
+            f"(largest difference {diff:.4g} > affine_atol={affine_atol}){advice}"
+        )
+
+
 def header_spacing(
     img: nib.spatialimages.SpatialImage, path: str | os.PathLike = "<image>"
 ) -> tuple[float, float, float]:
@@ -228,13 +238,10 @@ def evaluate_folder(
                 f"case {case_id!r}: prediction {pred_path} has shape {pred_shape} but reference {truth_path} "
                 f"has {truth_shape}; save predictions in the reference image's grid"
             )
-        diff = float(np.max(np.abs(pred_img.affine - truth_img.affine)))
-        if not diff <= affine_atol:
-            raise ValueError(
-                f"case {case_id!r}: prediction {pred_path} and reference {truth_path} have different affines "
-                f"(largest difference {diff:.4g} > affine_atol={affine_atol}); save predictions with the "
-                f"reference affine\nprediction:\n{pred_img.affine}\nreference:\n{truth_img.affine}"
-            )
+        _check_affines(case_id, pred_img, truth_img, affine_atol,
+                       f"prediction {pred_path} and reference {truth_path}",
+                       f"; save predictions with the reference affine\nprediction:\n{pred_img.affine}"
+                       f"\nreference:\n{truth_img.affine}")
         checked.append((case_id, pred_path, truth_path, pred_img, truth_img, header_spacing(truth_img, truth_path)))
 
     table = MetricTable(hd95_combine=combine)
@@ -292,12 +299,8 @@ def evaluate_region_folder(
                 f"case {case_id!r}: region prediction {pred_path} has shape {shape}; expected {truth_shape + (len(regions),)} "
                 f"(the reference {truth_path} grid, one channel per region {list(regions)})"
             )
-        diff = float(np.max(np.abs(pred_img.affine - truth_img.affine)))
-        if not diff <= affine_atol:
-            raise ValueError(
-                f"case {case_id!r}: region prediction {pred_path} and reference {truth_path} have different affines "
-                f"(largest difference {diff:.4g} > affine_atol={affine_atol})"
-            )
+        _check_affines(case_id, pred_img, truth_img, affine_atol,
+                       f"region prediction {pred_path} and reference {truth_path}")
         loaded.append((case_id, pred_path, truth_path, pred_img, truth_img))
     for case_id, pred_path, truth_path, pred_img, truth_img in tqdm(
         loaded, desc="evaluate regions", unit="case", disable=not progress
