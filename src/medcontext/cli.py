@@ -307,7 +307,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from medcontext.evaluation.runs import evaluate_run
+    from medcontext.run_evaluation import evaluate_run
 
     evaluate_run(args.run, data=args.data, split=args.split, use=args.use, checkpoint=args.checkpoint,
                  device=args.device, progress=not args.no_progress, trust_checkpoint=args.trust_checkpoint)
@@ -405,7 +405,7 @@ _TRAINING_COMMANDS = ("train", "demo", "experiment")
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from medcontext.data import DatasetError
-    from medcontext.data.atomic import DiskFullError
+    from medcontext.io.atomic import DiskFullError
     from medcontext.engine.checkpoint import CheckpointError
     from medcontext.engine.distributed import DistributedError
     from medcontext.engine.predict import PredictionFailedError

@@ -36,7 +36,7 @@ from typing import Callable
 
 import numpy as np
 
-from medcontext.data.atomic import write_text_atomic
+from medcontext.io.atomic import write_text_atomic
 from medcontext.engine.config import ConfigError, TrainConfig, load_config
 
 __all__ = ["DemoBudget", "BUDGETS", "demo_config", "run_demo", "DemoResult"]
@@ -158,7 +158,7 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo (see the module docstring); returns where everything went."""
     from medcontext.data import generate_phantom
-    from medcontext.evaluation.runs import evaluate_run
+    from medcontext.run_evaluation import evaluate_run
     from medcontext.engine.run import train
     from medcontext.engine.signals import stop_if_interrupted
 
@@ -320,6 +320,6 @@ def _smooth(values: np.ndarray, window: int = 10) -> np.ndarray:
 
 
 def _save_figure(fig, path: Path) -> None:
-    from medcontext.data.atomic import atomic_write
+    from medcontext.io.atomic import atomic_write
 
     atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))

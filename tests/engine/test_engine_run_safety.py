@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-import medcontext.data.atomic as atomic
+import medcontext.io.atomic as atomic
 from medcontext.cli import main
 from medcontext.engine import train
 from medcontext.engine.checkpoint import read_checkpoint

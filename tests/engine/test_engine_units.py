@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from medcontext.data.atomic import atomic_write, write_text_atomic
+from medcontext.io.atomic import atomic_write, write_text_atomic
 from medcontext.engine.config import OptimConfig
 from medcontext.engine.inference import logits_to_labels, region_paint_order, regions_to_labels
 from medcontext.engine.optim import build_optimizer, learning_rate

@@ -9,12 +9,7 @@ import pytest
 from scipy import ndimage
 
 from medcontext.evaluation import (
-    ACDC_CLASSES,
-    BRATS21_REGIONS,
-    BRATS_MSD_REGIONS,
-    SYNAPSE_ORGANS,
     CaseMetric,
-    classes_from_dataset_labels,
     dice_score,
     evaluate_case,
     evaluate_masks,
@@ -26,6 +21,7 @@ from medcontext.evaluation import (
 )
 
 ANISO = (0.8, 0.8, 5.0)
+BRATS21_REGIONS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}  # labels 1 necrosis, 2 edema, 4 enhancing
 
 
 # ---------------------------------------------------------------- independent reference
@@ -264,13 +260,6 @@ def test_hd95_input_errors():
 # ---------------------------------------------------------------- classes and evaluate_case
 
 
-def test_presets_follow_the_spec():
-    assert BRATS21_REGIONS == {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
-    assert BRATS_MSD_REGIONS == {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}
-    assert ACDC_CLASSES == {"RV": (1,), "MYO": (2,), "LV": (3,)}
-    assert [v[0] for v in SYNAPSE_ORGANS.values()] == [1, 2, 3, 4, 6, 7, 8, 11]
-
-
 def test_validate_classes_errors():
     assert validate_classes({"a": [np.int64(2)]}) == {"a": (2,)}
     with pytest.raises(ValueError, match="empty"):
@@ -283,16 +272,6 @@ def test_validate_classes_errors():
         validate_classes({"x": [1, 1]})
     with pytest.raises(TypeError, match="not an integer"):
         validate_classes({"x": [1.5]})
-
-
-def test_classes_from_dataset_labels():
-    labels = {"0": "background", "2": "Posterior", "1": "Anterior"}
-    assert classes_from_dataset_labels(labels) == {"Anterior": (1,), "Posterior": (2,)}
-    assert list(classes_from_dataset_labels(labels)) == ["Anterior", "Posterior"]
-    with pytest.raises(ValueError, match="more than one"):
-        classes_from_dataset_labels({"1": "a", "2": "a"})
-    with pytest.raises(ValueError, match="no foreground"):
-        classes_from_dataset_labels({"0": "background"})
 
 
 def test_label_masks_regions():

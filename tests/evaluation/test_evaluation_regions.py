@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 import torch
 
+from medcontext.data.presets import PRESETS
 from medcontext.engine.inference import logits_to_labels
 from medcontext.evaluation import (
-    BRATS_MSD_REGIONS,
     dice_score,
     evaluate_region_folder,
     label_masks,
     region_channel_masks,
 )
 
-REGIONS = BRATS_MSD_REGIONS  # WT {1,2,3}, TC {2,3}, ET {3}
+REGIONS = dict(PRESETS["brats17"].regions)  # MSD Task01: WT {1,2,3}, TC {2,3}, ET {3}
 
 
 def _case():

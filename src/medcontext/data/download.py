@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from medcontext.data.atomic import write_text_atomic
+from medcontext.io.atomic import write_text_atomic
 
 __all__ = ["MSDTask", "MSD_TASKS", "MSD_BASE_URL", "DownloadError", "resolve_task", "download_task"]
 

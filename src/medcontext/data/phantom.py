@@ -30,7 +30,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from medcontext.data.atomic import atomic_path, write_text_atomic
+from medcontext.io.atomic import atomic_path, write_text_atomic
 
 __all__ = ["PhantomStructure", "PHANTOM_STRUCTURES", "LOOKALIKE_PAIRS", "make_phantom_case", "generate_phantom"]
 

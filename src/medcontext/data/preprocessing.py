@@ -53,7 +53,7 @@ from monai.transforms import (
 )
 from scipy import ndimage
 
-from medcontext.data.atomic import atomic_path
+from medcontext.io.atomic import atomic_path
 from medcontext.data.datasets import CaseRecord, DatasetSpec
 
 __all__ = [

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from medcontext.data.atomic import write_text_atomic
+from medcontext.io.atomic import write_text_atomic
 from medcontext.data.phantom import _save
 
 __all__ = ["TUMOUR_LABELS", "TUMOUR_CHANNELS", "make_tumour_case", "generate_tumour_phantom"]

@@ -14,9 +14,9 @@ A checkpoint (``last.pt``, ``best.pt``) is a dict::
       "best": {"metric", "step"}, "extra": {...},
     }
 
-It is written with :func:`medcontext.data.atomic.atomic_write` (temp file, fsync,
+It is written with :func:`medcontext.io.atomic.atomic_write` (temp file, fsync,
 ``os.replace``): a crash during a save leaves the previous file intact, and a full disk
-raises :class:`~medcontext.data.atomic.DiskFullError` naming the file and the space it needs. Loading is strict:
+raises :class:`~medcontext.io.atomic.DiskFullError` naming the file and the space it needs. Loading is strict:
 any key difference between the checkpoint and the model is an error listing the keys.
 
 Everything in it is a tensor or a plain Python value, so it is read with
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 import medcontext
-from medcontext.data.atomic import atomic_write
+from medcontext.io.atomic import atomic_write
 from medcontext.models.safe_load import UnreadableFileError, load_weights_file
 
 __all__ = [

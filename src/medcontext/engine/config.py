@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from medcontext.data.atomic import write_text_atomic
+from medcontext.io.atomic import write_text_atomic
 
 __all__ = [
     "DataConfig",

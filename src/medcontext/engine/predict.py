@@ -218,7 +218,7 @@ def predict_run(
             the other cases were written.
         DiskFullError: the output's file system is full (the remaining cases are not tried).
     """
-    from medcontext.data.atomic import DiskFullError
+    from medcontext.io.atomic import DiskFullError
 
     predictor = Predictor(run_dir, checkpoint=checkpoint, use=use, device=device, trust_checkpoint=trust_checkpoint)
     cases = find_input_cases(input_path, predictor.spec.num_channels)

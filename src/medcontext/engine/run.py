@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medcontext.data.atomic import remove_stale_temporaries, write_text_atomic
+from medcontext.io.atomic import remove_stale_temporaries, write_text_atomic
 from medcontext.engine.checkpoint import CheckpointError, load_model_state, read_checkpoint
 from medcontext.engine.config import ConfigError, TrainConfig, load_config, resolve_batch_scaling, save_config
 from medcontext.engine.cpu_threads import CpuShare

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from medcontext.data.atomic import write_text_atomic
+from medcontext.io.atomic import write_text_atomic
 
 __all__ = ["RunLog", "read_metrics", "summarize_timing"]
 

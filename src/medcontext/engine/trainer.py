@@ -72,6 +72,7 @@ from medcontext.engine.precision import Precision, resolve_device, resolve_preci
 from medcontext.engine.run_log import RunLog, read_metrics, summarize_timing
 from medcontext.engine.sampling import make_step_loader
 from medcontext.engine.signals import GracefulStop
+from medcontext.evaluation import dice_score, label_masks, region_channel_masks
 from medcontext.method.teacher import unwrap_model
 
 __all__ = ["World", "ValidationCase", "TrainResult", "NonFiniteLossError", "Trainer"]
@@ -402,8 +403,6 @@ class Trainer:
     def validation_step(self, case: ValidationCase) -> dict[str, float]:
         """Dice per evaluated class of one whole validation volume (sigmoid region tasks: per
         region channel against the region's ground truth, not through a painted label map)."""
-        from medcontext.evaluation import dice_score, label_masks, region_channel_masks
-
         network = self.mc.inference_network(self.cfg.eval.use)
         logits = sliding_window_logits(
             network,

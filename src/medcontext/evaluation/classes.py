@@ -6,7 +6,9 @@ sigmoid region outputs unite several (``{"WT": (1, 2, 4), "TC": (1, 4), "ET": (4
 :func:`label_masks` turns an integer label map into one boolean mask per name.
 
 Data enters as an integer label map ``(H, W, D)`` and leaves as boolean masks of the same
-shape; nothing here reads files.
+shape; nothing here reads files. The class maps of known datasets are not listed here: they
+follow from the dataset's preset (:data:`medcontext.data.presets.PRESETS`, labels, regions and
+evaluated classes), which the pipeline turns into a class map for validation and evaluation.
 """
 
 from __future__ import annotations
@@ -18,39 +20,13 @@ import numpy as np
 
 __all__ = [
     "ClassMap",
-    "SYNAPSE_ORGANS",
-    "ACDC_CLASSES",
-    "BRATS21_REGIONS",
-    "BRATS_MSD_REGIONS",
     "validate_classes",
-    "classes_from_dataset_labels",
     "label_masks",
     "region_channel_masks",
 ]
 
 ClassMap = Mapping[str, Sequence[int]]
 """A name -> label values mapping, e.g. ``{"WT": [1, 2, 4]}``."""
-
-SYNAPSE_ORGANS: dict[str, tuple[int, ...]] = {
-    "spleen": (1,),
-    "right_kidney": (2,),
-    "left_kidney": (3,),
-    "gallbladder": (4,),
-    "liver": (6,),
-    "stomach": (7,),
-    "aorta": (8,),
-    "pancreas": (11,),
-}
-"""The 8 Synapse organs the paper reports, of the 13 BTCV labels (SPEC section 4)."""
-
-ACDC_CLASSES: dict[str, tuple[int, ...]] = {"RV": (1,), "MYO": (2,), "LV": (3,)}
-"""ACDC right ventricle, myocardium, left ventricle."""
-
-BRATS21_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
-"""BraTS 2021 labels (1 necrosis, 2 edema, 4 enhancing) as whole tumour, tumour core, enhancing tumour."""
-
-BRATS_MSD_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}
-"""MSD Task01 / BraTS 2017 labels (1 edema, 2 non-enhancing, 3 enhancing) as WT, TC, ET."""
 
 
 def validate_classes(classes: ClassMap) -> dict[str, tuple[int, ...]]:
@@ -96,37 +72,6 @@ def validate_classes(classes: ClassMap) -> dict[str, tuple[int, ...]]:
             raise ValueError(f"class {name!r} includes label 0, which is background; evaluate foreground labels only")
         out[name] = tuple(ints)
     return out
-
-
-def classes_from_dataset_labels(labels: Mapping[str | int, str]) -> dict[str, tuple[int, ...]]:
-    """One class per foreground label of a Medical Segmentation Decathlon ``dataset.json``.
-
-    Args:
-        labels: the ``"labels"`` entry, e.g. ``{"0": "background", "1": "Anterior", "2": "Posterior"}``.
-
-    Returns:
-        ``{"Anterior": (1,), "Posterior": (2,)}``: label 0 is skipped, order is by label value.
-
-    Raises:
-        ValueError: when a key is not an integer, two labels share a name, or no foreground
-            label is left.
-    """
-    parsed: list[tuple[int, str]] = []
-    for key, name in labels.items():
-        try:
-            value = int(key)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"dataset labels: key {key!r} is not an integer label value") from err
-        if value != 0:
-            parsed.append((value, str(name)))
-    parsed.sort()
-    names = [name for _, name in parsed]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"dataset labels: names {duplicates} are used by more than one label value: {dict(labels)}")
-    if not parsed:
-        raise ValueError(f"dataset labels: no foreground label (only background) in {dict(labels)}")
-    return {name: (value,) for value, name in parsed}
 
 
 def label_masks(labels: np.ndarray, classes: ClassMap) -> dict[str, np.ndarray]:

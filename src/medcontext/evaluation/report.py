@@ -4,9 +4,9 @@
 per case and class) like MONAI's metric classes accumulate batches; :meth:`MetricTable.summary`
 reduces them per class. A missing HD95 (exactly one of prediction and truth empty, stored as
 NaN) is never averaged as 0: the HD95 mean, std and median use the finite values only and the
-number of missing values is reported next to them.
+number of missing values is reported next to them (statistics: :mod:`~medcontext.evaluation.statistics`).
 
-Every file is written atomically: a temporary file in the same folder, then ``os.replace``.
+Every file is written atomically (:mod:`medcontext.io.atomic`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ import csv
 import io
 import math
 import os
-import secrets
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from medcontext.io.atomic import write_text_atomic
+
 from .metrics import HD_COMBINE_MODES, NOTE_BOTH_EMPTY, NOTE_PRED_EMPTY, NOTE_TRUTH_EMPTY, CaseMetric
+from .statistics import summarize
 
 __all__ = [
     "CSV_COLUMNS",
@@ -33,7 +35,6 @@ __all__ = [
     "read_csv",
     "write_markdown",
     "format_summary",
-    "evaluate_folder",
 ]
 
 CSV_COLUMNS = tuple(f.name for f in fields(CaseMetric))
@@ -188,21 +189,20 @@ class MetricTable:
         per_class = []
         for name in self.class_names:
             rows = [r for r in self._rows if r.class_name == name]
-            dice = np.array([r.dice for r in rows], dtype=np.float64)
-            hd = np.array([r.hd95 for r in rows], dtype=np.float64)
-            finite = hd[np.isfinite(hd)]
+            dice = summarize(r.dice for r in rows)
+            hd = summarize((r.hd95 for r in rows), finite_only=True)
             notes = [r.note for r in rows]
             per_class.append(
                 ClassSummary(
                     class_name=name,
                     n_cases=len(rows),
-                    dice_mean=float(dice.mean()),
-                    dice_std=float(dice.std()),
-                    dice_median=float(np.median(dice)),
-                    hd95_mean=float(finite.mean()) if finite.size else math.nan,
-                    hd95_std=float(finite.std()) if finite.size else math.nan,
-                    hd95_median=float(np.median(finite)) if finite.size else math.nan,
-                    hd95_missing=int(hd.size - finite.size),
+                    dice_mean=dice.mean,
+                    dice_std=dice.std,
+                    dice_median=dice.median,
+                    hd95_mean=hd.mean,
+                    hd95_std=hd.std,
+                    hd95_median=hd.median,
+                    hd95_missing=hd.missing,
                     n_both_empty=notes.count(NOTE_BOTH_EMPTY),
                     n_pred_empty=notes.count(NOTE_PRED_EMPTY),
                     n_truth_empty=notes.count(NOTE_TRUTH_EMPTY),
@@ -217,29 +217,6 @@ class MetricTable:
             hd95_missing=sum(c.hd95_missing for c in per_class),
             hd95_combine=self.hd95_combine,
         )
-
-
-def _write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    The file gets the umask's permissions (``0o666`` minus the umask, like any program's
-    output), and the temp file the name ``.<name>.<pid>.<token>.tmp`` that
-    ``medcontext.data.atomic`` uses (its stale-temporary clean-up recognises it).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_csv(table: MetricTable, path: str | os.PathLike) -> Path:
@@ -257,7 +234,7 @@ def write_csv(table: MetricTable, path: str | os.PathLike) -> Path:
     for r in table.rows:
         hd = "" if math.isnan(r.hd95) else repr(float(r.hd95))
         writer.writerow([r.case_id, r.class_name, repr(float(r.dice)), hd, r.pred_voxels, r.truth_voxels, r.note])
-    return _write_text_atomic(path, buffer.getvalue())
+    return write_text_atomic(path, buffer.getvalue())
 
 
 def read_csv(path: str | os.PathLike, *, hd95_combine: str = "max") -> MetricTable:
@@ -357,7 +334,7 @@ def write_markdown(table: MetricTable, path: str | os.PathLike, title: str = "Ev
         f"| {s.hd95_missing} |"
     )
     lines += ["", "Conventions:", "", *_convention_lines(s), ""]
-    return _write_text_atomic(path, "\n".join(lines))
+    return write_text_atomic(path, "\n".join(lines))
 
 
 def format_summary(table: MetricTable) -> str:
@@ -384,12 +361,3 @@ def format_summary(table: MetricTable) -> str:
     lines.append("HD95 missing = exactly one of prediction/truth empty (not averaged); both empty: Dice 1, HD95 0.")
     return "\n".join(lines)
 
-
-def __getattr__(name: str):
-    # ``evaluate_folder`` lives in ``folder.py`` (file reading is its own concept); it is
-    # importable from here too, lazily, because it imports this module.
-    if name == "evaluate_folder":
-        from .folder import evaluate_folder
-
-        return evaluate_folder
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..data.atomic import write_text_atomic
+from ..io.atomic import write_text_atomic
 from ..engine.config import load_config
 from ..engine.run_log import read_metrics
 from ..evaluation import read_csv

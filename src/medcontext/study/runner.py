@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..data.atomic import write_text_atomic
+from ..io.atomic import write_text_atomic
 from ..engine.config import load_config
-from ..evaluation.runs import evaluate_run
+from ..run_evaluation import evaluate_run
 from ..engine.run import train
 from ..engine.signals import stop_if_interrupted
 from .plan import StudyRun

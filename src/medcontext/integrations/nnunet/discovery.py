@@ -19,9 +19,9 @@ This module imports nnunetv2 only to locate its folder.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
+
+from medcontext.io.atomic import atomic_write
 
 __all__ = ["SHIM_NAME", "ext_trainer_folder", "nnunet_trainer_folder", "install_trainer", "remove_trainer"]
 
@@ -44,23 +44,19 @@ def nnunet_trainer_folder() -> Path:
 
 def install_trainer(folder: Path | None = None) -> Path:
     """Copy :data:`SHIM_NAME` into nnU-Net's trainer folder (or ``folder``); returns the file
-    written. Idempotent; written to a temporary name first, then renamed."""
+    written. Idempotent; written atomically (:func:`medcontext.io.atomic.atomic_write`)."""
     folder = Path(folder) if folder is not None else nnunet_trainer_folder()
     if not folder.is_dir():
         raise NotADirectoryError(f"nnU-Net trainer folder {folder} does not exist")
     target = folder / SHIM_NAME
-    tmp = folder / f".{SHIM_NAME}.tmp-{os.getpid()}"
+    source = ext_trainer_folder() / SHIM_NAME
     try:
-        shutil.copyfile(ext_trainer_folder() / SHIM_NAME, tmp)
-        os.replace(tmp, target)
+        atomic_write(target, lambda handle: handle.write(source.read_bytes()))
     except PermissionError as err:
         raise PermissionError(
             f"cannot write {target}: {err.strerror}; use nnUNet_extTrainer instead "
             '(export nnUNet_extTrainer="$(medcontext nnunet trainer-path)")'
         ) from err
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return target
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
+
+from medcontext.io.atomic import atomic_write
 
 __all__ = ["export_plain_model", "PLAIN_TRAINER_NAME", "MODEL_FILES"]
 
@@ -96,14 +97,7 @@ def export_plain_model(
     for fold, checkpoint in checkpoints.items():
         target = output_folder / f"fold_{fold}" / checkpoint_name
         target.parent.mkdir(exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=target.parent)
-        os.close(handle)
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write(target, lambda handle, checkpoint=checkpoint: torch.save(checkpoint, handle))
         written.append(target)
     return written
 

@@ -25,8 +25,6 @@ How it fits nnU-Net's conventions:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import ClassVar
 
 import numpy as np
@@ -41,6 +39,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "medcontext.integrations.nnunet.trainer needs nnU-Net v2: pip install \"medcontext[nnunet]\""
     ) from err
 
+from medcontext.io.atomic import atomic_write
 from medcontext.method import MedContext, default_cell_size, unwrap_model
 
 from .settings import BASE_TRAINER_NAME, MedContextSettings, parse_trainer_name
@@ -50,19 +49,6 @@ __all__ = ["nnUNetTrainerMedContext", "CHECKPOINT_KEY", "GRADIENT_CLIP", "DEPTH_
 CHECKPOINT_KEY = "medcontext"
 GRADIENT_CLIP = 12.0  # nnU-Net's clip_grad_norm_ value
 DEPTH_AXIS = 0  # nnU-Net's patches are (z, y, x) with the through-plane axis first
-
-
-def _atomic_torch_save(obj, filename: str) -> None:
-    folder = os.path.dirname(os.path.abspath(filename))
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    os.close(handle)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, filename)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class nnUNetTrainerMedContext(nnUNetTrainer):
@@ -237,7 +223,7 @@ class nnUNetTrainerMedContext(nnUNetTrainer):
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
             CHECKPOINT_KEY: self.medcontext_state(),
         }
-        _atomic_torch_save(checkpoint, filename)
+        atomic_write(filename, lambda handle: torch.save(checkpoint, handle))
 
     def load_checkpoint(self, filename_or_checkpoint: str) -> None:
         """nnU-Net's load, then the teacher and mask token; the checkpoint's settings must equal

@@ -2,8 +2,9 @@
 
 Every output (checkpoints, configs, splits, metrics tables, NIfTI predictions, download
 markers) goes through here: write to a temp file in the destination folder, flush and fsync
-it, then ``os.replace`` it over the destination (atomic within one file system). It lives in
-the data layer, the lowest layer that writes files; the engine and the CLI import it from here.
+it, then ``os.replace`` it over the destination (atomic within one file system). It sits below
+every other layer and imports nothing of medcontext, so every layer (data, evaluation, engine,
+the workflows, the CLI, the nnU-Net integration) writes through this one module.
 
 Written files get the permissions any other program's output gets (``0o666`` minus the
 user's umask): the temp file is created with ``os.open(..., 0o666)``, not ``mkstemp``'s

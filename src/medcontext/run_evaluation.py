@@ -6,7 +6,10 @@ the label header: Dice and HD95 per case and class, with the empty-mask conventi
 :mod:`medcontext.evaluation`. Sigmoid region tasks (BraTS WT/TC/ET) are scored per region
 channel (``eval/regions/<case>.nii.gz``, ``(H, W, D, R)``) against each region's ground
 truth; the painted label map in ``predictions/`` is written for use, not scored. Results: ``eval/metrics.csv``, ``eval/summary.md``, and the
-summary printed. This sits in the evaluation layer, above the engine whose runs it scores.
+summary printed.
+
+A workflow above the engine (it loads a run and predicts with the engine) and beside ``study`` and
+``demo``, which call it; the metrics and reports it uses are the pure :mod:`medcontext.evaluation`.
 """
 
 from __future__ import annotations
@@ -19,9 +22,7 @@ from typing import Callable
 from medcontext.engine.config import ConfigError
 from medcontext.engine.predict import InputCase, Predictor
 from medcontext.engine.run import load_run
-
-from .folder import evaluate_folder, evaluate_region_folder
-from .report import format_summary, write_csv, write_markdown
+from medcontext.evaluation import evaluate_folder, evaluate_region_folder, format_summary, write_csv, write_markdown
 
 __all__ = ["EvaluationResult", "evaluate_run"]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import medcontext.data.atomic as atomic
-from medcontext.data.atomic import (
+import medcontext.io.atomic as atomic
+from medcontext.io.atomic import (
     DiskFullError,
     atomic_path,
     atomic_write,
@@ -127,7 +127,7 @@ def test_a_really_full_tmpfs_keeps_the_last_checkpoint(tmp_path):
     mount.mkdir()
     script = textwrap.dedent(f"""
         import torch
-        from medcontext.data.atomic import DiskFullError
+        from medcontext.io.atomic import DiskFullError
         from medcontext.engine.checkpoint import read_checkpoint, save_checkpoint
         save_checkpoint({str(mount / 'last.pt')!r}, {{"step": 1, "w": torch.ones(1000)}})
         try:
