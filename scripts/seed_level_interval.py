@@ -1,7 +1,7 @@
 """Seed-level verdict from per-seed paired differences alone (no per-case values needed).
 
 The study report decides "better"/"worse" with a hierarchical bootstrap over seeds and test
-cases (``medcontext.study.report.hierarchical_bootstrap``). For results whose per-case values
+cases (``medcontext.evaluation.statistics.hierarchical_bootstrap``). For results whose per-case values
 were not kept (the first Hippocampus study), this applies the same bootstrap to the per-seed
 mean differences, one value per seed: it resamples seeds only, so its interval is slightly
 narrower than the hierarchical one would be.
@@ -15,7 +15,7 @@ import argparse
 
 import numpy as np
 
-from medcontext.study.report import hierarchical_bootstrap
+from medcontext.evaluation.statistics import hierarchical_bootstrap
 
 
 def main() -> None:

@@ -6,7 +6,8 @@ difference MedContext minus baseline per seed (same seed = same training subset 
 initialisation) with a 95% bootstrap interval over test cases, and over all seeds a
 hierarchical bootstrap interval (seeds resampled, then test cases within each seed) that
 decides the verdict: "better" or "worse" only when it excludes zero, so a verdict holds across
-training randomness and not only across test cases. Figures: box plots of per-case Dice,
+training randomness and not only across test cases (the statistics:
+:mod:`medcontext.evaluation.statistics`). Figures: box plots of per-case Dice,
 training curves, validation Dice against training steps (every seed), and an overlay.
 """
 
@@ -25,8 +26,9 @@ from ..io.atomic import write_text_atomic
 from ..engine.config import load_config
 from ..engine.run_log import read_metrics
 from ..evaluation import read_csv
+from ..evaluation.statistics import hierarchical_bootstrap, paired_bootstrap, summarize
 
-__all__ = ["RunResult", "collect_runs", "hierarchical_bootstrap", "paired_bootstrap", "write_report"]
+__all__ = ["RunResult", "collect_runs", "write_report"]
 
 DEFAULT_RATIO = 0.4
 DEFAULT_MOMENTUM = 0.996
@@ -108,51 +110,6 @@ def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> 
     return results
 
 
-def paired_bootstrap(diff_per_case: np.ndarray, *, samples: int = 5000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of a paired per-case difference and its 95% percentile bootstrap interval.
-
-    Args:
-        diff_per_case: (N,) or (S, N) differences; with several seeds (rows) the cases are
-            resampled jointly and the statistic is the mean over seeds and cases.
-    """
-    values = np.atleast_2d(np.asarray(diff_per_case, dtype=float))
-    rng = np.random.default_rng(seed)
-    n = values.shape[1]
-    draws = rng.integers(0, n, size=(samples, n))
-    stats = values[:, draws].mean(axis=(0, 2))
-    low, high = np.percentile(stats, [2.5, 97.5])
-    return float(values.mean()), float(low), float(high)
-
-
-def hierarchical_bootstrap(
-    diffs_per_seed: Sequence[np.ndarray], *, samples: int = 5000, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean paired difference over seeds and its 95% interval across seeds AND test cases.
-
-    Each bootstrap sample draws the seeds with replacement, then the test cases of every drawn
-    seed with replacement, and averages; the interval thus covers both training randomness
-    (which subset and initialisation a seed gives) and test-case sampling. With one seed it is
-    the interval over test cases only.
-
-    Args:
-        diffs_per_seed: one (N_s,) array of per-case differences per seed.
-
-    Returns:
-        ``(mean, low, high)``: the mean of the per-seed means and the 2.5/97.5 percentiles.
-    """
-    rows = [np.asarray(d, dtype=float) for d in diffs_per_seed]
-    if not rows or any(r.ndim != 1 or r.size == 0 for r in rows):
-        raise ValueError("diffs_per_seed must be non-empty 1-D arrays, one per seed")
-    rng = np.random.default_rng(seed)
-    n_seeds = len(rows)
-    seed_draws = rng.integers(0, n_seeds, size=(samples, n_seeds))
-    # per seed, `samples` case-resampled means; a bootstrap sample averages the drawn seeds' means
-    case_means = np.stack([r[rng.integers(0, r.size, size=(samples, r.size))].mean(axis=1) for r in rows])
-    stats = case_means[seed_draws, np.arange(samples)[:, None]].mean(axis=1)
-    low, high = np.percentile(stats, [2.5, 97.5])
-    return float(np.mean([r.mean() for r in rows])), float(low), float(high)
-
-
 def _fmt(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
     if not np.isfinite(mean):
         return "n/a"
@@ -163,12 +120,12 @@ def _run_summary(run: RunResult) -> dict[str, float]:
     cases = sorted(run.dice)
     out = {}
     for k in run.classes:
-        out[f"dice:{k}"] = float(np.mean([run.dice[c][k] for c in cases]))
-        finite = [run.hd95[c][k] for c in cases if np.isfinite(run.hd95[c][k])]
-        out[f"hd95:{k}"] = float(np.mean(finite)) if finite else math.nan
-        out[f"missing:{k}"] = len(cases) - len(finite)
-    out["dice:mean"] = float(np.mean([out[f"dice:{k}"] for k in run.classes]))
-    out["hd95:mean"] = float(np.nanmean([out[f"hd95:{k}"] for k in run.classes]))
+        out[f"dice:{k}"] = summarize(run.dice[c][k] for c in cases).mean
+        hd = summarize((run.hd95[c][k] for c in cases), finite_only=True)
+        out[f"hd95:{k}"] = hd.mean
+        out[f"missing:{k}"] = hd.missing
+    out["dice:mean"] = summarize(out[f"dice:{k}"] for k in run.classes).mean
+    out["hd95:mean"] = summarize((out[f"hd95:{k}"] for k in run.classes), finite_only=True).mean
     return out
 
 
@@ -184,8 +141,8 @@ def _method_table(runs: list[RunResult]) -> list[str]:
     lines = [header, "|" + "---|" * (4 + 2 * len(classes) + 1)]
     for method, summaries in sorted(by_method.items(), key=lambda item: _method_order(item[0])):
         def stat(key, scale=100.0, digits=1):
-            values = np.array([s[key] for s in summaries], dtype=float)
-            return _fmt(float(np.nanmean(values)), float(np.nanstd(values)), scale, digits)
+            over_seeds = summarize((s[key] for s in summaries), finite_only=True)
+            return _fmt(over_seeds.mean, over_seeds.std, scale, digits)
 
         missing = sum(s[f"missing:{k}"] for s in summaries for k in classes)
         lines.append(
