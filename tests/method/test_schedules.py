@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from medcontext.method import cosine_schedule, momentum_at, poly, warmup_cosine
+from medcontext.method import cosine_schedule, momentum_at
 from medcontext.method.schedules import momentum_for_horizon
 
 
@@ -26,17 +26,6 @@ def test_schedule_inputs_are_checked():
         cosine_schedule(0, 0, 0.0, 1.0)
     with pytest.raises(ValueError, match="momentum base"):
         momentum_at(0, 10, base=1.5)
-
-
-def test_lr_schedules():
-    assert warmup_cosine(0, 100, 1.0, warmup_steps=10) == pytest.approx(0.1)
-    assert warmup_cosine(9, 100, 1.0, warmup_steps=10) == pytest.approx(1.0)
-    assert warmup_cosine(10, 100, 1.0, warmup_steps=10) == pytest.approx(1.0)
-    assert warmup_cosine(99, 100, 1.0, warmup_steps=10, final_lr=0.01) == pytest.approx(0.01)
-    assert poly(0, 10, 0.01) == pytest.approx(0.01)
-    assert poly(5, 10, 0.01) == pytest.approx(0.01 * 0.5**0.9)
-    with pytest.raises(ValueError, match="warmup_steps"):
-        warmup_cosine(0, 10, 1.0, warmup_steps=10)
 
 
 def test_momentum_for_horizon_keeps_the_time_constant_a_fraction_of_the_run():

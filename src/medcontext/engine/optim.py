@@ -1,4 +1,5 @@
-"""Optimizer construction and the learning rate as a pure function of the global step."""
+"""Optimizer construction and the learning rate as a pure function of the global step
+(the schedules: :mod:`medcontext.engine.lr_schedules`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Iterable
 import torch
 
 from medcontext.engine.config import OptimConfig
-from medcontext.method.schedules import poly, warmup_cosine
+from medcontext.engine.lr_schedules import constant, poly, warmup_cosine
 
 __all__ = ["build_optimizer", "learning_rate", "set_learning_rate"]
 
@@ -37,11 +38,7 @@ def learning_rate(step: int, total_steps: int, cfg: OptimConfig) -> float:
     if cfg.schedule == "poly":
         return poly(step, total_steps, cfg.lr, cfg.poly_power)
     if cfg.schedule == "constant":
-        if not 0 <= step < total_steps:
-            raise ValueError(f"step must be in [0, {total_steps - 1}], got {step}")
-        if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        return float(cfg.lr)
+        return constant(step, total_steps, cfg.lr, cfg.warmup_steps)
     raise ValueError(f"optim.schedule must be warmup_cosine, poly or constant, got {cfg.schedule!r}")
 
 

@@ -8,7 +8,7 @@ from .adapters import TokenAdapter, find_token_adapter, register_token_adapter
 from .losses import RegionLoss, SegmentationLoss, consistency_loss, deep_supervision_weights
 from .masking import InputMasker, default_cell_size, tube_mask, upsample_mask
 from .medcontext import VARIANTS, LossBreakdown, MedContext, TeacherOutOfSyncWarning
-from .schedules import cosine_schedule, momentum_at, poly, warmup_cosine
+from .schedules import cosine_schedule, momentum_at
 from .teacher import ema_update, make_teacher, unwrap_model
 from .token_masking import TokenMasker
 
@@ -31,8 +31,6 @@ __all__ = [
     "deep_supervision_weights",
     "momentum_at",
     "cosine_schedule",
-    "warmup_cosine",
-    "poly",
     "ema_update",
     "make_teacher",
     "unwrap_model",

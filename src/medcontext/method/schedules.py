@@ -1,18 +1,21 @@
-"""Schedules as pure functions of the global optimizer step.
+"""The method's schedules as pure functions of the global optimizer step: the teacher momentum.
 
 Every schedule takes ``(step, total_steps, ...)`` and is recomputed from the step, so a resumed
 run needs no stored schedule state. ``step`` counts optimizer steps from 0; the last step of a
-run of ``total_steps`` steps is ``total_steps - 1``.
+run of ``total_steps`` steps is ``total_steps - 1``. The training loop's learning-rate
+schedules, built on :func:`cosine_schedule` and :func:`check_step`, live with the loop in
+:mod:`medcontext.engine.lr_schedules`.
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["cosine_schedule", "momentum_at", "momentum_for_horizon", "warmup_cosine", "poly"]
+__all__ = ["check_step", "cosine_schedule", "momentum_at", "momentum_for_horizon"]
 
 
-def _check_step(step: int, total_steps: int) -> None:
+def check_step(step: int, total_steps: int) -> None:
+    """Raise ``ValueError`` unless ``total_steps >= 1`` and ``0 <= step < total_steps``."""
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     if not 0 <= step < total_steps:
@@ -25,7 +28,7 @@ def cosine_schedule(step: int, total_steps: int, start: float, end: float) -> fl
     ``value = end - (end - start) * (cos(pi * step / (total_steps - 1)) + 1) / 2``; a run of a
     single step returns ``end``.
     """
-    _check_step(step, total_steps)
+    check_step(step, total_steps)
     if total_steps == 1:
         return float(end)
     return float(end - (end - start) * (math.cos(math.pi * step / (total_steps - 1)) + 1.0) / 2.0)
@@ -61,20 +64,3 @@ def momentum_for_horizon(horizon: float, total_steps: int) -> float:
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     return max(0.0, 1.0 - 1.0 / (horizon * total_steps))
-
-
-def warmup_cosine(step: int, total_steps: int, base_lr: float, warmup_steps: int = 0, final_lr: float = 0.0) -> float:
-    """Learning rate: linear warmup from ``base_lr / warmup_steps`` to ``base_lr`` over
-    ``warmup_steps`` steps, then cosine decay to ``final_lr`` at the last step."""
-    _check_step(step, total_steps)
-    if not 0 <= warmup_steps < total_steps:
-        raise ValueError(f"warmup_steps must be in [0, total_steps), got {warmup_steps} for {total_steps} steps")
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    return cosine_schedule(step - warmup_steps, total_steps - warmup_steps, base_lr, final_lr)
-
-
-def poly(step: int, total_steps: int, base_lr: float, power: float = 0.9) -> float:
-    """nnU-Net's polynomial decay: ``base_lr * (1 - step / total_steps) ** power``."""
-    _check_step(step, total_steps)
-    return float(base_lr * (1.0 - step / total_steps) ** power)
