@@ -38,6 +38,7 @@ import numpy as np
 
 from medcontext.io.atomic import write_text_atomic
 from medcontext.engine.config import ConfigError, TrainConfig, load_config
+from medcontext.evaluation import figures
 
 __all__ = ["DemoBudget", "BUDGETS", "demo_config", "run_demo", "DemoResult"]
 
@@ -240,51 +241,35 @@ def _label_cmap(num_labels: int):
 
 def write_overlay(path: Path, runs: dict[str, Path]) -> Path:
     """A slice of the first test case: image, ground truth and each run's prediction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import nibabel as nib
+    from matplotlib.patches import Patch
 
     from medcontext.engine.run import load_run
 
+    plt = figures.pyplot()
     info = load_run(next(iter(runs.values())))
     case = info.spec.get_case(sorted(info.split.test)[0])
     image = np.asarray(nib.load(str(case.images[0])).dataobj, dtype=np.float32)
     truth = np.asarray(nib.load(str(case.label)).dataobj).astype(np.int16)
     preds = {v: np.asarray(nib.load(str(r / "eval" / "predictions" / f"{case.case_id}.nii.gz")).dataobj).astype(np.int16)
              for v, r in runs.items()}
-    z = int(np.argmax((truth > 0).sum(axis=(0, 1))))
+    z = figures.slice_with_most_labels(truth)
     cmap = _label_cmap(max(info.spec.labels) + 1)
     panels = [("image", None), ("ground truth", truth)] + [(v, p) for v, p in preds.items()]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
-    for ax, (title, labels) in zip(axes, panels):
-        ax.imshow(image[:, :, z].T, cmap="gray", origin="lower")
-        if labels is not None:
-            ax.imshow(np.ma.masked_equal(labels[:, :, z].T, 0), cmap=cmap, vmin=0, vmax=max(info.spec.labels),
-                      origin="lower", interpolation="nearest")
-        ax.set_title(title)
-        ax.axis("off")
-    from matplotlib.patches import Patch
-
+    figures.draw_overlays(axes, image, panels, z, cmap=cmap, vmin=0, vmax=max(info.spec.labels))
     handles = [Patch(color=cmap(value), label=name) for value, name in sorted(info.spec.labels.items()) if value]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(f"{case.case_id}, axial slice z={z}")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    _save_figure(fig, path)
-    plt.close(fig)
-    return path
+    return figures.save_png(fig, path, dpi=110)
 
 
 def write_curves(path: Path, runs: dict[str, Path]) -> Path:
     """Training loss terms and validation mean Dice against the step, for every run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from medcontext.engine.run_log import read_metrics
 
+    plt = figures.pyplot()
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 4))
     styles = {"total": "-", "sup": "--", "msl": ":", "cl": "-."}
     for i, (variant, run_dir) in enumerate(runs.items()):
@@ -295,31 +280,15 @@ def write_curves(path: Path, runs: dict[str, Path]) -> Path:
             values = np.array([r.get(term, 0.0) for r in train_rows], dtype=float)
             if not np.any(values):
                 continue
-            ax_loss.plot(steps, _smooth(values), style, color=color, label=f"{variant} {term}")
+            ax_loss.plot(steps, figures.smooth(values), style, color=color, label=f"{variant} {term}")
         val = read_metrics(run_dir / "metrics.jsonl", "val")
         ax_dice.plot([r["step"] for r in val], [r["mean_dice"] for r in val], "o-", color=color, label=variant)
     ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("loss (moving average of 10 steps)")
+    ax_loss.set_ylabel(f"loss (moving average of {figures.SMOOTHING_WINDOW} steps)")
     ax_loss.set_yscale("log")
     ax_loss.legend(fontsize=7)
     ax_dice.set_xlabel("step")
     ax_dice.set_ylabel("validation mean Dice")
     ax_dice.legend()
     fig.tight_layout()
-    _save_figure(fig, path)
-    plt.close(fig)
-    return path
-
-
-def _smooth(values: np.ndarray, window: int = 10) -> np.ndarray:
-    if len(values) < window:
-        return values
-    kernel = np.ones(window) / window
-    head = np.cumsum(values[: window - 1]) / np.arange(1, window)
-    return np.concatenate([head, np.convolve(values, kernel, mode="valid")])
-
-
-def _save_figure(fig, path: Path) -> None:
-    from medcontext.io.atomic import atomic_write
-
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
+    return figures.save_png(fig, path, dpi=110)

@@ -126,3 +126,37 @@ def test_method_labels_tell_ablations_apart():
     assert _method_label("medcontext", 0.4, 0.996, horizon=0.05) == "medcontext (EMA horizon 0.05 of the run)"
     assert _method_label("medcontext", 0.6, 0.95) == "medcontext (ratio 0.6, momentum 0.95)"
     assert _method_label("baseline", 0.6, 0.95, 1.0, 0.05) == "baseline"
+
+
+def test_report_writes_its_figures_beside_the_markdown(tmp_path):
+    import nibabel as nib
+
+    from medcontext.study.report import write_report
+
+    data = tmp_path / "data"
+    data.mkdir()
+    cases = ["c0", "c1", "c2"]
+    label = np.zeros((8, 8, 4), np.int16)
+    label[2:6, 2:6, 1:3] = 1
+    for c in cases:
+        nib.save(nib.Nifti1Image(np.ones((8, 8, 4), np.float32), np.eye(4)), str(data / f"{c}_img.nii.gz"))
+        nib.save(nib.Nifti1Image(label, np.eye(4)), str(data / f"{c}_lab.nii.gz"))
+    runs = []
+    for method, dice in (("baseline", 0.5), ("medcontext", 0.6)):
+        run = _run(method, 0, {c: dice for c in cases})
+        run.path = tmp_path / method
+        (run.path / "eval" / "predictions").mkdir(parents=True)
+        records = [{"case_id": c, "images": [f"{c}_img.nii.gz"], "label": f"{c}_lab.nii.gz"} for c in cases]
+        (run.path / "dataset.json").write_text(json.dumps({"root": str(data), "cases": records}))
+        for c in cases:
+            nib.save(nib.Nifti1Image(label, np.eye(4)), str(run.path / "eval" / "predictions" / f"{c}.nii.gz"))
+        run.train_log = [{"kind": "train", "step": s, "sup": 1.0 / (s + 1), "msl": 0.5, "cl": 0.1} for s in range(12)]
+        run.val_log = [{"kind": "val", "step": s, "mean_dice": dice + s / 100} for s in (4, 8, 12)]
+        runs.append(run)
+    report = write_report(runs, tmp_path / "report" / "report.md")
+    names = ["dice_boxplots.png", "training_curves.png", "validation_curves.png", "overlay.png"]
+    assert sorted(p.name for p in report.parent.iterdir()) == sorted([*names, "report.md"])  # no temp files left
+    text = report.read_text()
+    for name in names:
+        assert f"({name})" in text
+        assert (report.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

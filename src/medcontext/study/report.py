@@ -25,7 +25,7 @@ import numpy as np
 from ..io.atomic import write_text_atomic
 from ..engine.config import load_config
 from ..engine.run_log import read_metrics
-from ..evaluation import read_csv
+from ..evaluation import figures, read_csv
 from ..evaluation.statistics import hierarchical_bootstrap, paired_bootstrap, summarize
 
 __all__ = ["RunResult", "collect_runs", "write_report"]
@@ -225,11 +225,7 @@ def _verdict(low: float, high: float) -> str:
 
 
 def _plot_boxes(by_setting: dict[str, list[RunResult]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figures.pyplot()
     settings = list(by_setting)
     fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 4), squeeze=False)
     for ax, setting in zip(axes[0], settings):
@@ -245,16 +241,11 @@ def _plot_boxes(by_setting: dict[str, list[RunResult]], path: Path) -> None:
         ax.set_ylabel("per-case mean Dice (all seeds)")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    figures.save_png(fig, path, dpi=110)
 
 
 def _plot_curves(by_setting: dict[str, list[RunResult]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figures.pyplot()
     settings = list(by_setting)
     fig, axes = plt.subplots(len(settings), 3, figsize=(15, 3.2 * len(settings)), squeeze=False)
     for row, setting in zip(axes, settings):
@@ -262,11 +253,11 @@ def _plot_curves(by_setting: dict[str, list[RunResult]], path: Path) -> None:
             if run.seed != min(r.seed for r in by_setting[setting]):
                 continue
             steps = [r["step"] for r in run.train_log]
-            row[0].plot(steps, _smooth([r.get("sup", np.nan) for r in run.train_log]), label=run.method)
+            row[0].plot(steps, figures.smooth([r.get("sup", np.nan) for r in run.train_log]), label=run.method)
             if any(r.get("msl") for r in run.train_log):
-                row[1].plot(steps, _smooth([r.get("msl", np.nan) for r in run.train_log]), label=f"{run.method} MSL")
+                row[1].plot(steps, figures.smooth([r.get("msl", np.nan) for r in run.train_log]), label=f"{run.method} MSL")
             if any(r.get("cl") for r in run.train_log):
-                row[1].plot(steps, _smooth([r.get("cl", np.nan) for r in run.train_log]), "--", label=f"{run.method} CL")
+                row[1].plot(steps, figures.smooth([r.get("cl", np.nan) for r in run.train_log]), "--", label=f"{run.method} CL")
             if run.val_log:
                 row[2].plot([r["step"] for r in run.val_log], [r.get("mean_dice", np.nan) for r in run.val_log], "o-", label=run.method)
         row[0].set_title(f"{setting}: supervised loss (seed {min(r.seed for r in by_setting[setting])})")
@@ -278,8 +269,7 @@ def _plot_curves(by_setting: dict[str, list[RunResult]], path: Path) -> None:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    figures.save_png(fig, path, dpi=100)
 
 
 def _val_curve(run: RunResult) -> dict[int, float]:
@@ -325,11 +315,7 @@ def _time_lines(runs: list[RunResult]) -> list[str]:
 
 def _plot_validation(by_setting: dict[str, list[RunResult]], path: Path) -> bool:
     """Validation mean Dice against step: every seed thin, the mean over seeds bold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figures.pyplot()
     settings = [s for s, runs in by_setting.items() if sum(len(_val_curve(r)) >= 3 for r in runs) >= 1]
     if not settings:
         return False
@@ -353,28 +339,15 @@ def _plot_validation(by_setting: dict[str, list[RunResult]], path: Path) -> bool
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    figures.save_png(fig, path, dpi=110)
     return True
-
-
-def _smooth(values: Sequence[float], window: int = 10) -> np.ndarray:
-    values = np.asarray(values, dtype=float)
-    if len(values) < window:
-        return values
-    kernel = np.ones(window) / window
-    padded = np.concatenate([np.full(window - 1, values[0]), values])
-    return np.convolve(padded, kernel, mode="valid")
 
 
 def _plot_overlay(runs: list[RunResult], data_root: Path | None, path: Path) -> bool:
     """Fig. 2-style panel: image, ground truth, baseline and MedContext on one test case."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import nibabel as nib
 
+    plt = figures.pyplot()
     base = next((r for r in runs if r.method == "baseline"), None)
     ours = next((r for r in runs if r.method == "medcontext" and base is not None and r.seed == base.seed), None)
     if base is None or ours is None:
@@ -395,21 +368,15 @@ def _plot_overlay(runs: list[RunResult], data_root: Path | None, path: Path) -> 
     image = np.asarray(nib.load(image_path).dataobj, dtype=float)
     label = np.asarray(nib.load(label_path).dataobj).astype(int)
     preds = [np.asarray(nib.load(p).dataobj).astype(int) for p in pred_paths]
-    z = int(np.argmax((label > 0).sum(axis=(0, 1))))
+    z = figures.slice_with_most_labels(label)
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
     titles = ["image", "ground truth", f"baseline (Dice {base.case_mean_dice([case])[0]:.3f})",
               f"MedContext (Dice {ours.case_mean_dice([case])[0]:.3f})"]
-    for ax, title, overlay in zip(axes, titles, [None, label, *preds]):
-        ax.imshow(image[:, :, z].T, cmap="gray", origin="lower")
-        if overlay is not None:
-            masked = np.ma.masked_where(overlay[:, :, z].T == 0, overlay[:, :, z].T)
-            ax.imshow(masked, cmap="tab10", vmin=0, vmax=9, alpha=0.55, origin="lower", interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
+    figures.draw_overlays(axes, image, list(zip(titles, [None, label, *preds])), z, cmap="tab10", vmin=0, vmax=9,
+                          alpha=0.55, title_size=9)
     fig.suptitle(f"test case {case} (median MedContext − baseline gain), axial slice {z}, seed {base.seed}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    figures.save_png(fig, path, dpi=120)
     return True
 
 
@@ -423,8 +390,8 @@ def write_report(
 ) -> Path:
     """Write the markdown report and its PNG figures next to it; returns the report path."""
     out_md = Path(out_md)
-    figures = out_md.parent
-    figures.mkdir(parents=True, exist_ok=True)
+    figure_dir = out_md.parent
+    figure_dir.mkdir(parents=True, exist_ok=True)
     by_setting: dict[str, list[RunResult]] = defaultdict(list)
     for run in runs:
         by_setting[run.setting].append(run)
@@ -449,11 +416,11 @@ def write_report(
             lines += [*final_losses, ""]
         lines += _validation_lines(setting_runs)
         lines += _time_lines(setting_runs)
-    box_path, curve_path, overlay_path = figures / "dice_boxplots.png", figures / "training_curves.png", figures / "overlay.png"
+    box_path, curve_path, overlay_path = figure_dir / "dice_boxplots.png", figure_dir / "training_curves.png", figure_dir / "overlay.png"
     _plot_boxes(by_setting, box_path)
     _plot_curves(by_setting, curve_path)
     lines += ["## Figures", "", f"![per-case Dice]({box_path.name})", "", f"![training curves]({curve_path.name})", ""]
-    validation_path = figures / "validation_curves.png"
+    validation_path = figure_dir / "validation_curves.png"
     if _plot_validation(by_setting, validation_path):
         lines += [f"![validation Dice against training steps]({validation_path.name})", ""]
     first_setting = next(iter(by_setting.values()))
