@@ -1,7 +1,7 @@
 """The ``medcontext`` command line: train, evaluate, predict, demo, experiment, report, data, nnunet.
 
 Every command is a thin layer over a library function (``medcontext.engine.train``,
-``evaluate_run``, ``predict_run``, ``medcontext.demo.run_demo``, ``medcontext.data``).
+``medcontext.run_evaluation.evaluate_run``, ``predict_run``, ``medcontext.demo.run_demo``, ``medcontext.data``).
 Expected failures (bad configuration, dataset problems, missing files) end with exit code 2
 and a one-paragraph message; ``--debug`` shows the traceback instead. A command stopped by
 SIGINT/SIGTERM exits with 130/143 (a training run after saving ``last.pt``; the demo and a
