@@ -198,7 +198,7 @@ def test_teacher_starts_from_pretrained_weights_and_resume_restores_state(nnunet
     assert "MedContext terms: sup" in open(trainer.log_file).read()
     checkpoint_file = tmp_path / "checkpoint_latest.pth"
     trainer.save_checkpoint(str(checkpoint_file))
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(".*.tmp*"))  # no temporary file of the atomic write left
     saved = torch.load(checkpoint_file, weights_only=False)
     assert saved["trainer_name"] == name and saved["medcontext"]["settings"]["num_epochs"] == 2
     assert saved["medcontext"]["depth_axis"] == 0
