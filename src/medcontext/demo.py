@@ -36,9 +36,9 @@ from typing import Callable
 
 import numpy as np
 
-from medcontext.io.atomic import write_text_atomic
 from medcontext.engine.config import ConfigError, TrainConfig, load_config
 from medcontext.evaluation import figures
+from medcontext.io.atomic import write_text_atomic
 
 __all__ = ["DemoBudget", "BUDGETS", "demo_config", "run_demo", "DemoResult"]
 
@@ -159,9 +159,9 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo (see the module docstring); returns where everything went."""
     from medcontext.data import generate_phantom
-    from medcontext.run_evaluation import evaluate_run
     from medcontext.engine.run import train
     from medcontext.engine.signals import stop_if_interrupted
+    from medcontext.run_evaluation import evaluate_run
 
     start = time.perf_counter()
     budget = BUDGETS["quick" if quick else "full"]

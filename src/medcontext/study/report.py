@@ -22,11 +22,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..io.atomic import write_text_atomic
 from ..engine.config import load_config
 from ..engine.run_log import read_metrics
 from ..evaluation import figures, read_csv
 from ..evaluation.statistics import hierarchical_bootstrap, paired_bootstrap, summarize
+from ..io.atomic import write_text_atomic
 
 __all__ = ["RunResult", "collect_runs", "write_report"]
 

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..io.atomic import write_text_atomic
 from ..engine.config import load_config
-from ..run_evaluation import evaluate_run
 from ..engine.run import train
 from ..engine.signals import stop_if_interrupted
+from ..io.atomic import write_text_atomic
+from ..run_evaluation import evaluate_run
 from .plan import StudyRun
 
 __all__ = ["run_study", "DONE_MARKER"]
