@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from medcontext.study import STUDIES, acdc_plan, hippocampus_plan, load_test_split
-from medcontext.study.report import RunResult, _final_loss_lines, _method_label, _paired_lines, _validation_lines
+from medcontext.study.report import (
+    RunResult, _final_loss_lines, _method_label, _paired_lines, _time_lines, _validation_lines, run_compute_seconds,
+)
 
 
 def _run(method, seed, dice_by_case):
@@ -55,6 +57,20 @@ def test_final_loss_table_averages_the_last_steps_per_seed():
     assert "per seed (s0 / s1)" in text
     assert "| medcontext | 1.00 / 3.00 | 0.50 / 1.50 | 0.00 / 0.00 |" in text
     assert _final_loss_lines([_run("baseline", 0, {"c0": 0.5})]) == []  # no training log, no table
+
+
+def test_training_time_comes_from_the_logged_times_of_every_step_even_after_a_resume():
+    base = _run("baseline", 0, {"c0": 0.5})
+    # steps 1-10 at 1 s; a resume repeats steps 9-10 (the repeat, at 2 s, is the one that counts)
+    base.train_log = [{"step": s, "step_time": 1.0} for s in range(1, 11)] + [{"step": s, "step_time": 2.0} for s in (9, 10)]
+    base.val_log = [{"step": 5, "time": 30.0}, {"step": 10, "time": 50.0}, {"step": 10, "time": 60.0}]
+    steps, validation, median = run_compute_seconds(base)
+    assert steps == pytest.approx(10 * 1.2) and validation == 90.0 and median == 1.0
+    ours = _run("medcontext", 0, {"c0": 0.5})
+    ours.train_log = [{"step": s, "step_time": 2.5} for s in range(1, 11)]
+    text = "\n".join(_time_lines([base, ours]))
+    assert "medcontext 0 min of steps (2.50 s median step, 2.50x the baseline's step)" in text
+    assert run_compute_seconds(_run("baseline", 1, {"c0": 0.5})) is None and _time_lines([_run("baseline", 1, {"c0": 0.5})]) == []
 
 
 def test_plan_is_paired_and_within_budget():

@@ -48,7 +48,6 @@ class RunResult:
     hd95: dict[str, dict[str, float]]  # case -> class -> HD95 (NaN = missing)
     train_log: list[dict] = field(default_factory=list)
     val_log: list[dict] = field(default_factory=list)
-    train_seconds: float | None = None  # from the study runner's record, when there is one
 
     def case_mean_dice(self, cases: Sequence[str]) -> np.ndarray:
         """Mean Dice over classes per case, in the order of ``cases``."""
@@ -89,8 +88,6 @@ def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> 
             dice[row.case_id][row.class_name] = row.dice
             hd95[row.case_id][row.class_name] = row.hd95
         log = read_metrics(run_dir / "metrics.jsonl")
-        done = run_dir / "study_done.json"
-        train_seconds = json.loads(done.read_text()).get("train_seconds") if done.is_file() else None
         k = cfg.data.train_cases if cfg.data.train_cases is not None else "all"
         results.append(
             RunResult(
@@ -104,7 +101,6 @@ def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> 
                 hd95=dict(hd95),
                 train_log=[r for r in log if r.get("kind") == "train"],
                 val_log=[r for r in log if r.get("kind") == "val"],
-                train_seconds=train_seconds,
             )
         )
     return results
@@ -301,16 +297,40 @@ def _validation_lines(runs: list[RunResult], max_columns: int = 12) -> list[str]
     return lines + [""]
 
 
+def run_compute_seconds(run: RunResult) -> tuple[float, float, float] | None:
+    """``(training steps, validation, median step)`` seconds of one run, from its log.
+
+    Read from the logged step and validation times rather than the study runner's wall clock,
+    which a resumed run restarts: steps x the mean logged step time (a resumed run logs the
+    steps after its last checkpoint twice; the last record of a step counts), plus every
+    validation's time. None when the log has no step times.
+    """
+    step_times = {int(r["step"]): float(r["step_time"]) for r in run.train_log if "step_time" in r}
+    if not step_times:
+        return None
+    val_times = {int(r["step"]): float(r.get("time", 0.0)) for r in run.val_log}
+    steps = max(step_times)
+    return (steps * float(np.mean(list(step_times.values()))), float(sum(val_times.values())),
+            float(np.median(list(step_times.values()))))
+
+
 def _time_lines(runs: list[RunResult]) -> list[str]:
-    timed: dict[str, list[float]] = defaultdict(list)
+    timed: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     for run in runs:
-        if run.train_seconds:
-            timed[run.method].append(run.train_seconds)
+        compute = run_compute_seconds(run)
+        if compute is not None:
+            timed[run.method].append(compute)
     if not timed:
         return []
-    parts = [f"{method} {np.mean(values) / 60:.0f} min" for method, values in
-             sorted(timed.items(), key=lambda item: _method_order(item[0]))]
-    return ["Training time per run (mean over seeds, wall clock, validation included): " + ", ".join(parts) + ".", ""]
+    reference = np.mean([c[2] for c in timed["baseline"]]) if timed.get("baseline") else None
+    parts = []
+    for method, values in sorted(timed.items(), key=lambda item: _method_order(item[0])):
+        steps, validation, median_step = (np.mean([v[i] for v in values]) for i in range(3))
+        ratio = f", {median_step / reference:.2f}x the baseline's step" if reference and method != "baseline" else ""
+        parts.append(f"{method} {steps / 60:.0f} min of steps ({median_step:.2f} s median step{ratio}) "
+                     f"+ {validation / 60:.0f} min of validation")
+    return ["Training time per run (mean over seeds, from the logged step and validation times; test "
+            "evaluation not included): " + "; ".join(parts) + ".", ""]
 
 
 def _plot_validation(by_setting: dict[str, list[RunResult]], path: Path) -> bool:

@@ -1,0 +1,75 @@
+"""Copy the small records of a study's runs into the repository (run folders do not survive).
+
+For every run folder under the study folder (``GROUP/RUN``) it copies ``config.yaml``,
+``split.json``, ``plan.json``, ``study_done.json`` (finished runs only), the test metrics
+(``eval/metrics.csv``, ``eval/summary.md``) and a thinned ``metrics.jsonl``: every validation
+record, and one training record in ``--train-every`` (the loss curves; the full log is about
+1 MB per run). Checkpoints and predictions stay behind. Unfinished runs are copied too, so
+that their validation curves are kept; ``study_done.json`` tells them apart.
+
+    python scripts/collect_study_records.py runs/acdc_study results/acdc
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+RUN_FILES = ("config.yaml", "split.json", "plan.json", "study_done.json")
+EVAL_FILES = ("metrics.csv", "summary.md")
+
+
+def thinned_log(lines: list[str], train_every: int) -> list[str]:
+    """Every non-training record, and the training records of steps divisible by ``train_every``;
+    for a step logged twice (a resumed run repeats the steps after its last checkpoint) the
+    last record wins."""
+    by_key: dict[tuple[str, int], str] = {}
+    for line in lines:
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        kind, step = record.get("kind", ""), int(record.get("step", -1))
+        if kind == "train" and step % train_every:
+            continue
+        by_key[(kind, step)] = line
+    return [by_key[key] for key in sorted(by_key, key=lambda k: (k[1], k[0]))]
+
+
+def collect_run(run: Path, target: Path, train_every: int) -> bool:
+    """Copy one run's records; False when the folder is not a run (no ``config.yaml``)."""
+    if not (run / "config.yaml").is_file():
+        return False
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        if (run / name).is_file():
+            shutil.copyfile(run / name, target / name)
+    for name in EVAL_FILES:
+        if (run / "eval" / name).is_file():
+            shutil.copyfile(run / "eval" / name, target / f"test_{name}")
+    log = run / "metrics.jsonl"
+    if log.is_file():
+        kept = thinned_log(log.read_text().splitlines(), train_every)
+        (target / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", type=Path, help="study folder (GROUP/RUN sub-folders)")
+    parser.add_argument("target", type=Path, help="where the records go (same GROUP/RUN layout)")
+    parser.add_argument("--train-every", type=int, default=10, help="keep one training record in N (default 10)")
+    args = parser.parse_args()
+    copied = []
+    for run in sorted(p for p in args.study.glob("*/*") if p.is_dir()):
+        if collect_run(run, args.target / run.parent.name / run.name, args.train_every):
+            done = "finished" if (run / "study_done.json").is_file() else "unfinished"
+            copied.append(f"{run.parent.name}/{run.name} ({done})")
+    if (args.study / "study.jsonl").is_file():
+        shutil.copyfile(args.study / "study.jsonl", args.target / "study.jsonl")
+    print(f"copied {len(copied)} run(s) to {args.target}:", *copied, sep="\n  ")
+
+
+if __name__ == "__main__":
+    main()
