@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from medcontext.data.atomic import write_text_atomic
-from medcontext.data.datasets import DatasetSpec
+from medcontext.data.dataset_spec import DatasetSpec
 
 __all__ = ["Split", "make_split", "split_for_spec"]
 
