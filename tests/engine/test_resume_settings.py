@@ -12,7 +12,8 @@ from medcontext.engine.run import train
 
 
 def _cfg(*overrides: str):
-    return load_config(None, ["train.steps=10", "train.effective_batch_size=2", *overrides])
+    return load_config(None, ["train.steps=10", "train.batch_size=1", "data.num_samples=2", "train.effective_batch_size=2",
+                              *overrides])
 
 
 def test_settings_that_may_change_on_resume_pass():
@@ -30,11 +31,11 @@ def test_a_changed_setting_is_named_with_both_values():
 
 
 def test_an_old_run_without_effective_batch_gets_it_from_its_process_count():
-    saved = _cfg("train.effective_batch_size=null")
-    check_resume_settings(saved, _cfg(), saved_world_size=1, source="x")  # 1 x 2 crops = 2
+    saved = _cfg("train.effective_batch_size=null", "train.batch_size=1", "data.num_samples=2")
+    check_resume_settings(saved, _cfg(), saved_world_size=1, source="x")  # 1 volume x 2 crops x 1 process = 2
+    assert saved.train.effective_batch_size == 2
     with pytest.raises(ConfigError, match="the number of processes changed the effective batch"):
-        check_resume_settings(_cfg("train.effective_batch_size=null"), _cfg("train.effective_batch_size=4"),
-                              saved_world_size=2, source="x")
+        check_resume_settings(_cfg("train.effective_batch_size=null"), _cfg(), saved_world_size=2, source="x")
 
 
 class _Stop(Exception):
