@@ -116,7 +116,7 @@ def launch(args: argparse.Namespace, processes: int) -> dict:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), __file__, "--worker",
-        "--threads", str(threads), "--device", args.device, "--model", args.model, "--size", args.size,
+        "--threads", str(threads), "--device", args.device, "--model", args.model, "--model-size", args.size,
         "--roi", str(args.roi), "--batch", str(args.batch), "--variant", args.variant,
         "--warmup", str(args.warmup), "--repeats", str(args.repeats),
     ]

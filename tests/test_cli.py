@@ -21,13 +21,13 @@ def _help(capsys, *argv):
     "argv, fragments",
     [
         (["train"], ["--data", "--model", "--variant", "--train-cases", "--seed", "--steps", "--out", "--roi", "--config",
-                     "--set", "--resume", "--preset", "--data-preset", "--init-checkpoint", "--init-prefix-map", "--init-skip-mismatch",
+                     "--set", "--resume", "--model-preset", "--model-size", "--data-preset", "--init-checkpoint", "--init-prefix-map", "--init-skip-mismatch",
                      "(default: [])"]),
         (["predict"], ["--run", "--input", "--output", "--use", "--probabilities", "--checkpoint", "(default: best)",
                        "(default: student)"]),
         (["evaluate"], ["--run", "--data", "--split", "(default: test)"]),
         (["demo"], ["--quick", "--out", "(default: medcontext-demo)", "(default: 2)"]),
-        (["data", "check"], ["DIR", "(default: auto)"]),
+        (["data", "check"], ["DIR", "--data-preset", "(default: auto)"]),
         (["data", "phantom"], ["--out", "(default: 12)"]),
         (["data", "download"], ["TASK", "--out"]),
     ],
@@ -90,3 +90,38 @@ def test_data_phantom_then_check(tmp_path, capsys):
 def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "medcontext", "--version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("medcontext ")
+
+
+@pytest.mark.parametrize(
+    "old, new, value, expected",
+    [
+        ("--size", "--model-size", "tiny", "size: tiny"),
+        ("--preset", "--model-preset", "small", "size: small"),
+        ("--data-preset", "--data-preset", "generic", "preset: generic"),
+    ],
+)
+def test_renamed_train_options_keep_their_old_spelling_with_a_notice(tmp_path, capsys, old, new, value, expected):
+    outputs = {}
+    for flag in (old, new):
+        assert main(["train", "--model", "unet3d", flag, value, "--print-config"]) == 0
+        outputs[flag] = capsys.readouterr()
+        assert expected in outputs[flag].out
+    assert outputs[old].out == outputs[new].out  # the same settings either way
+    assert outputs[new].err == ""
+    if old != new:
+        assert outputs[old].err == f"medcontext: {old} is deprecated, use {new} (same meaning)\n"
+    help_text = _help(capsys, "train")
+    assert new in help_text and f"{old} " not in help_text.replace(new, "")  # only the new name is documented
+
+
+def test_data_check_preset_is_called_data_preset(tmp_path, capsys):
+    assert main(["data", "phantom", "--out", str(tmp_path / "ph"), "--cases", "2", "--shape", "16", "16", "16"]) == 0
+    capsys.readouterr()
+    assert main(["data", "check", str(tmp_path / "ph"), "--data-preset", "synapes"]) == 2
+    new = capsys.readouterr()
+    assert "unknown dataset preset 'synapes' (did you mean 'synapse'?)" in new.err
+    assert main(["data", "check", str(tmp_path / "ph"), "--preset", "synapes"]) == 2
+    old = capsys.readouterr()
+    assert old.err == "medcontext: --preset is deprecated, use --data-preset (same meaning)\n" + new.err
+    assert main(["data", "check", str(tmp_path / "ph"), "--data-preset", "msd", "--rows", "1"]) == 0
+    assert "preset msd" in capsys.readouterr().out

@@ -33,6 +33,23 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="show the full traceback on errors")
 
 
+class _RenamedOption(argparse.Action):
+    """The old spelling of a renamed option: it still works and prints a one-line deprecation notice."""
+
+    def __init__(self, option_strings, dest, new_name: str, **kwargs):
+        self.new_name = new_name
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"medcontext: {option_string} is deprecated, use {self.new_name} (same meaning)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _add_renamed(parser: argparse.ArgumentParser, old: str, new: str, dest: str) -> None:
+    """Accept ``old`` as a deprecated spelling of ``new`` (hidden from ``--help``)."""
+    parser.add_argument(old, dest=dest, action=_RenamedOption, new_name=new, default=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``medcontext`` (all sub-commands)."""
     from medcontext import __version__
@@ -46,8 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medcontext {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_train_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_predict_parser(sub)
+    _add_demo_parser(sub)
+    _add_experiment_parser(sub)
+    _add_report_parser(sub)
+    _add_data_parser(sub)
+    from medcontext.integrations.nnunet import command as nnunet_command
 
-    # ------------------------------------------------------------------ train
+    nnunet_command.add_parser(sub, _Formatter)
+    return parser
+
+
+def _add_trust_checkpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load checkpoint files with full pickle instead of weights only: a crafted file can run code, "
+                        "so only for files you trust")
+
+
+def _add_train_parser(sub) -> None:
     train = sub.add_parser(
         "train", formatter_class=_Formatter, help="train a network (baseline or MedContext)",
         description=textwrap.dedent("""\
@@ -63,14 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", metavar="DATASET_DIR", help="dataset folder (MSD layout, datalist JSON, folders)")
     train.add_argument("--config", metavar="FILE", help="YAML configuration: a file or a shipped name (configs/, e.g. cpu_phantom)")
     train.add_argument("--model", help="network name: unetr, swin_unetr, unet3d, nnformer (model.name)")
-    train.add_argument("--size", help="network size: paper, small or tiny (model.options.size)")
+    train.add_argument("--model-size", dest="model_size", metavar="SIZE",
+                       help="network size: paper, small or tiny (model.options.size)")
+    _add_renamed(train, "--size", "--model-size", "model_size")
     train.add_argument("--variant", help="baseline, medcontext, no_teacher, msl_only or cl_only (method.variant)")
     train.add_argument("--train-cases", type=int, metavar="K", help="number of training cases drawn by seed (data.train_cases)")
     train.add_argument("--seed", type=int, help="seed of weights, split, data order, augmentation and masks (train.seed)")
     train.add_argument("--steps", type=int, metavar="N", help="optimizer steps of the run (train.steps)")
     train.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="training crop in voxels (model.roi)")
-    train.add_argument("--preset", help="network preset: nnformer synapse|acdc|tumor|small (model.options.preset); "
-                                        "for the other models the same as --size")
+    train.add_argument("--model-preset", dest="model_preset", metavar="PRESET",
+                       help="network preset: nnformer synapse|acdc|tumor|small (model.options.preset); "
+                            "for the other models the same as --model-size")
+    _add_renamed(train, "--preset", "--model-preset", "model_preset")
     train.add_argument("--data-preset", help="dataset preset: auto, msd, generic, synapse, acdc, brats21, brats17 (data.preset)")
     train.add_argument("--device", help="auto, cpu, cuda, cuda:N (train.device)")
     train.add_argument("--precision", help="auto, fp32, bf16, fp16 (train.precision)")
@@ -84,14 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rename key prefixes of --init-checkpoint, e.g. module.= or encoder.=swinViT. (repeatable)")
     train.add_argument("--init-skip-mismatch", action="store_true",
                        help="skip --init-checkpoint tensors whose shape differs instead of failing")
-    train.add_argument("--trust-checkpoint", action="store_true",
-                       help="load checkpoint files with full pickle instead of weights only: a crafted file can run code, "
-                       "so only for files you trust")
+    _add_trust_checkpoint(train)
     train.add_argument("--print-config", action="store_true",
                        help="print the resolved configuration and every valid --set key, then exit")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in batch jobs)")
 
-    # ------------------------------------------------------------------ evaluate
+
+def _add_evaluate_parser(sub) -> None:
     evaluate = sub.add_parser(
         "evaluate", formatter_class=_Formatter, help="evaluate a run on its held-out cases",
         description="Predict the run's test (or val) cases and compute Dice and HD95 at the labels' original "
@@ -104,12 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--use", default="student", choices=["student", "teacher"], help="which weights")
     evaluate.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    evaluate.add_argument("--trust-checkpoint", action="store_true",
-                          help="load checkpoint files with full pickle instead of weights only: a crafted file can run code, "
-                          "so only for files you trust")
+    _add_trust_checkpoint(evaluate)
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    # ------------------------------------------------------------------ predict
+
+def _add_predict_parser(sub) -> None:
     predict = sub.add_parser(
         "predict", formatter_class=_Formatter, help="segment NIfTI files with a trained run",
         description="Write <case>.nii.gz label maps with exactly the input's shape and affine.",
@@ -122,11 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", default="best", help="best (falls back to last), last or a path")
     predict.add_argument("--probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    predict.add_argument("--trust-checkpoint", action="store_true",
-                         help="load checkpoint files with full pickle instead of weights only: a crafted file can run code, "
-                         "so only for files you trust")
+    _add_trust_checkpoint(predict)
 
-    # ------------------------------------------------------------------ demo
+
+def _add_demo_parser(sub) -> None:
     demo = sub.add_parser(
         "demo", formatter_class=_Formatter, help="baseline vs MedContext on a synthetic phantom (CPU)",
         description="Generate a phantom dataset, train a baseline and MedContext few-shot with the same budget "
@@ -140,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of data, weights, split and masks")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    # ------------------------------------------------------------------ experiment / report
+
+def _add_experiment_parser(sub) -> None:
     from medcontext.study.plan import STUDIES
 
     studies = "\n".join(f"  {name:<12} {textwrap.fill(st.description, 88, subsequent_indent=' ' * 15)[0:]}"
@@ -166,10 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(e.g. unet3d_k5, 'acdc_unet3d_k5/*_s0')")
     experiment.add_argument("--max-runs", type=int, metavar="N", help="stop after N newly finished runs")
     experiment.add_argument("--report", metavar="MD", help="report path (default: DIR/report/report.md)")
-    experiment.add_argument("--trust-checkpoint", action="store_true",
-                            help="load checkpoint files with full pickle instead of weights only: a crafted file can run code, "
-                            "so only for files you trust")
+    _add_trust_checkpoint(experiment)
     experiment.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_report_parser(sub) -> None:
     report = sub.add_parser(
         "report", formatter_class=_Formatter, help="markdown report over evaluated runs",
         description="Aggregate evaluated run folders (config.yaml + eval/metrics.csv): per setting and method "
@@ -181,13 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="report/report.md", metavar="MD", help="report file (figures beside it)")
     report.add_argument("--title", default="MedContext study", help="report title")
 
-    # ------------------------------------------------------------------ data
+
+def _add_data_parser(sub) -> None:
     data = sub.add_parser("data", formatter_class=_Formatter, help="check, generate or download datasets")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     check = data_sub.add_parser("check", formatter_class=_Formatter, help="load every case and report problems")
     _add_common(check)
     check.add_argument("path", metavar="DIR", help="dataset folder or datalist JSON")
-    check.add_argument("--preset", default="auto", help="dataset preset")
+    check.add_argument("--data-preset", default="auto", metavar="PRESET", help="dataset preset")
+    _add_renamed(check, "--preset", "--data-preset", "data_preset")
     check.add_argument("--rows", type=int, default=20, help="cases listed in the summary")
     phantom = data_sub.add_parser("phantom", formatter_class=_Formatter, help="write a synthetic dataset (MSD layout)")
     _add_common(phantom)
@@ -201,12 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("task", metavar="TASK", help="e.g. Task04_Hippocampus, Task04, hippocampus")
     download.add_argument("--out", required=True, metavar="DIR", help="folder receiving <task>/")
     download.add_argument("--base-url", help="mirror serving <task>.tar")
-
-    # ------------------------------------------------------------------ nnunet
-    from medcontext.integrations.nnunet import command as nnunet_command
-
-    nnunet_command.add_parser(sub, _Formatter)
-    return parser
 
 
 # ---------------------------------------------------------------------- commands
@@ -245,12 +279,12 @@ def _train_config(args: argparse.Namespace):
     cfg = TrainConfig.from_dict(base.to_dict()) if base is not None else TrainConfig()
     if args.config:
         cfg.update(read_yaml(_config_file(args.config)), source=str(args.config))
-    if args.size is not None:
-        cfg.model.options = {**cfg.model.options, "size": args.size}
-    if args.preset is not None:
+    if args.model_size is not None:
+        cfg.model.options = {**cfg.model.options, "size": args.model_size}
+    if args.model_preset is not None:
         model_name = args.model or cfg.model.name
         key = "preset" if model_name == "nnformer" else "size"
-        cfg.model.options = {**{k: v for k, v in cfg.model.options.items() if k != "size"}, key: args.preset}
+        cfg.model.options = {**{k: v for k, v in cfg.model.options.items() if k != "size"}, key: args.model_preset}
     for key, value in overrides.items():
         cfg.set(key, value, source=f"--{key.split('.')[-1].replace('_', '-')}")
     for item in args.overrides:
@@ -365,7 +399,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     from medcontext import data
 
     if args.data_command == "check":
-        spec = data.load_dataset(args.path, preset=args.preset)
+        spec = data.load_dataset(args.path, preset=args.data_preset)
         summary = data.validate_dataset(spec)
         print(summary.format(max_rows=args.rows))
         return 0

@@ -13,7 +13,7 @@ from monai.data import MetaTensor
 
 from medcontext.data import (
     PreprocessConfig,
-    preprocessing,
+    nifti_io,
     Restorer,
     load_dataset,
     load_for_inference,
@@ -286,7 +286,7 @@ def test_save_nifti_is_atomic_and_keeps_geometry(tmp_path, monkeypatch):
         Path(filename).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(preprocessing.nib, "save", broken_save)
+    monkeypatch.setattr(nifti_io.nib, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         save_nifti(np.zeros((3, 4, 5), np.int16), affine, path)
     monkeypatch.undo()

@@ -10,7 +10,7 @@ DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 # a 3-level unet3d at 16^3 crops: a training step takes a few hundredths of a second
 TINY = [
-    "--model", "unet3d", "--size", "tiny", "--roi", "16", "16", "16",
+    "--model", "unet3d", "--model-size", "tiny", "--roi", "16", "16", "16",
     "--set", "data.num_samples=1", "--set", "data.val_cases=1", "--set", "data.test_cases=2",
     "--set", "train.tensorboard=false", "--set", "optim.lr=1e-3", "--no-progress",
 ]

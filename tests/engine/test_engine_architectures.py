@@ -20,7 +20,7 @@ def _train(phantom_dir, out, *model_args):
 def test_nnformer_small_preset_trains_evaluates_and_uses_token_masking(tmp_path, phantom_dir):
     run = tmp_path / "nnformer"
     # small preset, narrowed so that two CPU steps stay fast
-    _train(phantom_dir, run, "--model", "nnformer", "--preset", "small",
+    _train(phantom_dir, run, "--model", "nnformer", "--model-preset", "small",
            "--set", "model.options={preset: small, embed_dim: 8, num_heads: [1, 1, 2, 2]}")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
@@ -32,7 +32,7 @@ def test_nnformer_small_preset_trains_evaluates_and_uses_token_masking(tmp_path,
 @pytest.mark.parametrize("preset, expected", [("small", {"preset": "small"}), ("tiny", {"size": "tiny"})])
 def test_preset_flag_maps_to_the_model_vocabulary(tmp_path, capsys, phantom_dir, preset, expected):
     model = "nnformer" if "preset" in expected else "unet3d"
-    assert main(["train", "--data", str(phantom_dir), "--model", model, "--preset", preset, "--print-config"]) == 0
+    assert main(["train", "--data", str(phantom_dir), "--model", model, "--model-preset", preset, "--print-config"]) == 0
     out = capsys.readouterr().out
     key, value = next(iter(expected.items()))
     assert f"{key}: {value}" in out

@@ -28,7 +28,7 @@ def test_hippocampus_train_resume_evaluate_predict(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--config", str(Path(__file__).resolve().parents[2] / "configs" / "cpu_hippocampus_unet3d.yaml"),
             "--data", str(HIPPOCAMPUS), "--out", str(out), "--train-cases", "2", "--steps", "4", "--seed", "1",
-            "--size", "tiny", "--no-progress",
+            "--model-size", "tiny", "--no-progress",
             "--set", "data.val_cases=1", "--set", "data.test_cases=2", "--set", "train.batch_size=1",
             "--set", "eval.every=2", "--set", "train.tensorboard=false", "--set", "train.precision=fp32",
             "--set", "optim.warmup_steps=0"]

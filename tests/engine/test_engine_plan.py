@@ -18,7 +18,7 @@ from medcontext.engine.run_plan import apply_plan, plan_run, read_plan
 
 def _no_roi_argv(data, out, *extra):
     return ["train", "--data", str(data), "--out", str(out), "--variant", "medcontext", "--steps", "2", "--seed", "0",
-            "--model", "unet3d", "--size", "tiny", "--set", "data.num_samples=1", "--set", "data.val_cases=1",
+            "--model", "unet3d", "--model-size", "tiny", "--set", "data.num_samples=1", "--set", "data.val_cases=1",
             "--set", "data.test_cases=2", "--set", "train.tensorboard=false", "--set", "eval.every=0",
             "--no-progress", *extra]
 

@@ -22,7 +22,7 @@ def trained_run(tmp_path_factory):
     data = generate_phantom(root / "Phantom", num_cases=6, shape=(24, 24, 24), seed=1)
     out = root / "run"
     argv = ["train", "--data", str(data), "--out", str(out), "--variant", "medcontext", "--steps", "3", "--seed", "0",
-            "--model", "unet3d", "--size", "tiny", "--roi", "16", "16", "16", "--no-progress",
+            "--model", "unet3d", "--model-size", "tiny", "--roi", "16", "16", "16", "--no-progress",
             "--set", "data.num_samples=1", "--set", "data.val_cases=1", "--set", "data.test_cases=2",
             "--set", "train.tensorboard=false"]
     assert main(argv) == 0

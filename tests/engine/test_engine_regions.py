@@ -21,7 +21,7 @@ def tumour_dir(tmp_path_factory):
 def test_brats_like_phantom_trains_validates_and_evaluates_per_region(tumour_dir, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--data", str(tumour_dir), "--data-preset", "brats17", "--out", str(out), "--variant", "medcontext",
-            "--steps", "3", "--seed", "0", "--model", "unet3d", "--size", "tiny", "--roi", "24", "24", "24",
+            "--steps", "3", "--seed", "0", "--model", "unet3d", "--model-size", "tiny", "--roi", "24", "24", "24",
             "--set", "data.num_samples=1",
             "--set", "data.val_cases=1", "--set", "data.test_cases=2", "--set", "eval.every=3",
             "--set", "train.tensorboard=false", "--no-progress"]

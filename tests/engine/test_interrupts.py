@@ -118,7 +118,7 @@ def test_a_stopped_and_resumed_run_reaches_the_same_validation_dice_at_the_same_
 
     def argv(out, *extra):
         return ["train", "--data", str(phantom_dir), "--out", str(out), "--steps", "6", "--variant", "medcontext",
-                "--seed", "0", "--model", "unet3d", "--size", "tiny", "--roi", "16", "16", "16", "--no-progress",
+                "--seed", "0", "--model", "unet3d", "--model-size", "tiny", "--roi", "16", "16", "16", "--no-progress",
                 "--set", "data.num_samples=1", "--set", "data.val_cases=1", "--set", "data.test_cases=2",
                 "--set", "train.tensorboard=false", "--set", "eval.every=2", "--set", "train.checkpoint_every=2",
                 *extra]

@@ -43,7 +43,7 @@ def _craft(path: Path, marker: Path, base: dict | None = None) -> Path:
     return path
 
 
-TINY = ["--variant", "baseline", "--seed", "0", "--model", "unet3d", "--size", "tiny", "--roi", "16", "16", "16",
+TINY = ["--variant", "baseline", "--seed", "0", "--model", "unet3d", "--model-size", "tiny", "--roi", "16", "16", "16",
         "--no-progress", "--set", "data.num_samples=1", "--set", "data.val_cases=1", "--set", "data.test_cases=2",
         "--set", "train.tensorboard=false", "--set", "eval.every=2"]
 

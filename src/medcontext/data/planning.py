@@ -538,7 +538,7 @@ def plan_training(
                     f"even the smallest crop {_fmt(crop_list)} for this model needs about "
                     f"{estimate.total_bytes / 2**30:.2f} GiB with {crops} crops per step (estimated peak), more than "
                     f"the memory budget {budget_bytes / 2**30:.2f} GiB ({budget_source}); use fewer crops per step "
-                    "(train.batch_size, data.num_samples), a smaller model (--size), or another device"
+                    "(train.batch_size, data.num_samples), a smaller model (--model-size), or another device"
                 )
             # activations grow about linearly with the voxels: jump close, then estimate exactly
             measured_voxels, before = math.prod(estimate_crop), estimate
@@ -604,6 +604,6 @@ def add_time_estimate(
     if total > warn_after_s:
         plan.warnings.append(
             f"{steps} steps at about {step_s:.3g} s/step take about {_duration(total)} on this device; "
-            "consider a GPU, fewer steps (--steps), a smaller crop (--roi) or a smaller model (--size)"
+            "consider a GPU, fewer steps (--steps), a smaller crop (--roi) or a smaller model (--model-size)"
         )
     return plan

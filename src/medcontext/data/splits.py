@@ -18,8 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from medcontext.data.dataset_spec import DatasetSpec
 from medcontext.io.atomic import write_text_atomic
-from medcontext.data.datasets import DatasetSpec
 
 __all__ = ["Split", "make_split", "split_for_spec"]
 

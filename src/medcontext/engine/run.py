@@ -39,7 +39,8 @@ from medcontext.engine.config import ConfigError, TrainConfig, load_config, reso
 from medcontext.engine.cpu_threads import CpuShare
 from medcontext.engine.distributed import World, init_distributed
 from medcontext.engine.preflight import check_run_settings
-from medcontext.engine.trainer import RESUME_MAY_CHANGE, TrainResult, Trainer, ValidationCase
+from medcontext.engine.resume import check_resume_settings
+from medcontext.engine.trainer import TrainResult, Trainer, ValidationCase
 
 __all__ = [
     "RunInfo",
@@ -264,107 +265,31 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
            echo: Callable[[str], None], trainer_class: type[Trainer],
            network_hook: Callable[[nn.Module], nn.Module] | None, trust_checkpoint: bool = False,
            cpu_share: CpuShare | None = None) -> TrainResult:
-    from medcontext.data import PreprocessConfig, Split, load_dataset, split_for_spec, validate_dataset
-    from medcontext.data import make_train_dataset
+    """The steps of a run: settings, plan, preflight, run folder, model, data, training."""
+    from medcontext.data import PreprocessConfig
 
     _check_run_dir(run_dir, resume, world)
-    if not cfg.data.path:
-        raise ConfigError("no dataset: pass --data DATASET_DIR (or set data.path in the config)")
-
-    spec = load_dataset(cfg.data.path, preset=cfg.data.preset, group_by=cfg.data.group_by)
-    cfg.data.path = str(Path(cfg.data.path).resolve())
-    cfg.data.preset = spec.preset
-    from medcontext.engine.run_plan import PLAN_FILE, apply_plan, plan_run, read_plan
-
-    def preflight(roi: tuple[int, ...]) -> None:
-        """Every setting checked before the dataset is read and before the run folder is written."""
-        check_run_settings(
-            cfg, in_channels=spec.num_channels, roi=roi,
-            build_network=lambda: build_network(cfg, spec.num_channels, spec.num_outputs, roi),
-            build_medcontext=lambda network: build_medcontext(cfg, network, roi, spec.output_mode),
-            preprocess=lambda: PreprocessConfig.from_spec(spec, **cfg.data.preprocess),
-        )
-
-    if cfg.model.roi is not None:  # an explicit crop is checked before the planner builds networks with it
-        preflight(tuple(int(r) for r in cfg.model.roi))
-    previous = read_plan(run_dir) if resume else None
-    plan = world.main_first(lambda: plan_run(cfg, spec, previous=previous), "planning the run")
-    echo(plan.format())
-    apply_plan(cfg, plan)
+    spec = _load_spec(cfg)
+    explicit_roi = cfg.model.roi is not None
+    if explicit_roi:  # the planner builds networks with an explicit crop: check it first, with named errors
+        _preflight(cfg, spec, tuple(int(r) for r in cfg.model.roi))
+    plan = _plan(cfg, spec, run_dir, world, resume=resume, echo=echo)
     roi = tuple(int(r) for r in cfg.model.roi)
-    resolve_batch_scaling(cfg, world.world_size)
     if resume:
-        saved = load_config(run_dir / "config.yaml")
-        if saved.train.effective_batch_size is None:  # a run folder written before the setting existed
-            resolve_batch_scaling(saved, 1)
-        differences = {k: v for k, v in saved.diff(cfg).items() if k not in RESUME_MAY_CHANGE}
-        if differences:
-            listing = "; ".join(f"{k}: run {a!r}, now {b!r}" for k, (a, b) in differences.items())
-            hint = (
-                " (the number of processes changed the effective batch: resume with the run's number of processes)"
-                if "train.effective_batch_size" in differences else ""
-            )
-            raise ConfigError(
-                f"--resume: the settings differ from the run's config.yaml ({listing}){hint}; resume with the same "
-                "settings (drop the changed options) or start a new run"
-            )
-    preflight(roi)
+        check_resume_settings(load_config(run_dir / "config.yaml"), cfg, saved_world_size=1,
+                              source="the run's config.yaml")
+    if not explicit_roi:  # the planned crop: checked once it is known (an explicit one was checked above)
+        _preflight(cfg, spec, roi)
     preprocess = PreprocessConfig.from_spec(spec, **cfg.data.preprocess)
-
-    def prepare_run_folder() -> Split:
-        """Rank 0: check the data, draw the split and write the run folder's description."""
-        _remove_stale_temporaries(run_dir, echo)
-        if resume:
-            split = Split.load(run_dir / "split.json")
-        else:
-            echo(f"checking dataset {spec.name!r} ({len(spec.cases)} labelled cases) in {spec.root} ...")
-            if spec.source_note:
-                echo(f"note: {spec.source_note}")
-            summary = validate_dataset(spec, progress=progress)
-            echo(f"dataset OK: {len(summary.cases)} cases, {spec.num_channels} channel(s), {spec.num_outputs} outputs ({spec.output_mode})")
-            split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.train.seed
-            split = split_for_spec(
-                spec,
-                train_cases=cfg.data.train_cases,
-                train_case_ids=cfg.data.train_case_ids,
-                val_cases=cfg.data.val_cases,
-                test_cases=cfg.data.test_cases,
-                use_official_test=cfg.data.use_official_test,
-                seed=split_seed,
-            )
-            run_dir.mkdir(parents=True, exist_ok=True)
-            split.save(run_dir / "split.json")
-        save_config(cfg, run_dir / "config.yaml")
-        _write_json(run_dir / "dataset.json", spec.to_dict())
-        _write_json(run_dir / "preprocess.json", preprocess.to_dict())
-        _write_json(run_dir / PLAN_FILE, plan.to_dict())
-        return split
-
-    split = world.main_first(prepare_run_folder, "checking the dataset and writing the run folder")
+    split = world.main_first(
+        lambda: _prepare_run_folder(cfg, spec, plan, preprocess, run_dir, resume=resume, progress=progress, echo=echo),
+        "checking the dataset and writing the run folder",
+    )
     echo(f"split: {len(split.train)} train, {len(split.val)} val, {len(split.test)} test cases -> {run_dir / 'split.json'}")
 
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
-    network = build_network(cfg, spec.num_channels, spec.num_outputs, roi)
-    if cfg.model.init_checkpoint and not resume:
-        from medcontext.models.pretrained import load_pretrained
-
-        report = load_pretrained(
-            network, cfg.model.init_checkpoint, prefix_map=cfg.model.init_prefix_map or None,
-            skip_mismatch=cfg.model.init_skip_mismatch, trust=trust_checkpoint,
-        )
-        echo(report.format())
-    if network_hook is not None:
-        network = network_hook(network)
-    mc = build_medcontext(cfg, network, roi, spec.output_mode)
-
-    train_data = make_train_dataset(
-        spec, split.train, preprocess, roi,
-        num_samples=cfg.data.num_samples, pos=cfg.data.pos, neg=cfg.data.neg,
-        cache_dir=cfg.data.cache_dir, seed=cfg.train.seed, progress=progress,
-    )
-    val_ids = split.val[: cfg.eval.max_val_cases] if cfg.eval.max_val_cases is not None else split.val
-    # each rank loads only the cases it validates (rank r: cases r, r + N, ...)
-    val_cases = _validation_cases(spec, val_ids[world.rank :: world.world_size], preprocess)
+    mc = _build_model(cfg, spec, roi, resume=resume, trust_checkpoint=trust_checkpoint, network_hook=network_hook,
+                      echo=echo)
+    train_data, val_cases = _prepare_data(cfg, spec, split, preprocess, roi, world, progress=progress)
     trainer = trainer_class(
         mc, cfg, run_dir, train_data, val_cases,
         classes=class_map(spec),
@@ -380,6 +305,124 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
         },
         val_sharded=True,
     )
+    _echo_setup(trainer, cfg, roi, cpu_share, echo)
+    trainer.cpu_share = cpu_share
+    return trainer.fit(resume=resume, stop_after=stop_after, trust_checkpoint=trust_checkpoint)
+
+
+def _load_spec(cfg: TrainConfig):
+    """The dataset description of ``data.path``; writes its resolved path and preset into ``cfg``."""
+    from medcontext.data import load_dataset
+
+    if not cfg.data.path:
+        raise ConfigError("no dataset: pass --data DATASET_DIR (or set data.path in the config)")
+    spec = load_dataset(cfg.data.path, preset=cfg.data.preset, group_by=cfg.data.group_by)
+    cfg.data.path = str(Path(cfg.data.path).resolve())
+    cfg.data.preset = spec.preset
+    return spec
+
+
+def _preflight(cfg: TrainConfig, spec, roi: tuple[int, ...]) -> None:
+    """Every setting checked before the dataset is read and before the run folder is written."""
+    from medcontext.data import PreprocessConfig
+
+    check_run_settings(
+        cfg, in_channels=spec.num_channels, roi=roi,
+        build_network=lambda: build_network(cfg, spec.num_channels, spec.num_outputs, roi),
+        build_medcontext=lambda network: build_medcontext(cfg, network, roi, spec.output_mode),
+        preprocess=lambda: PreprocessConfig.from_spec(spec, **cfg.data.preprocess),
+    )
+
+
+def _plan(cfg: TrainConfig, spec, run_dir: Path, world: World, *, resume: bool, echo: Callable[[str], None]):
+    """Plan the run (rank 0 first), print the plan and write its crop, spacing and batch into ``cfg``."""
+    from medcontext.engine.run_plan import apply_plan, plan_run, read_plan
+
+    previous = read_plan(run_dir) if resume else None
+    plan = world.main_first(lambda: plan_run(cfg, spec, previous=previous), "planning the run")
+    echo(plan.format())
+    apply_plan(cfg, plan)
+    resolve_batch_scaling(cfg, world.world_size)
+    return plan
+
+
+def _prepare_run_folder(cfg: TrainConfig, spec, plan, preprocess, run_dir: Path, *, resume: bool, progress: bool,
+                        echo: Callable[[str], None]):
+    """Rank 0: check the data, draw the split and write the run folder's description."""
+    from medcontext.data import Split
+    from medcontext.engine.run_plan import PLAN_FILE
+
+    _remove_stale_temporaries(run_dir, echo)
+    if resume:
+        split = Split.load(run_dir / "split.json")
+    else:
+        split = _check_data_and_split(cfg, spec, progress=progress, echo=echo)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        split.save(run_dir / "split.json")
+    save_config(cfg, run_dir / "config.yaml")
+    _write_json(run_dir / "dataset.json", spec.to_dict())
+    _write_json(run_dir / "preprocess.json", preprocess.to_dict())
+    _write_json(run_dir / PLAN_FILE, plan.to_dict())
+    return split
+
+
+def _check_data_and_split(cfg: TrainConfig, spec, *, progress: bool, echo: Callable[[str], None]):
+    """Validate every case of a new run's dataset, then draw its split."""
+    from medcontext.data import split_for_spec, validate_dataset
+
+    echo(f"checking dataset {spec.name!r} ({len(spec.cases)} labelled cases) in {spec.root} ...")
+    if spec.source_note:
+        echo(f"note: {spec.source_note}")
+    summary = validate_dataset(spec, progress=progress)
+    echo(f"dataset OK: {len(summary.cases)} cases, {spec.num_channels} channel(s), {spec.num_outputs} outputs ({spec.output_mode})")
+    split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.train.seed
+    return split_for_spec(
+        spec,
+        train_cases=cfg.data.train_cases,
+        train_case_ids=cfg.data.train_case_ids,
+        val_cases=cfg.data.val_cases,
+        test_cases=cfg.data.test_cases,
+        use_official_test=cfg.data.use_official_test,
+        seed=split_seed,
+    )
+
+
+def _build_model(cfg: TrainConfig, spec, roi: tuple[int, ...], *, resume: bool, trust_checkpoint: bool,
+                 network_hook: Callable[[nn.Module], nn.Module] | None, echo: Callable[[str], None]) -> nn.Module:
+    """Seed, build the student (initial weights unless resuming, then the hook) and wrap it as ``cfg.method`` says."""
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    network = build_network(cfg, spec.num_channels, spec.num_outputs, roi)
+    if cfg.model.init_checkpoint and not resume:
+        from medcontext.models.pretrained import load_pretrained
+
+        report = load_pretrained(
+            network, cfg.model.init_checkpoint, prefix_map=cfg.model.init_prefix_map or None,
+            skip_mismatch=cfg.model.init_skip_mismatch, trust=trust_checkpoint,
+        )
+        echo(report.format())
+    if network_hook is not None:
+        network = network_hook(network)
+    return build_medcontext(cfg, network, roi, spec.output_mode)
+
+
+def _prepare_data(cfg: TrainConfig, spec, split, preprocess, roi: tuple[int, ...], world: World, *, progress: bool):
+    """The training crops and this rank's share of the validation volumes."""
+    from medcontext.data import make_train_dataset
+
+    train_data = make_train_dataset(
+        spec, split.train, preprocess, roi,
+        num_samples=cfg.data.num_samples, pos=cfg.data.pos, neg=cfg.data.neg,
+        cache_dir=cfg.data.cache_dir, seed=cfg.train.seed, progress=progress,
+    )
+    val_ids = split.val[: cfg.eval.max_val_cases] if cfg.eval.max_val_cases is not None else split.val
+    # each rank loads only the cases it validates (rank r: cases r, r + N, ...)
+    val_cases = _validation_cases(spec, val_ids[world.rank :: world.world_size], preprocess)
+    return train_data, val_cases
+
+
+def _echo_setup(trainer: Trainer, cfg: TrainConfig, roi: tuple[int, ...], cpu_share: CpuShare | None,
+                echo: Callable[[str], None]) -> None:
+    """Print what the run trains, where, at what scale and precision (threads and allocator on the CPU)."""
     echo(
         f"training {cfg.model.name} ({cfg.method.variant}) for {cfg.train.steps} steps on {trainer.device} "
         f"({trainer.precision.name}), crop {roi}, batch {cfg.train.batch_size}x{cfg.data.num_samples} crops"
@@ -395,8 +438,6 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
             echo(f"threads: {cpu_share.threads} ({cpu_share.reason}; adjusted when other runs start or end)"
                  if not cpu_share.fixed else f"threads: {cpu_share.threads} ({cpu_share.reason})")
         echo(f"memory allocator: {allocator_line()}")
-    trainer.cpu_share = cpu_share
-    return trainer.fit(resume=resume, stop_after=stop_after, trust_checkpoint=trust_checkpoint)
 
 
 def load_run(run_dir: str | Path, data: str | Path | None = None) -> RunInfo:

@@ -69,6 +69,7 @@ from medcontext.engine.distributed import World, rank_seed, wrap_ddp
 from medcontext.engine.inference import logits_to_labels, sliding_window_logits
 from medcontext.engine.optim import build_optimizer, learning_rate, set_learning_rate
 from medcontext.engine.precision import Precision, resolve_device, resolve_precision
+from medcontext.engine.resume import check_resume_settings
 from medcontext.engine.run_log import RunLog, read_metrics, summarize_timing
 from medcontext.engine.sampling import make_step_loader
 from medcontext.engine.signals import GracefulStop
@@ -330,12 +331,7 @@ class Trainer:
                 f"{self.world.world_size}; resume with the same number of processes (torchrun --nnodes/--nproc_per_node)"
             )
         saved = TrainConfig.from_dict(data["config"], source=f"{path} config")
-        if saved.train.effective_batch_size is None:  # written before the setting existed
-            resolve_batch_scaling(saved, saved_world)
-        differences = {k: v for k, v in saved.diff(self.cfg).items() if k not in RESUME_MAY_CHANGE}
-        if differences:
-            listing = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differences.items())
-            raise ValueError(f"cannot resume from {path}: the configuration differs ({listing})")
+        check_resume_settings(saved, self.cfg, saved_world_size=saved_world, source=str(path))
         load_model_state(self.mc, data["model"], source=str(path))
         self.optimizer.load_state_dict(data["optimizer"])
         if data.get("scaler") is not None:
@@ -479,73 +475,18 @@ class Trainer:
             self.restore(self.last_path, trust=trust_checkpoint)
         start_step = self.step
         result = TrainResult(self.run_dir, start_step, self.step, self.total_steps, rank=self.world.rank)
-        self.log = RunLog(
-            self.run_dir,
-            self.total_steps,
-            start_step,
-            enabled=self.world.is_main,
-            progress=self.progress,
-            tensorboard=self.cfg.train.tensorboard,
-            log_every=self.cfg.train.log_every,
-        )
-        loader = make_step_loader(
-            self.train_dataset,
-            seed=self.cfg.train.seed,
-            start_step=start_step,
-            total_steps=self.total_steps,
-            batch_size=self.cfg.train.batch_size * self.cfg.data.num_samples,
-            num_workers=self.cfg.data.num_workers,
-            collate_fn=self.collate_fn,
-            world_size=self.world.world_size,
-            rank=self.world.rank,
-            pin_memory=self.device.type == "cuda",
-        )
+        self.log = self._open_log(start_step)
+        loader = self._step_loader(start_step)
         try:
             with GracefulStop(enabled=handle_signals) as stop:
                 self.on_train_start()
                 batches = iter(loader)
                 while self.step < self.total_steps:
-                    tick = time.perf_counter()
-                    batch = next(batches)
-                    data_time = time.perf_counter() - tick
-                    values = self.train_step(batch, self.step)
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize(self.device)
-                    self.step += 1
-                    step_time = time.perf_counter() - tick
-                    values.update(data_time=data_time, step_time=step_time, data_share=data_time / step_time)
-                    self.log.train_step(self.step, values)
-                    self.on_train_step_end(self.step, values)
-                    if self._should_validate(self.step):
-                        self.validate()
-                    if self.cpu_share is not None:
-                        self.cpu_share.refresh()
-                    signalled = self._agree_on_stop(stop)
-                    ran = self.step - start_step
-                    if signalled or (stop_after is not None and ran >= stop_after) or self.step == self.total_steps:
-                        self.save(self.last_path)
-                        if signalled:
-                            result.stopped_by, result.exit_code = stop.name, stop.exit_code
-                        elif self.step < self.total_steps:
-                            result.stopped_by = "stop_after"
+                    self._timed_step(batches)
+                    self._after_step()
+                    if self._checkpoint_or_stop(stop, result, ran=self.step - start_step, stop_after=stop_after):
                         break
-                    if self.step % self.cfg.train.checkpoint_every == 0:
-                        self.save(self.last_path)
-            result.step = self.step
-            result.best_metric, result.best_step = self.best_metric, self.best_step
-            result.timing = summarize_timing(read_metrics(self.log.path, "train")) if self.world.is_main else {}
-            if result.stopped_by in ("SIGINT", "SIGTERM"):
-                who = "another process of the group received" if stop.from_peer else "received"
-                if result.finished:  # the signal came during the last step: nothing is left to resume
-                    self.log.message(
-                        f"{who} {result.stopped_by} during the last step: the run is complete "
-                        f"({self.step} of {self.total_steps} steps, saved {self.last_path})"
-                    )
-                else:
-                    self.log.message(
-                        f"{who} {result.stopped_by}: stopped after step {self.step} and saved {self.last_path}; "
-                        "continue with --resume"
-                    )
+            self._finish(result, stop)
             self.on_train_end(result)
             self.world.barrier()  # the last checkpoint is on disk when fit returns on any rank
             return result
@@ -557,6 +498,87 @@ class Trainer:
         finally:
             self.log.close()
 
+    def _open_log(self, start_step: int) -> RunLog:
+        """``metrics.jsonl``, TensorBoard and the progress bar (written on rank 0 only)."""
+        return RunLog(
+            self.run_dir,
+            self.total_steps,
+            start_step,
+            enabled=self.world.is_main,
+            progress=self.progress,
+            tensorboard=self.cfg.train.tensorboard,
+            log_every=self.cfg.train.log_every,
+        )
+
+    def _step_loader(self, start_step: int):
+        """Batches as a pure function of ``(seed, step, rank)``, from ``start_step`` on."""
+        return make_step_loader(
+            self.train_dataset,
+            seed=self.cfg.train.seed,
+            start_step=start_step,
+            total_steps=self.total_steps,
+            batch_size=self.cfg.train.batch_size * self.cfg.data.num_samples,
+            num_workers=self.cfg.data.num_workers,
+            collate_fn=self.collate_fn,
+            world_size=self.world.world_size,
+            rank=self.world.rank,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _timed_step(self, batches) -> None:
+        """Fetch a batch, run :meth:`train_step`, count the step, log it with its timing, call the hook."""
+        tick = time.perf_counter()
+        batch = next(batches)
+        data_time = time.perf_counter() - tick
+        values = self.train_step(batch, self.step)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.step += 1
+        step_time = time.perf_counter() - tick
+        values.update(data_time=data_time, step_time=step_time, data_share=data_time / step_time)
+        self.log.train_step(self.step, values)
+        self.on_train_step_end(self.step, values)
+
+    def _after_step(self) -> None:
+        """Validation when it is due; the thread count re-counted."""
+        if self._should_validate(self.step):
+            self.validate()
+        if self.cpu_share is not None:
+            self.cpu_share.refresh()
+
+    def _checkpoint_or_stop(self, stop: GracefulStop, result: TrainResult, *, ran: int, stop_after: int | None) -> bool:
+        """Save ``last.pt`` when due; at the end, on a signal or after ``stop_after`` steps save and
+        return True (``result.stopped_by`` says why it ended early)."""
+        signalled = self._agree_on_stop(stop)
+        if signalled or (stop_after is not None and ran >= stop_after) or self.step == self.total_steps:
+            self.save(self.last_path)
+            if signalled:
+                result.stopped_by, result.exit_code = stop.name, stop.exit_code
+            elif self.step < self.total_steps:
+                result.stopped_by = "stop_after"
+            return True
+        if self.step % self.cfg.train.checkpoint_every == 0:
+            self.save(self.last_path)
+        return False
+
+    def _finish(self, result: TrainResult, stop: GracefulStop) -> None:
+        """Fill in the result (step, best, timing) and log how a signal ended the run."""
+        result.step = self.step
+        result.best_metric, result.best_step = self.best_metric, self.best_step
+        result.timing = summarize_timing(read_metrics(self.log.path, "train")) if self.world.is_main else {}
+        if result.stopped_by in ("SIGINT", "SIGTERM"):
+            who = "another process of the group received" if stop.from_peer else "received"
+            if result.finished:  # the signal came during the last step: nothing is left to resume
+                self.log.message(
+                    f"{who} {result.stopped_by} during the last step: the run is complete "
+                    f"({self.step} of {self.total_steps} steps, saved {self.last_path})"
+                )
+            else:
+                self.log.message(
+                    f"{who} {result.stopped_by}: stopped after step {self.step} and saved {self.last_path}; "
+                    "continue with --resume"
+                )
+
     def _agree_on_stop(self, stop: GracefulStop) -> bool:
         """Whether a stop signal reached any rank; every rank gets the same answer."""
         if not self.world.is_distributed:
@@ -566,11 +588,3 @@ class Trainer:
             stop.request(agreed)
         return bool(agreed)
 
-
-RESUME_MAY_CHANGE = frozenset(
-    {
-        "data.path", "data.num_workers", "data.cache_dir", "train.device", "train.log_every", "train.tensorboard",
-        "train.memory_budget_gb", "train.dist_timeout_min", "train.retain_cpu_memory", "train.threads",
-    }
-)
-"""Settings that do not change the training trajectory and may differ on ``--resume``."""

@@ -1,8 +1,9 @@
 """Evaluate a folder of predicted NIfTI label maps against the reference label maps.
 
 Predictions and references are paired by case id (the file name without ``.nii.gz`` /
-``.nii``). Every pair's header is checked (same 3D shape, same affine) before any volume is
-read, so a wrong folder fails in seconds with both file names. The voxel spacing comes from
+``.nii``: :func:`medcontext.data.nifti_names.case_id_from_path`). Every pair's header is
+checked (same 3D shape, same affine) before any volume is read, so a wrong folder fails in
+seconds with both file names. The voxel spacing comes from
 the REFERENCE header (``get_zooms``, in mm). Each case then goes through
 :func:`~medcontext.evaluation.metrics.evaluate_case` into a
 :class:`~medcontext.evaluation.report.MetricTable`.
@@ -18,6 +19,8 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from medcontext.data.nifti_names import NIFTI_SUFFIXES, case_id_from_path, is_nifti_file
+
 from .classes import ClassMap, label_masks, region_channel_masks, validate_classes
 from .metrics import HD_COMBINE_MODES, evaluate_case, evaluate_masks
 from .report import MetricTable
@@ -32,33 +35,7 @@ __all__ = [
     "evaluate_region_folder",
 ]
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
 _UNIT_TO_MM = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 0.001}
-
-
-def case_id_from_path(path: str | os.PathLike, suffix: str = "") -> str:
-    """Case id of a NIfTI file: its name without ``.nii.gz``/``.nii`` and without ``suffix``.
-
-    Example: ``case_id_from_path("out/hippocampus_001_pred.nii.gz", "_pred") == "hippocampus_001"``.
-
-    Raises:
-        ValueError: when the name has no NIfTI extension or does not end with ``suffix``.
-    """
-    name = Path(path).name
-    for ext in NIFTI_SUFFIXES:
-        if name.endswith(ext):
-            stem = name[: -len(ext)]
-            break
-    else:
-        raise ValueError(f"{path}: not a NIfTI file (expected a name ending in .nii.gz or .nii)")
-    if suffix:
-        if not stem.endswith(suffix) or stem == suffix:
-            raise ValueError(
-                f"{path}: the name does not end with the prediction suffix {suffix!r} before the extension"
-            )
-        stem = stem[: -len(suffix)]
-    return stem
 
 
 def _scan(folder: Path, suffix: str, what: str) -> dict[str, Path]:
@@ -67,7 +44,7 @@ def _scan(folder: Path, suffix: str, what: str) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         name = path.name
-        if name.startswith(".") or not path.is_file() or not name.endswith(tuple(s for s in NIFTI_SUFFIXES)):
+        if not is_nifti_file(path):
             continue
         if suffix and not name.endswith(tuple(suffix + s for s in NIFTI_SUFFIXES)):
             continue

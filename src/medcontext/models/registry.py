@@ -32,7 +32,7 @@ class ModelSpec:
         builder: ``(in_channels, out_channels, roi_size, **options) -> nn.Module``.
         description: one line for ``--help`` and error messages.
         roi_multiple: every ROI side must be a multiple of this (token patch or total stride).
-        test_options: small options for CPU contract tests and ``--size tiny`` style use.
+        test_options: small options for CPU contract tests and ``--model-size tiny`` style use.
         roi_rule: ``options -> (multiple, minimum)`` per axis for options that change them
             (the number of U-Net levels, nnFormer's patch); ``None`` = ``roi_multiple`` for both.
     """
