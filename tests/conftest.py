@@ -1,4 +1,4 @@
-"""Settings of the whole test session, and the one home of the real-data folder.
+"""Settings of the whole test session, the one home of the real-data folder, and shared fakes.
 
 Real data (MSD Task04_Hippocampus, Task_ACDC, a few fixture volumes) lives beside the repository
 in ``../shared/data``, never inside it; ``MEDCONTEXT_DATA_DIR`` points elsewhere. Tests reach it
@@ -9,7 +9,10 @@ not a reason to skip).
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -52,3 +55,44 @@ def require_data(name: str, *needed: str) -> Path:
 def _require_data_fixture() -> Callable[..., Path]:
     """``require_data(name, *needed) -> Path``: a folder of the real data, or skip (see above)."""
     return require_data
+
+
+class FullDiskFile:
+    """A binary file whose writes fail with ENOSPC once ``budget`` bytes are written, like a disk
+    that fills up: the write that crosses the budget still writes the bytes that fit."""
+
+    def __init__(self, path, mode, budget: int):
+        self._handle = open(path, mode)
+        self._budget = budget
+
+    def write(self, data):
+        if len(data) > self._budget:
+            self._handle.write(bytes(data[: self._budget]))
+            self._budget = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._budget -= len(data)
+        return self._handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.close()
+
+
+@pytest.fixture(scope="session")
+def full_disk() -> Callable[[int], Callable[[str, str], FullDiskFile]]:
+    """``full_disk(budget)``: an ``open(path, mode)`` replacement whose files hold only ``budget``
+    bytes, e.g. ``monkeypatch.setattr(atomic, "open", full_disk(2000), raising=False)``."""
+    return lambda budget: (lambda path, mode: FullDiskFile(path, mode, budget))
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The id of a process that has just exited (what a writer killed with -9 leaves in file names)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
