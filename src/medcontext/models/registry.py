@@ -38,9 +38,9 @@ class ModelSpec:
         deep_supervision: ``True`` when the builder takes ``deep_supervision: bool``: in training
             mode the network then returns a list of logits, full resolution first, then one
             per deeper decoder stage (at that stage's resolution, or upsampled to the full
-            one); in eval mode one full-resolution tensor. Otherwise a
-            sentence saying why the architecture has no such mode: asking for it is an error
-            that quotes it. ``None``: not declared (the contract tests fail until it is).
+            one); in eval mode one full-resolution tensor. Otherwise a sentence saying why the
+            architecture has no such mode: asking for it is an error that quotes it.
+            ``None``: not declared (the contract tests fail until it is).
     """
 
     name: str
