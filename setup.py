@@ -1,8 +1,9 @@
-"""Build hook: ship ``configs/*.yaml`` and ``benchmarks/splits/*.json`` inside the package.
+"""Build hook: ship ``configs/**/*.yaml`` and ``benchmarks/splits/*.json`` inside the package.
 
 Everything else is in ``pyproject.toml``. A wheel then holds ``medcontext/configs/`` and
 ``medcontext/splits/``, which :mod:`medcontext.shipped` finds after a normal
-(non-editable) install; in a checkout it reads the originals.
+(non-editable) install; in a checkout it reads the originals. Subfolders are kept
+(``configs/base/``: the files the shipped configs build on, found relative to them).
 """
 
 import shutil
@@ -12,7 +13,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-SHIPPED = {"configs": ("configs", "*.yaml"), "splits": ("benchmarks/splits", "*.json")}
+SHIPPED = {"configs": ("configs", "**/*.yaml"), "splits": ("benchmarks/splits", "*.json")}
 
 
 class BuildPyWithShippedFiles(build_py):
@@ -22,12 +23,11 @@ class BuildPyWithShippedFiles(build_py):
         super().run()
         for target, (source, pattern) in SHIPPED.items():
             files = sorted((ROOT / source).glob(pattern))
-            if not files:
-                continue
             destination = Path(self.build_lib) / "medcontext" / target
-            destination.mkdir(parents=True, exist_ok=True)
             for file in files:
-                shutil.copyfile(file, destination / file.name)
+                copy = destination / file.relative_to(ROOT / source)
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file, copy)
 
 
 setup(cmdclass={"build_py": BuildPyWithShippedFiles})

@@ -50,11 +50,16 @@ def test_a_wheel_install_ships_and_finds_the_configs_and_splits(tmp_path):
     with zipfile.ZipFile(next(wheels.glob("medcontext-*.whl"))) as wheel:
         wheel.extractall(site)  # what pip install puts in site-packages
     assert (site / "medcontext" / "configs" / "cpu_phantom.yaml").is_file()
+    assert (site / "medcontext" / "configs" / "base" / "paper.yaml").is_file()  # what the paper configs build on
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     code = ("from medcontext.shipped import find_config, find_split; "
-            "print(find_config('cpu_phantom')); print(find_split('hippocampus_test'))")
+            "from medcontext.engine.config import load_config; "
+            "print(find_config('cpu_phantom')); print(find_split('hippocampus_test')); "
+            "cfg = load_config(find_config('acdc_swin_unetr_5shot')); "
+            "print(cfg.model.name, cfg.data.preset, cfg.optim.lr, cfg.optim.warmup_steps)")
     found = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, capture_output=True, text=True,
                            env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, check=True).stdout.split()
     assert found == [str(site / "medcontext" / "configs" / "cpu_phantom.yaml"),
-                     str(site / "medcontext" / "splits" / "hippocampus_test.json")]
+                     str(site / "medcontext" / "splits" / "hippocampus_test.json"),
+                     "swin_unetr", "acdc", "0.0001", "250"]  # a composed config resolves from the wheel

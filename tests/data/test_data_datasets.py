@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +17,6 @@ from medcontext.data import (
     validate_dataset,
 )
 
-HIPPO_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "Task04_Hippocampus"
-needs_hippocampus = pytest.mark.skipif(not (HIPPO_DIR / "dataset.json").is_file(),
-                                       reason=f"real data not found at {HIPPO_DIR} (../shared/data)")
 
 # ---------------------------------------------------------------------------------------- MSD
 
@@ -352,8 +348,7 @@ def test_spec_rejects_inconsistent_definitions(tmp_path):
     assert spec.select(["case_a"])[0] is case
 
 
-@needs_hippocampus
-def test_real_hippocampus_reads_as_msd():
-    spec = load_dataset(HIPPO_DIR)
+def test_real_hippocampus_reads_as_msd(require_data):
+    spec = load_dataset(require_data("Task04_Hippocampus", "dataset.json"))
     assert len(spec.cases) == 200 and spec.labels == {0: "background", 1: "Anterior", 2: "Posterior"}
     assert spec.modality == "MRI" and spec.num_outputs == 3 and spec.case_ids[0] == "hippocampus_001"

@@ -14,8 +14,6 @@ from medcontext.data.grouping import GroupRuleError, case_groups, check_group_ru
 # 12 patients with two frames each, one patient with a single frame
 IDS = [f"acdc_patient{p:03d}_frame{f:02d}" for p in range(1, 13) for f in (1, 12)] + ["acdc_patient013_frame01"]
 GROUPS = case_groups(IDS, r"regex:(patient\d+)")
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-ACDC_DIR = DATA_DIR / "Task_ACDC"
 
 
 def _sides(split: Split) -> dict[str, set[str]]:
@@ -106,15 +104,11 @@ def test_split_json_records_groups_and_refuses_a_straddling_group(tmp_path):
         Split(train=["a"], test=["b"], groups={"a": "p1", "b": "p1"})
 
 
-needs_acdc = pytest.mark.skipif(not (ACDC_DIR / "dataset.json").is_file(), reason=f"ACDC data not found at {ACDC_DIR}")
-
-
-@needs_acdc
-def test_acdc_folder_is_recognised_and_grouped_by_patient():
+def test_acdc_folder_is_recognised_and_grouped_by_patient(require_data):
     from medcontext.data import load_dataset, split_for_spec
     from medcontext.study.plan import load_test_split
 
-    spec = load_dataset(ACDC_DIR)
+    spec = load_dataset(require_data("Task_ACDC", "dataset.json"))
     assert spec.preset == "acdc" and spec.eval_class_names == ["RV", "MYO", "LV"]
     assert spec.target_spacing == (1.5, 1.5, 5.0) and spec.group_by == r"regex:(patient\d+)"
     assert len(spec.cases) == 160 and len(set(spec.groups.values())) == 80

@@ -24,11 +24,6 @@ from medcontext.data import (
     train_transforms,
 )
 
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-HIPPO_DIR = DATA_DIR / "Task04_Hippocampus"
-FIXTURES = DATA_DIR / "fixtures"
-needs_hippocampus = pytest.mark.skipif(not (HIPPO_DIR / "dataset.json").is_file(), reason=f"real data not found at {HIPPO_DIR}")
-needs_fixtures = pytest.mark.skipif(not (FIXTURES / "spleen_ct.nii.gz").is_file(), reason=f"real fixtures not found at {FIXTURES}")
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -315,10 +310,10 @@ def test_restorer_save_writes_the_original_geometry(tmp_path, helpers):
 # ------------------------------------------------------------------------------- real data
 
 
-@needs_hippocampus
-def test_real_hippocampus_round_trip():
-    image_path = HIPPO_DIR / "imagesTr" / "hippocampus_001.nii.gz"
-    label_path = HIPPO_DIR / "labelsTr" / "hippocampus_001.nii.gz"
+def test_real_hippocampus_round_trip(require_data):
+    hippocampus = require_data("Task04_Hippocampus", "dataset.json")
+    image_path = hippocampus / "imagesTr" / "hippocampus_001.nii.gz"
+    label_path = hippocampus / "labelsTr" / "hippocampus_001.nii.gz"
     original = np.asanyarray(nib.load(str(label_path)).dataobj)
     for spacing, threshold in ((None, 1.0), ((0.8, 0.8, 0.8), 0.99)):
         cfg = PreprocessConfig(spacing=spacing, labels=[0, 1, 2])
@@ -331,9 +326,9 @@ def test_real_hippocampus_round_trip():
             assert dice(back == k, original == k) >= threshold
 
 
-@needs_fixtures
-def test_real_anisotropic_spleen_round_trip():
-    image_path, label_path = FIXTURES / "spleen_ct.nii.gz", FIXTURES / "spleen_ct_label.nii.gz"
+def test_real_anisotropic_spleen_round_trip(require_data):
+    fixtures = require_data("fixtures", "spleen_ct.nii.gz", "spleen_ct_label.nii.gz")
+    image_path, label_path = fixtures / "spleen_ct.nii.gz", fixtures / "spleen_ct_label.nii.gz"
     original_img = nib.load(str(label_path))
     original = np.asanyarray(original_img.dataobj)
     # (spacing, Dice threshold): 5 mm slices resampled to 2 mm; the Synapse grid also coarsens in-plane

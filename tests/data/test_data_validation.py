@@ -11,7 +11,6 @@ import pytest
 
 from medcontext.data import DatasetError, load_dataset, validate_dataset
 
-HIPPO_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "Task04_Hippocampus"
 
 
 def _good(root: Path, helpers) -> Path:
@@ -128,15 +127,15 @@ def test_summary_reports_geometry_and_volumes(tmp_path, helpers):
     assert json.loads(json.dumps(summary.to_dict()))["cases"][0]["orientation"] == "LPS"
 
 
-@pytest.mark.skipif(not (HIPPO_DIR / "dataset.json").is_file(), reason=f"real data not found at {HIPPO_DIR}")
-def test_real_hippocampus_validates():
-    spec = load_dataset(HIPPO_DIR)
+def test_real_hippocampus_validates(require_data):
+    hippocampus = require_data("Task04_Hippocampus", "dataset.json")
+    spec = load_dataset(hippocampus)
     summary = validate_dataset(spec, progress=False)  # no timing assertion: tests run on any machine
     assert len(summary.cases) == 200
     assert {c.orientation for c in summary.cases} == {"RAS"}
     assert all(c.spacing == (1.0, 1.0, 1.0) for c in summary.cases)
     first = summary.cases[0]
-    ref = nib.load(str(HIPPO_DIR / "labelsTr" / "hippocampus_001.nii.gz"))
+    ref = nib.load(str(hippocampus / "labelsTr" / "hippocampus_001.nii.gz"))
     counts = np.bincount(np.asarray(ref.dataobj).astype(int).ravel())
     assert first.case_id == "hippocampus_001" and first.label_voxels == {k: int(v) for k, v in enumerate(counts)}
     assert "hippocampus_001" in summary.format()

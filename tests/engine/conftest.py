@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 # a 3-level unet3d at 16^3 crops: a training step takes a few hundredths of a second
 TINY = [
     "--model", "unet3d", "--model-size", "tiny", "--roi", "16", "16", "16",

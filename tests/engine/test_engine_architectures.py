@@ -3,8 +3,13 @@
 import json
 
 import pytest
+import torch
 
 from medcontext.cli import main
+from medcontext.method.token_masking import TokenMasker
+
+# the narrowed small preset of the CLI test below
+NNFORMER_TINY = {"preset": "small", "embed_dim": 8, "num_heads": [1, 1, 2, 2]}
 
 
 def _train(phantom_dir, out, *model_args):
@@ -17,7 +22,41 @@ def _train(phantom_dir, out, *model_args):
     assert main(argv) == 0
 
 
-def test_nnformer_small_preset_trains_evaluates_and_uses_token_masking(tmp_path, phantom_dir):
+def _count_token_replacements(monkeypatch) -> list[float]:
+    """Spy on the token-masking hook: every call appends the fraction of tokens it replaced.
+    Input-space masking never calls it."""
+    calls: list[float] = []
+    original = TokenMasker._replace_tokens
+
+    def spy(self, tokens, mask, token_grid):
+        out = original(self, tokens, mask, token_grid)
+        channel_axis = 1 if self.adapter.layout == "channels_first" else -1
+        calls.append((out != tokens).any(dim=channel_axis).float().mean().item())
+        return out
+
+    monkeypatch.setattr(TokenMasker, "_replace_tokens", spy)
+    return calls
+
+
+@pytest.mark.parametrize("mask_space, replaced", [("token", True), ("input", False)])
+def test_the_token_spy_tells_token_from_input_masking(monkeypatch, mask_space, replaced):
+    """The spy of the CLI test below sees token masking and nothing else: with input-space masking
+    the same network and batch give no call, so that test fails if the engine masks the input."""
+    from medcontext import MedContext
+    from medcontext.models import create_model
+
+    calls = _count_token_replacements(monkeypatch)
+    torch.manual_seed(0)
+    network = create_model("nnformer", 1, 2, (32, 32, 32), **NNFORMER_TINY)
+    mc = MedContext(network, total_steps=2, mask_space=mask_space, roi_size=(32, 32, 32), seed=0)
+    assert mc.mask_space == mask_space
+    images, labels = torch.randn(1, 1, 32, 32, 32), torch.randint(0, 2, (1, 1, 32, 32, 32))
+    mc.losses(images, labels)
+    assert bool(calls) == replaced
+
+
+def test_nnformer_small_preset_trains_evaluates_and_uses_token_masking(tmp_path, phantom_dir, monkeypatch):
+    calls = _count_token_replacements(monkeypatch)
     run = tmp_path / "nnformer"
     # small preset, narrowed so that two CPU steps stay fast
     _train(phantom_dir, run, "--model", "nnformer", "--model-preset", "small",
@@ -25,6 +64,9 @@ def test_nnformer_small_preset_trains_evaluates_and_uses_token_masking(tmp_path,
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     assert len(train) == 2 and all(r["msl"] > 0 and r["cl"] > 0 for r in train)
+    # the masked student pass went through the token hook once per step (mask_space auto = token
+    # for nnFormer) and replaced about mask_ratio (0.4) of the patch tokens each time
+    assert len(calls) == 2 and all(0.2 < fraction < 0.6 for fraction in calls)
     assert main(["evaluate", "--run", str(run), "--no-progress"]) == 0
     assert (run / "eval" / "metrics.csv").is_file()
 

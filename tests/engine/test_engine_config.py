@@ -98,7 +98,7 @@ def test_int_or_float_field_keeps_type():
 def test_shipped_configs_load_and_resolve(path):
     cfg = load_config(path)
     raw = yaml.safe_load(path.read_text())
-    assert set(raw) <= set(TrainConfig().to_dict())
+    assert set(raw) <= set(TrainConfig().to_dict()) | {"base"}
     from medcontext.models import get_model_spec
 
     get_model_spec(cfg.model.name)  # the model exists
@@ -111,3 +111,80 @@ def test_shipped_config_set_is_complete():
         for model in ("unetr", "swin_unetr"):
             assert f"{dataset}_{model}" in names and f"{dataset}_{model}_5shot" in names
     assert {"cpu_phantom", "cpu_hippocampus_unet3d"} <= names
+
+
+# ---------------------------------------------------------------------- composition (base:)
+PAPER_CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("cpu_"))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_bases_merge_in_order_relative_to_the_including_file(tmp_path):
+    _write(tmp_path / "parts" / "common.yaml", "optim: {lr: 1.0e-4, name: sgd}\nmodel: {options: {size: small, x: 1}}\n")
+    _write(tmp_path / "parts" / "later.yaml", "base: common.yaml\noptim: {lr: 2.0e-4}\ntrain: {steps: 7}\n")
+    _write(tmp_path / "parts" / "other.yaml", "train: {steps: 9, seed: 3}\n")
+    leaf = _write(tmp_path / "run.yaml", "base: [parts/later.yaml, parts/other.yaml]\n"
+                                         "model: {options: {size: tiny}}\ntrain: {seed: 4}\n")
+    cfg = load_config(leaf, ["train.seed=5"])
+    assert cfg.optim.name == "sgd" and cfg.optim.lr == 2e-4  # a base of a base, overridden by the later file
+    assert cfg.train.steps == 9  # the later of two bases wins
+    assert cfg.model.options == {"size": "tiny"}  # a mapping-valued setting is replaced whole
+    assert cfg.train.seed == 5  # --set over everything
+    assert load_config(leaf).train.seed == 4  # the file over its bases
+
+
+def test_base_errors_name_the_file(tmp_path):
+    _write(tmp_path / "a.yaml", "base: b.yaml\n")
+    _write(tmp_path / "b.yaml", "base: sub/c.yaml\n")
+    _write(tmp_path / "sub" / "c.yaml", "base: ../a.yaml\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: its bases form a cycle \(.*a\.yaml -> .*b\.yaml -> .*c\.yaml -> .*a\.yaml\)"):
+        load_config(tmp_path / "a.yaml")
+    _write(tmp_path / "self.yaml", "base: self.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "self.yaml")
+    _write(tmp_path / "fine.yaml", "train: {steps: 3}\n")
+    _write(tmp_path / "missing.yaml", "base: [fine.yaml, nope.yaml]\n")
+    with pytest.raises(ConfigError, match=rf"missing\.yaml: its base 'nope\.yaml' does not exist \(looked for {tmp_path / 'nope.yaml'}\)"):
+        load_config(tmp_path / "missing.yaml")
+    _write(tmp_path / "typo.yaml", "optim: {lrr: 1}\n")
+    _write(tmp_path / "uses_typo.yaml", "base: typo.yaml\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml: unknown configuration key 'optim\.lrr'") as err:
+        load_config(tmp_path / "uses_typo.yaml")
+    assert "uses_typo" not in str(err.value)  # the file that holds the mistake, not the one that includes it
+    _write(tmp_path / "bad.yaml", "base: {a: 1}\n")
+    with pytest.raises(ConfigError, match="base must be a file path or a list of them"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_a_paper_setting_changes_in_one_place(tmp_path):
+    """The paper's shared settings live in configs/base/paper.yaml: one edit reaches every paper config."""
+    import shutil
+
+    copy = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, copy)
+    paper = copy / "base" / "paper.yaml"
+    paper.write_text(paper.read_text().replace("mask_ratio: 0.4 ", "mask_ratio: 0.6 "))
+    assert len(PAPER_CONFIGS) == 16
+    for path in PAPER_CONFIGS:
+        assert load_config(path).method.mask_ratio == 0.4
+        assert load_config(copy / path.name).method.mask_ratio == 0.6, path.name
+    assert load_config(copy / "cpu_phantom.yaml").method.mask_ratio == 0.4  # the CPU configs stand alone
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.name)
+def test_paper_configs_keep_the_paper_settings(path):
+    """What the composition must give every paper config (the values of the files before it)."""
+    cfg = load_config(path)
+    model, dataset, five_shot = path.stem.split("_", 1)[1].removesuffix("_5shot"), path.stem.split("_")[0], "5shot" in path.stem
+    assert (cfg.model.name, cfg.model.options, cfg.model.roi) == (model, {"size": "paper"}, [96, 96, 96])
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.grad_clip) == ("adamw", 1e-4, 1e-5, None)
+    assert (cfg.method.variant, cfg.method.mask_ratio, cfg.method.beta, cfg.method.momentum) == ("medcontext", 0.4, 0.5, 0.996)
+    assert cfg.optim.schedule == {"unetr": "constant", "swin_unetr": "warmup_cosine"}[model]
+    assert cfg.data.preset == dataset and cfg.data.use_official_test
+    assert (cfg.data.train_cases == 5 or cfg.data.train_case_ids is not None) == five_shot
+    if model == "swin_unetr":
+        assert cfg.optim.warmup_steps == min(1000, cfg.train.steps // 20)  # 5% of the steps, at most 1000

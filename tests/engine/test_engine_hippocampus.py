@@ -1,10 +1,11 @@
 """End to end on real MRI (MSD Task04_Hippocampus from ../shared/data): train, resume,
-evaluate, predict. Skipped when the data folder is absent."""
+evaluate, predict. Needs the real data (the `require_data` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,20 +15,16 @@ from medcontext.cli import main
 from medcontext.engine import read_checkpoint
 from medcontext.engine.run_log import read_metrics
 
-from pathlib import Path
+REPO = Path(__file__).resolve().parents[2]
 
-HIPPOCAMPUS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "Task04_Hippocampus"
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not HIPPOCAMPUS.is_dir(), reason=f"real data not found at {HIPPOCAMPUS}"),
-]
+pytestmark = pytest.mark.slow
 
 
-def test_hippocampus_train_resume_evaluate_predict(tmp_path, capsys):
+def test_hippocampus_train_resume_evaluate_predict(tmp_path, capsys, require_data):
+    hippocampus = require_data("Task04_Hippocampus", "dataset.json")
     out = tmp_path / "run"
-    argv = ["train", "--config", str(Path(__file__).resolve().parents[2] / "configs" / "cpu_hippocampus_unet3d.yaml"),
-            "--data", str(HIPPOCAMPUS), "--out", str(out), "--train-cases", "2", "--steps", "4", "--seed", "1",
+    argv = ["train", "--config", str(REPO / "configs" / "cpu_hippocampus_unet3d.yaml"),
+            "--data", str(hippocampus), "--out", str(out), "--train-cases", "2", "--steps", "4", "--seed", "1",
             "--model-size", "tiny", "--no-progress",
             "--set", "data.val_cases=1", "--set", "data.test_cases=2", "--set", "train.batch_size=1",
             "--set", "eval.every=2", "--set", "train.tensorboard=false", "--set", "train.precision=fp32",
@@ -46,7 +43,7 @@ def test_hippocampus_train_resume_evaluate_predict(tmp_path, capsys):
     assert {r["class_name"] for r in rows} == {"Anterior", "Posterior"}
 
     case = split["test"][0]
-    source = HIPPOCAMPUS / "imagesTr" / f"{case}.nii.gz"
+    source = hippocampus / "imagesTr" / f"{case}.nii.gz"
     assert main(["predict", "--run", str(out), "--input", str(source), "--output", str(tmp_path / "pred")]) == 0
     pred, ref = nib.load(str(tmp_path / "pred" / f"{case}.nii.gz")), nib.load(str(source))
     assert pred.shape == ref.shape

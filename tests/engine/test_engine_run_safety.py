@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import stat
-import subprocess
-import sys
 
 import torch
 
@@ -32,16 +29,11 @@ def test_run_folder_files_get_the_umask_permissions(phantom_dir, train_argv, tmp
     assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: oct(0o644) for p in files}
 
 
-def _dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
-def test_resume_removes_the_temporary_file_of_a_killed_checkpoint_write(phantom_dir, train_argv, tmp_path, capsys):
+def test_resume_removes_the_temporary_file_of_a_killed_checkpoint_write(phantom_dir, train_argv, tmp_path, capsys,
+                                                                         dead_pid):
     out = tmp_path / "run"
     assert main(train_argv(phantom_dir, out, "--stop-after", "1", steps=3)) == 0
-    stale = out / f".last.pt.{_dead_pid()}.0123456789ab.tmp"  # what kill -9 during save_checkpoint leaves
+    stale = out / f".last.pt.{dead_pid}.0123456789ab.tmp"  # what kill -9 during save_checkpoint leaves
     stale.write_bytes(b"\0" * 2_000_000)
     capsys.readouterr()
     assert main(train_argv(phantom_dir, out, "--resume", "--stop-after", "1", steps=3)) == 0
@@ -50,36 +42,14 @@ def test_resume_removes_the_temporary_file_of_a_killed_checkpoint_write(phantom_
     assert read_checkpoint(out / "last.pt")["step"] == 2
 
 
-class _FullAfter:
-    """A binary file that fails with ENOSPC after ``budget`` bytes, like a disk that fills up."""
-
-    def __init__(self, path, mode, budget):
-        self._handle, self._budget = open(path, mode), budget
-
-    def write(self, data):
-        if len(data) > self._budget:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self._budget -= len(data)
-        return self._handle.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._handle, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._handle.close()
-
-
 def test_a_full_disk_during_training_names_the_checkpoint_and_keeps_the_last_one(phantom_dir, train_argv, tmp_path,
-                                                                                  monkeypatch, capsys):
+                                                                                  monkeypatch, capsys, full_disk):
     out = tmp_path / "run"
     every_step = ("--set", "train.checkpoint_every=1")  # step 3 writes last.pt (before the validation's best.pt)
     assert main(train_argv(phantom_dir, out, *every_step, "--stop-after", "2", steps=4)) == 0
     before = read_checkpoint(out / "last.pt")
     size = (out / "last.pt").stat().st_size
-    monkeypatch.setattr(atomic, "open", lambda path, mode: _FullAfter(path, mode, budget=4096), raising=False)
+    monkeypatch.setattr(atomic, "open", full_disk(4096), raising=False)
     capsys.readouterr()
     assert main(train_argv(phantom_dir, out, *every_step, "--resume", steps=4)) == 2
     monkeypatch.undo()

@@ -1,14 +1,11 @@
-"""Fixtures for the evaluation tests: MONAI's reference metrics and the real data folder."""
+"""Fixtures for the evaluation tests: MONAI's reference metrics."""
 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def _monai_hd95(pred: np.ndarray, truth: np.ndarray, spacing) -> float:
@@ -49,10 +46,3 @@ def monai_dice():
     """``(pred, truth) -> float``: MONAI's Dice of two masks (both empty -> 1)."""
     return _monai_dice
 
-
-@pytest.fixture
-def data_dir() -> Path:
-    """The real data folder ../shared/data; skips the test when it is absent."""
-    if not (DATA_DIR / "Task04_Hippocampus" / "labelsTr").is_dir():
-        pytest.skip(f"real data folder {DATA_DIR} is absent (it lives beside the repository as ../shared/data)")
-    return DATA_DIR

@@ -154,8 +154,9 @@ def test_missing_folder_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_hippocampus_and_spleen_agree_with_monai(tmp_path, data_dir, monai_dice, monai_hd95):
-    data = data_dir
+def test_real_hippocampus_and_spleen_agree_with_monai(tmp_path, require_data, monai_dice, monai_hd95):
+    data = require_data("Task04_Hippocampus", "labelsTr").parent
+    require_data("fixtures", "spleen_ct_label.nii.gz")
     from scipy import ndimage
 
     truth_files = sorted((data / "Task04_Hippocampus" / "labelsTr").glob("hippocampus_*.nii.gz"))[:4]

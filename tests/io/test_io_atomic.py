@@ -59,35 +59,10 @@ def test_rewriting_a_file_applies_the_current_umask(tmp_path, umask):
     assert _mode(tmp_path / "split.json") == 0o644
 
 
-class _FullDiskFile:
-    """A binary file whose writes fail with ENOSPC once ``budget`` bytes are written (like a full disk)."""
-
-    def __init__(self, path, mode, budget):
-        self._handle = open(path, mode)
-        self._budget = budget
-
-    def write(self, data):
-        if len(data) > self._budget:
-            self._handle.write(bytes(data[: self._budget]))
-            self._budget = 0
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self._budget -= len(data)
-        return self._handle.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._handle, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._handle.close()
-
-
-def test_disk_full_during_a_checkpoint_names_the_file_and_size_and_keeps_the_old_one(tmp_path, monkeypatch):
+def test_disk_full_during_a_checkpoint_names_the_file_and_size_and_keeps_the_old_one(tmp_path, monkeypatch, full_disk):
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"step": 1, "w": torch.ones(1000)})
-    monkeypatch.setattr(atomic, "open", lambda p, mode: _FullDiskFile(p, mode, budget=2000), raising=False)
+    monkeypatch.setattr(atomic, "open", full_disk(2000), raising=False)
     with pytest.raises(DiskFullError) as info:
         save_checkpoint(path, {"step": 2, "w": torch.zeros(250_000)})
     monkeypatch.undo()
@@ -149,14 +124,8 @@ def test_a_really_full_tmpfs_keeps_the_last_checkpoint(tmp_path):
     assert "STEP 1" in out and "FILES ['last.pt']" in out
 
 
-def _dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
-def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
-    dead, alive = _dead_pid(), os.getppid()
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path, dead_pid):
+    dead, alive = dead_pid, os.getppid()
     names = {
         f".last.pt.{dead}.0123456789ab.tmp": True,  # killed during a checkpoint write
         f".pred.nii.gz.{dead}.abcdefabcdef.tmp.nii.gz": True,

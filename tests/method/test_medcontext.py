@@ -52,7 +52,29 @@ def test_ablation_variants(tiny_net, batch, variant, has_teacher, msl, cl, teach
     assert (out.msl.item() > 0) == msl and (out.cl.item() > 0) == cl
     if has_teacher:
         assert calls["n"] == teacher_forwards
-    assert mc.update_teacher(0) is None or has_teacher
+    _assert_update_teacher_effect(mc, out.total, has_teacher)
+
+
+def _assert_update_teacher_effect(mc, loss, has_teacher):
+    """After an optimizer step, ``update_teacher`` moves every teacher tensor by the EMA rule
+    ``m * teacher + (1 - m) * student``; without a teacher it returns None and changes nothing."""
+    optimizer = torch.optim.SGD(mc.parameters(), lr=0.5)
+    loss.backward()
+    optimizer.step()
+    student = {k: v.clone() for k, v in mc.network.state_dict().items()}
+    if not has_teacher:
+        assert mc.teacher is None and not any(k.startswith("teacher.") for k in mc.state_dict())
+        assert mc.update_teacher(0) is None
+        assert all(torch.equal(v, student[k]) for k, v in mc.network.state_dict().items())
+        return
+    before = {k: v.clone() for k, v in mc.teacher.state_dict().items()}
+    assert any(not torch.equal(before[k], student[k]) for k in before)  # the step moved the student away
+    momentum = mc.update_teacher(0)
+    assert momentum == pytest.approx(mc.momentum_at(0)) and 0 < momentum < 1
+    for key, value in mc.teacher.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, momentum * before[key] + (1 - momentum) * student[key])
+    assert all(torch.equal(v, student[k]) for k, v in mc.network.state_dict().items())  # the student is untouched
 
 
 def test_configuration_errors_are_clear(tiny_net, make_net):

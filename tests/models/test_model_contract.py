@@ -1,4 +1,7 @@
-"""Contract tests run for every registered model: a new registration gets them for free."""
+"""Contract tests run for every registered model: a new registration gets them for free.
+
+Every test gets its own freshly built model (same seed), so no test sees another's updates.
+"""
 
 import io
 
@@ -12,8 +15,9 @@ from medcontext.models import create_model, get_model_spec, list_models
 OUT_CHANNELS = 3
 
 
-@pytest.fixture(scope="module", params=list_models())
+@pytest.fixture(params=list_models())
 def built(request):
+    """A fresh MedContext around the model's test network, with a batch and the mask cell."""
     spec = get_model_spec(request.param)
     torch.manual_seed(0)
     network = create_model(spec.name, 1, OUT_CHANNELS, spec.test_roi, **spec.test_options)
@@ -84,16 +88,57 @@ def test_ema_update_moves_teacher_towards_student(built):
         torch.testing.assert_close(new, momentum * old + (1 - momentum) * student.detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_deep_supervision_heads_when_present(built):
-    _, mc, images, labels, _ = built
+@pytest.mark.parametrize("name", list_models())
+def test_deep_supervision_is_declared(name):
+    """Every model says whether it has a deep-supervision mode, and why not when it has none."""
+    declared = get_model_spec(name).deep_supervision
+    assert declared is True or (isinstance(declared, str) and len(declared.split()) >= 5), (
+        f"register {name!r} with deep_supervision=True (the builder takes deep_supervision: bool) "
+        f"or a sentence saying why it has no such mode"
+    )
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_deep_supervision_heads_or_a_clear_refusal(name):
+    spec = get_model_spec(name)
+    options = {**spec.test_options, "deep_supervision": True}
+    if spec.deep_supervision is not True:
+        with pytest.raises(ValueError, match=f"{name!r} has no deep-supervision mode: ") as err:
+            create_model(name, 1, OUT_CHANNELS, spec.test_roi, **options)
+        assert spec.deep_supervision in str(err.value)
+        create_model(name, 1, OUT_CHANNELS, spec.test_roi, **{**options, "deep_supervision": False})  # off: fine
+        return
+    torch.manual_seed(0)
+    mc = MedContext(create_model(name, 1, OUT_CHANNELS, spec.test_roi, **options), total_steps=4, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(1, 1, *spec.test_roi, generator=gen)
+    labels = torch.randint(0, OUT_CHANNELS, (1, 1, *spec.test_roi), generator=gen)
     with torch.no_grad():
-        output = mc.network(images)
-    if not isinstance(output, (list, tuple)):
-        pytest.skip(f"{type(mc.network).__name__} returns a single output at these options")
-    assert output[0].shape[2:] == images.shape[2:]
-    assert all(o.shape[1] == OUT_CHANNELS for o in output)
-    assert torch.isfinite(mc.losses(images, labels).total)
-    assert not isinstance(mc.predict(images), (list, tuple))
+        heads = mc.network(images)
+    assert isinstance(heads, list) and len(heads) >= 2
+    shapes = [tuple(h.shape[2:]) for h in heads]
+    assert shapes[0] == spec.test_roi and all(h.shape[:2] == (1, OUT_CHANNELS) for h in heads)
+    # each head at its decoder stage's resolution (nnFormer) or upsampled to full resolution
+    # (MONAI's DynUNet); never finer than the one before, and a head of its own
+    for finer, coarser in zip(shapes, shapes[1:]):
+        assert all(c <= f and f % c == 0 for f, c in zip(finer, coarser))
+    assert all(not torch.equal(a, b) for a, b in zip(heads, heads[1:]) if a.shape == b.shape)
+    out = mc.losses(images, labels)
+    assert all(torch.isfinite(t) for t in (out.total, out.sup, out.msl, out.cl))
+    prediction = mc.predict(images)  # eval mode: the full-resolution head only
+    assert isinstance(prediction, torch.Tensor) and tuple(prediction.shape[2:]) == spec.test_roi
+    mc.network.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(mc.network(images), heads[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if get_model_spec(n).deep_supervision is True])
+def test_deep_supervision_off_gives_one_output_in_training(name):
+    spec = get_model_spec(name)
+    torch.manual_seed(0)
+    network = create_model(name, 1, OUT_CHANNELS, spec.test_roi, **{**spec.test_options, "deep_supervision": False})
+    output = network.train()(torch.randn(1, 1, *spec.test_roi))
+    assert isinstance(output, torch.Tensor) and output.shape == (1, OUT_CHANNELS, *spec.test_roi)
 
 
 def test_save_load_round_trip(built):

@@ -3,7 +3,8 @@
 A :class:`TrainConfig` is built in three layers, later ones winning:
 
 1. the dataclass defaults below (small, CPU friendly);
-2. a YAML file (``--config FILE``), a nested mapping with the same section names;
+2. a YAML file (``--config FILE``), a nested mapping with the same section names; its
+   ``base:`` key names files it builds on (see :func:`read_yaml`);
 3. dotted overrides (``--set optim.lr=3e-4``), values parsed as YAML scalars.
 
 The resolved object is saved as ``config.yaml`` in the run folder and travels inside every
@@ -43,6 +44,7 @@ __all__ = [
     "lr_scale_factor",
     "load_config",
     "parse_override",
+    "read_yaml",
     "save_config",
 ]
 
@@ -667,9 +669,60 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+BASE_KEY = "base"
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
-    """Read a YAML mapping from ``path`` with errors that name the file."""
-    path = Path(path)
+    """Read a configuration file from ``path``, with the files it builds on merged in.
+
+    A file may start with ``base: FILE`` or ``base: [FILE, ...]``, paths relative to the file
+    itself. The bases are read first (each may have bases of its own), in the order listed,
+    then the file's own settings; a later value wins over an earlier one for the same
+    ``section.key`` (a mapping-valued setting such as ``model.options`` is replaced whole).
+    ``--set`` overrides are applied after all of them. The result has no ``base`` key.
+
+    Raises:
+        ConfigError: a missing file, invalid YAML, a cycle of bases, or an unknown key or a
+            wrong type, each naming the file it is in.
+    """
+    return _read_with_bases(Path(path), ())
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(resolved):], resolved))
+        raise ConfigError(f"config file {path}: its bases form a cycle ({cycle})")
+    own = _read_one(path)
+    bases = own.pop(BASE_KEY, None)
+    TrainConfig().update(own, source=f"config file {path}")  # unknown keys and wrong types, named here
+    if bases is None:
+        return own
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b.strip() for b in bases):
+        raise ConfigError(f"config file {path}: {BASE_KEY} must be a file path or a list of them, got {bases!r}")
+    merged: dict = {}
+    for base in bases:
+        target = Path(os.path.normpath(path.parent / base))
+        if not target.is_file():
+            raise ConfigError(f"config file {path}: its base {base!r} does not exist (looked for {target})")
+        _merge_into(merged, _read_with_bases(target, (*chain, resolved)))
+    return _merge_into(merged, own)
+
+
+def _merge_into(merged: dict, later: Mapping[str, Any]) -> dict:
+    """Section by section, ``later``'s keys over ``merged``'s; returns ``merged``."""
+    for section, values in later.items():
+        if isinstance(values, Mapping) and isinstance(merged.get(section), Mapping):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = dict(values) if isinstance(values, Mapping) else values
+    return merged
+
+
+def _read_one(path: Path) -> dict:
+    """One YAML file as a mapping, with errors that name the file."""
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
@@ -707,7 +760,7 @@ def load_config(
 
     Args:
         path: a YAML file with sections ``data``, ``model``, ``method``, ``optim``, ``train``,
-            ``eval``; ``None`` skips it.
+            ``eval`` (and ``base``, see :func:`read_yaml`); ``None`` skips it.
         overrides: ``["optim.lr=3e-4", ...]`` strings or a ``{dotted_key: value}`` mapping.
         base: start from this config instead of the defaults (not modified).
 

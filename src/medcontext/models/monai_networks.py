@@ -24,6 +24,12 @@ def _size_options(table: dict[str, dict], size: str, model: str) -> dict:
     return dict(table[size])
 
 
+_NO_DEEP_SUPERVISION = (
+    "MONAI's {model} has a single output head; its paper, MONAI's tutorials and the MedContext paper "
+    "train it without deep supervision, and heads on its decoder stages would mean a fork of MONAI's forward"
+)
+
+
 UNETR_SIZES = {
     # UNETR paper / MedContext: ViT-B/16, feature size 16
     "paper": dict(hidden_size=768, mlp_dim=3072, num_heads=12, feature_size=16),
@@ -38,6 +44,7 @@ UNETR_SIZES = {
     roi_multiple=16,
     test_options={"size": "tiny"},
     test_roi=(32, 32, 32),
+    deep_supervision=_NO_DEEP_SUPERVISION.format(model="UNETR"),
 )
 def build_unetr(in_channels: int, out_channels: int, roi_size: Sequence[int], size: str = "paper", **options) -> nn.Module:
     """MONAI UNETR; ``roi_size`` sides must be multiples of 16 (the token patch)."""
@@ -61,6 +68,7 @@ SWIN_UNETR_SIZES = {
     test_options={"size": "tiny"},
     test_roi=(64, 64, 64),
     roi_rule=lambda options: ((32, 32, 32), (64, 64, 64)),
+    deep_supervision=_NO_DEEP_SUPERVISION.format(model="SwinUNETR"),
 )
 def build_swin_unetr(
     in_channels: int, out_channels: int, roi_size: Sequence[int], size: str = "paper", **options
@@ -112,6 +120,7 @@ def _unet3d_roi_rule(options) -> tuple[tuple[int, int, int], tuple[int, int, int
     test_options={"size": "tiny"},
     test_roi=(32, 32, 32),
     roi_rule=_unet3d_roi_rule,
+    deep_supervision=True,
 )
 def build_unet3d(
     in_channels: int,

@@ -616,6 +616,7 @@ def _roi_rule(options) -> tuple[Triple, Triple]:
     test_options=dict(preset="small", embed_dim=8, num_heads=(1, 1, 2, 2), depths=(2, 2, 2, 2)),
     test_roi=(32, 32, 32),
     roi_rule=_roi_rule,
+    deep_supervision=True,
 )
 def build_nnformer(
     in_channels: int,

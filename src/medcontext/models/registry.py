@@ -35,6 +35,12 @@ class ModelSpec:
         test_options: small options for CPU contract tests and ``--model-size tiny`` style use.
         roi_rule: ``options -> (multiple, minimum)`` per axis for options that change them
             (the number of U-Net levels, nnFormer's patch); ``None`` = ``roi_multiple`` for both.
+        deep_supervision: ``True`` when the builder takes ``deep_supervision: bool``: in training
+            mode the network then returns a list of logits, full resolution first, then one
+            per deeper decoder stage (at that stage's resolution, or upsampled to the full
+            one); in eval mode one full-resolution tensor. Otherwise a sentence saying why the
+            architecture has no such mode: asking for it is an error that quotes it.
+            ``None``: not declared (the contract tests fail until it is).
     """
 
     name: str
@@ -44,6 +50,7 @@ class ModelSpec:
     test_options: dict | None = None
     test_roi: tuple[int, int, int] = (32, 32, 32)
     roi_rule: RoiRule | None = None
+    deep_supervision: bool | str | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -57,14 +64,18 @@ def register_model(
     test_options: dict | None = None,
     test_roi: tuple[int, int, int] = (32, 32, 32),
     roi_rule: RoiRule | None = None,
+    deep_supervision: bool | str | None = None,
 ) -> Callable[[Builder], Builder]:
-    """Decorator that registers a model builder under ``name``."""
+    """Decorator that registers a model builder under ``name`` (arguments: :class:`ModelSpec`)."""
+    if deep_supervision is False or (isinstance(deep_supervision, str) and not deep_supervision.strip()):
+        raise ValueError(f"model {name!r}: deep_supervision must be True or a reason why the model has no such mode")
 
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is already registered")
         _REGISTRY[name] = ModelSpec(
-            name, builder, description, roi_multiple, dict(test_options or {}), tuple(test_roi), roi_rule
+            name, builder, description, roi_multiple, dict(test_options or {}), tuple(test_roi), roi_rule,
+            deep_supervision,
         )
         return builder
 
@@ -112,8 +123,16 @@ def create_model(
         out_channels: output channels (classes incl. background, or sigmoid regions).
         roi_size: training crop ``(H, W, D)`` in voxels (an int means a cube).
         **options: architecture options; unknown ones pass through to the underlying network.
+
+    Raises:
+        ValueError: unknown model, an ROI the model cannot take, or ``deep_supervision=True``
+            for a model without that mode (the message says why it has none).
     """
     spec = get_model_spec(name)
+    if isinstance(spec.deep_supervision, str):
+        if options.get("deep_supervision"):
+            raise ValueError(f"model {name!r} has no deep-supervision mode: {spec.deep_supervision}")
+        options.pop("deep_supervision", None)  # deep_supervision=False: what the model does anyway
     roi = as_triple(roi_size, "roi_size")
     multiple = as_triple(spec.roi_multiple, "roi_multiple")
     bad = [(r, m) for r, m in zip(roi, multiple) if r % m]
