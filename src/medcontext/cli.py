@@ -211,8 +211,9 @@ def _add_report_parser(sub) -> None:
     report = sub.add_parser(
         "report", formatter_class=_Formatter, help="markdown report over evaluated runs",
         description="Aggregate evaluated run folders (config.yaml + eval/metrics.csv): per setting and method "
-                    "mean/std over seeds of Dice and HD95, MedContext minus baseline per seed with 95%% bootstrap "
-                    "intervals over test cases, box plots, training curves and an overlay figure.",
+                    "mean/std over seeds of Dice and HD95, MedContext minus baseline per seed with 95% bootstrap "
+                    "intervals over test cases and a verdict from a hierarchical bootstrap over seeds and cases, "
+                    "validation Dice by step, training time, box plots, training curves and an overlay figure.",
     )
     _add_common(report)
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluated run folders")

@@ -322,15 +322,18 @@ def _time_lines(runs: list[RunResult]) -> list[str]:
             timed[run.method].append(compute)
     if not timed:
         return []
-    reference = np.mean([c[2] for c in timed["baseline"]]) if timed.get("baseline") else None
+    reference = np.median([c[2] for c in timed["baseline"]]) if timed.get("baseline") else None
     parts = []
     for method, values in sorted(timed.items(), key=lambda item: _method_order(item[0])):
-        steps, validation, median_step = (np.mean([v[i] for v in values]) for i in range(3))
+        steps, validation = (np.mean([v[i] for v in values]) for i in range(2))
+        median_step = np.median([v[2] for v in values])
         ratio = f", {median_step / reference:.2f}x the baseline's step" if reference and method != "baseline" else ""
         parts.append(f"{method} {steps / 60:.0f} min of steps ({median_step:.2f} s median step{ratio}) "
                      f"+ {validation / 60:.0f} min of validation")
     return ["Training time per run (mean over seeds, from the logged step and validation times; test "
-            "evaluation not included): " + "; ".join(parts) + ".", ""]
+            "evaluation not included; the median step is the median over seeds of each run's median step): "
+            + "; ".join(parts) + ". These are wall-clock times: they follow the load of the machine while each "
+            "run trained, so compare methods' step cost with `benchmarks/bench_step.py` on a quiet machine.", ""]
 
 
 def _plot_validation(by_setting: dict[str, list[RunResult]], path: Path) -> bool:
