@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from medcontext.engine.config import ConfigError
+from medcontext.engine.cpu_threads import CpuShare
 from medcontext.engine.predict import InputCase, Predictor
 from medcontext.engine.run import load_run
 from medcontext.evaluation import evaluate_folder, evaluate_region_folder, format_summary, write_csv, write_markdown
@@ -95,13 +96,16 @@ def evaluate_run(
         f"(step {predictor.checkpoint['step']}, {use} weights)"
     )
     truth = {}
-    for record in records:
-        if record.label is None:
-            raise ConfigError(f"case {record.case_id} has no label file; it cannot be evaluated")
-        start = time.perf_counter()
-        predictor.predict_case(InputCase(record.case_id, list(record.images)), pred_dir, regions_dir=regions_dir)
-        truth[record.case_id] = record.label
-        echo(f"  predicted {record.case_id} ({time.perf_counter() - start:.1f} s)")
+    # a share of the cores like a training process: runs training beside this one count it, and it them
+    with CpuShare(run.cfg.train.threads) as cpu_share:
+        for record in records:
+            if record.label is None:
+                raise ConfigError(f"case {record.case_id} has no label file; it cannot be evaluated")
+            start = time.perf_counter()
+            predictor.predict_case(InputCase(record.case_id, list(record.images)), pred_dir, regions_dir=regions_dir)
+            truth[record.case_id] = record.label
+            echo(f"  predicted {record.case_id} ({time.perf_counter() - start:.1f} s)")
+            cpu_share.refresh()
     if regions_dir is not None:
         table = evaluate_region_folder(regions_dir, truth, run.spec.regions, run.classes, progress=progress)
     else:

@@ -143,3 +143,24 @@ def test_find_input_cases_groups_channel_files(tmp_path):
     (tmp_path / "c_0001.nii.gz").write_bytes(b"")
     with pytest.raises(ValueError, match="c_0001"):
         find_input_cases(tmp_path, num_channels=2)
+
+
+def test_predict_and_evaluate_take_a_share_of_the_cores_like_training(trained_run, tmp_path, monkeypatch):
+    """A training beside a prediction counts it: both register in the CPU-share folder per case."""
+    from medcontext.engine import cpu_threads, predict
+
+    folder = tmp_path / "cpu-share"
+    monkeypatch.setattr(cpu_threads.tempfile, "gettempdir", lambda: str(folder))
+    seen = []
+    original = predict.Predictor.predict_case
+
+    def spy(self, *args, **kwargs):
+        seen.append(sorted(p.name for p in next(folder.iterdir()).iterdir()))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(predict.Predictor, "predict_case", spy)
+    data, run = trained_run
+    assert main(["evaluate", "--run", str(run), "--no-progress"]) == 0
+    assert main(["predict", "--run", str(run), "--input", str(data / "imagesTr"), "--output", str(tmp_path / "p")]) == 0
+    assert len(seen) == 2 + 6 and all(names == [str(os.getpid())] for names in seen)
+    assert not list(next(folder.iterdir()).iterdir())  # unregistered at the end

@@ -5,7 +5,11 @@ parallel region, and two 2-thread processes on 2 cores stall far more than they 
 therefore uses the physical cores it may run on (CPU affinity, then a cgroup CPU quota, then
 one thread per core: hyper-threads add little to these kernels), divided by the medcontext
 training processes running on the machine: the processes of a ``torchrun`` launch on the
-node (``LOCAL_WORLD_SIZE``) and any other training, e.g. two studies started side by side.
+node (``LOCAL_WORLD_SIZE``) and any other training, e.g. two studies started side by side, and
+the processes predicting or evaluating a run (``medcontext predict`` / ``evaluate``, a study's test
+evaluation), which register the same way and re-count after every case: a training process that
+took both cores while another run evaluated ran 10-40x slower per step (threads waiting at every
+parallel region on an over-subscribed core).
 :class:`CpuShare` registers each training process in a per-user folder of the temporary
 directory; the training loop re-counts the live ones after every step (a directory listing)
 and changes its thread count when another run starts or ends.
@@ -119,7 +123,7 @@ def _alive(pid: int) -> bool:
 
 
 class CpuShare:
-    """This process's share of the CPU while it trains (a context manager).
+    """This process's share of the CPU while it trains or predicts (a context manager).
 
     On entry it registers the process (a file named by its pid in ``folder``) and sets
     ``torch.set_num_threads`` from :func:`choose_threads`; :meth:`refresh` (after every

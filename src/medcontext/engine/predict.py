@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from medcontext.engine.cpu_threads import CpuShare
 from medcontext.engine.inference import logits_to_labels, logits_to_probabilities, sliding_window_logits
 from medcontext.engine.precision import resolve_device, resolve_precision
 from medcontext.engine.run import RunInfo, load_model, load_run
@@ -228,19 +229,21 @@ def predict_run(
     )
     written: list[Path] = []
     failures: list[tuple[InputCase, str]] = []
-    for case in cases:
-        start = time.perf_counter()
-        try:
-            files = predictor.predict_case(case, output_dir, probabilities=probabilities)
-        except DiskFullError:
-            raise
-        except Exception as err:  # noqa: BLE001 - reported per case, the other cases go on
-            reason = failure_reason(err)
-            failures.append((case, reason))
-            echo(f"  {case.case_id}: FAILED ({', '.join(str(p) for p in case.paths)}): {reason}")
-            continue
-        written.extend(files)
-        echo(f"  {case.case_id}: {files[0]} ({time.perf_counter() - start:.1f} s)")
+    with CpuShare(predictor.run.cfg.train.threads) as cpu_share:  # counted by trainings beside it
+        for case in cases:
+            start = time.perf_counter()
+            try:
+                files = predictor.predict_case(case, output_dir, probabilities=probabilities)
+            except DiskFullError:
+                raise
+            except Exception as err:  # noqa: BLE001 - reported per case, the other cases go on
+                reason = failure_reason(err)
+                failures.append((case, reason))
+                echo(f"  {case.case_id}: FAILED ({', '.join(str(p) for p in case.paths)}): {reason}")
+                continue
+            written.extend(files)
+            cpu_share.refresh()
+            echo(f"  {case.case_id}: {files[0]} ({time.perf_counter() - start:.1f} s)")
     if failures:
         raise PredictionFailedError(failures, written, len(cases), Path(output_dir))
     return written
