@@ -76,8 +76,12 @@ def test_training_time_comes_from_the_logged_times_of_every_step_even_after_a_re
 def test_plan_is_paired_and_within_budget():
     runs = hippocampus_plan()
     names = [r.name for r in runs]
-    assert len(names) == len(set(names)) == 53
+    assert len(names) == len(set(names)) == 62
     assert {r.overrides.get("method.beta") for r in runs if "beta" in r.ablation} == {0.1, 1.0}
+    horizons = [r for r in runs if r.ablation.startswith("h")]
+    assert sorted(r.name for r in horizons if r.seed == 0) == [
+        "unet3d_k5/medcontext_h0.02_s0", "unet3d_k5/medcontext_h0.05_s0", "unet3d_k5/medcontext_h0.2_s0"]
+    assert {r.settings("D", [])["method.momentum_horizon"] for r in horizons} == {0.02, 0.05, 0.2}
     for group in ("unet3d_k5", "unet3d_k20", "unetr_k5"):
         for seed in (0, 1, 2):
             for variant in ("baseline", "medcontext", "no_teacher"):
