@@ -38,8 +38,11 @@ def test_validation_table_averages_seeds_per_step():
         run = _run("baseline", seed, {"c0": 0.5})
         run.val_log = [{"kind": "val", "step": s, "mean_dice": 0.1 * i + offset} for i, s in enumerate((250, 500, 750))]
         runs.append(run)
-    text = "\n".join(_validation_lines(runs))
-    assert "| method | seeds | 250 | 500 | 750 |" in text and "| baseline | 2 | 5.0 | 15.0 | 25.0 |" in text
+    peaked = _run("medcontext", 0, {"c0": 0.5})  # best validation at step 500, not at the end
+    peaked.val_log = [{"kind": "val", "step": s, "mean_dice": d} for s, d in ((250, 0.2), (500, 0.4), (750, 0.3))]
+    text = "\n".join(_validation_lines([*runs, peaked]))
+    assert "| method | seeds | 250 | 500 | 750 | best |" in text
+    assert "| baseline | 2 | 5.0 | 15.0 | 25.0 | 25.0 |" in text and "| medcontext | 1 | 20.0 | 40.0 | 30.0 | 40.0 |" in text
     assert _validation_lines([_run("baseline", 0, {"c0": 0.5})]) == []
 
 

@@ -273,7 +273,9 @@ def _val_curve(run: RunResult) -> dict[int, float]:
 
 
 def _validation_lines(runs: list[RunResult], max_columns: int = 12) -> list[str]:
-    """Validation mean Dice (mean over seeds) at every validated step, one row per method."""
+    """Validation mean Dice (mean over seeds) at every validated step, one row per method, and the
+    mean over seeds of each run's best validation Dice (the value that selects its checkpoint, and
+    the criterion for choosing a setting without looking at the test cases)."""
     curves = {id(run): _val_curve(run) for run in runs}
     steps = sorted(set.intersection(*(set(c) for c in curves.values()))) if curves else []
     if len(steps) < 3:
@@ -286,13 +288,14 @@ def _validation_lines(runs: list[RunResult], max_columns: int = 12) -> list[str]
         by_method[run.method].append(run)
     lines = [
         "Validation mean Dice (percent, mean over seeds; the validation cases select the checkpoint and are "
-        "disjoint from the test cases) by training step:",
+        "disjoint from the test cases) by training step, and each run's best validation Dice (mean over seeds):",
         "",
-        "| method | seeds | " + " | ".join(str(s) for s in steps) + " |",
-        "|---|---|" + "---:|" * len(steps),
+        "| method | seeds | " + " | ".join(str(s) for s in steps) + " | best |",
+        "|---|---|" + "---:|" * (len(steps) + 1),
     ]
     for method, group in sorted(by_method.items(), key=lambda item: _method_order(item[0])):
         cells = [f"{100 * np.mean([curves[id(r)][s] for r in group]):.1f}" for s in steps]
+        cells.append(f"{100 * np.mean([max(curves[id(r)].values()) for r in group]):.1f}")
         lines.append(f"| {method} | {len(group)} | " + " | ".join(cells) + " |")
     return lines + [""]
 
