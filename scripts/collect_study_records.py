@@ -8,6 +8,8 @@ record, and one training record in ``--train-every`` (the loss curves; the full 
 that their validation curves are kept; ``study_done.json`` tells them apart.
 
     python scripts/collect_study_records.py runs/acdc_study results/acdc
+
+``medcontext report`` reads such records folders like run folders (without the overlay figure).
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import json
 import shutil
 from pathlib import Path
 
+from medcontext.study.report import RECORDED_TEST_METRICS
+
 RUN_FILES = ("config.yaml", "split.json", "plan.json", "study_done.json")
-EVAL_FILES = ("metrics.csv", "summary.md")
+#: eval/NAME -> records name (``medcontext report`` reads the metrics under RECORDED_TEST_METRICS)
+EVAL_FILES = {"metrics.csv": RECORDED_TEST_METRICS, "summary.md": "test_summary.md"}
 
 
 def thinned_log(lines: list[str], train_every: int) -> list[str]:
@@ -45,9 +50,9 @@ def collect_run(run: Path, target: Path, train_every: int) -> bool:
     for name in RUN_FILES:
         if (run / name).is_file():
             shutil.copyfile(run / name, target / name)
-    for name in EVAL_FILES:
+    for name, record_name in EVAL_FILES.items():
         if (run / "eval" / name).is_file():
-            shutil.copyfile(run / "eval" / name, target / f"test_{name}")
+            shutil.copyfile(run / "eval" / name, target / record_name)
     log = run / "metrics.jsonl"
     if log.is_file():
         kept = thinned_log(log.read_text().splitlines(), train_every)

@@ -68,8 +68,14 @@ def _method_label(variant: str, ratio: float, momentum: float, beta: float = DEF
     return f"{variant} ({', '.join(notes)})" if notes else variant
 
 
+#: a run's test metrics in a records folder (``scripts/collect_study_records.py``: the small files
+#: of a run kept in the repository, since run folders do not outlive a machine)
+RECORDED_TEST_METRICS = "test_metrics.csv"
+
+
 def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> list[RunResult]:
-    """Read every run folder that has ``config.yaml`` and ``EVAL/metrics.csv``.
+    """Read every run folder that has ``config.yaml`` and ``EVAL/metrics.csv``, or a records
+    folder of a run (``config.yaml`` and :data:`RECORDED_TEST_METRICS`).
 
     Raises:
         FileNotFoundError: a folder lacks one of them (named in the message).
@@ -77,6 +83,8 @@ def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> 
     results = []
     for run_dir in map(Path, run_dirs):
         config_path, metrics_path = run_dir / "config.yaml", run_dir / eval_name / "metrics.csv"
+        if not metrics_path.is_file() and (run_dir / RECORDED_TEST_METRICS).is_file():
+            metrics_path = run_dir / RECORDED_TEST_METRICS
         for needed in (config_path, metrics_path):
             if not needed.is_file():
                 raise FileNotFoundError(f"{run_dir} is not an evaluated run: {needed} is missing (run medcontext evaluate)")
@@ -381,6 +389,8 @@ def _plot_overlay(runs: list[RunResult], data_root: Path | None, path: Path) -> 
     cases = sorted(set(base.dice) & set(ours.dice))
     gain = ours.case_mean_dice(cases) - base.case_mean_dice(cases)
     case = cases[int(np.argsort(gain)[len(gain) // 2])]  # the median case, not a cherry-pick
+    if not (base.path / "dataset.json").is_file():  # a records folder: no predictions to show
+        return False
     spec = json.loads((base.path / "dataset.json").read_text())
     record = next((c for c in spec["cases"] if c["case_id"] == case), None)
     root = Path(data_root or spec.get("root", ""))
