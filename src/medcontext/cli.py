@@ -219,6 +219,9 @@ def _add_report_parser(sub) -> None:
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluated run folders")
     report.add_argument("--out", default="report/report.md", metavar="MD", help="report file (figures beside it)")
     report.add_argument("--title", default="MedContext study", help="report title")
+    report.add_argument("--also-against", nargs="+", default=[], metavar="METHOD",
+                        help="also compare every method with these methods, paired per seed (labels as in the "
+                             "report's tables, e.g. medcontext)")
 
 
 def _add_data_parser(sub) -> None:
@@ -391,7 +394,12 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from medcontext.study import collect_runs, write_report
 
-    out = write_report(collect_runs(args.runs), args.out, title=args.title)
+    runs = collect_runs(args.runs)
+    unknown = sorted(set(args.also_against) - {r.method for r in runs})
+    if unknown:
+        raise ValueError(f"--also-against {', '.join(unknown)}: no such method among the runs "
+                         f"(methods: {', '.join(sorted({r.method for r in runs}))})")
+    out = write_report(runs, args.out, title=args.title, also_against=args.also_against)
     print(f"wrote {out}")
     return 0
 

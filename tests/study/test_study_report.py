@@ -185,14 +185,30 @@ def test_report_writes_its_figures_beside_the_markdown(tmp_path):
         assert (report.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _evaluated_run(run, variant, seed, dices, horizon=None):
+    """A run folder as training and evaluation leave it: config, metrics log, eval/metrics.csv."""
+    from medcontext.engine.config import TrainConfig, save_config
+    from medcontext.evaluation.report import CaseMetric, MetricTable, write_csv
+
+    cfg = TrainConfig()
+    cfg.method.variant, cfg.method.momentum_horizon, cfg.train.seed = variant, horizon, seed
+    save_config(cfg, run / "config.yaml")
+    table = MetricTable()
+    for i, dice in enumerate(dices):
+        table.add(CaseMetric(f"c{i}", "a", dice, 2.0 + i, 10, 12))
+    write_csv(table, run / "eval" / "metrics.csv")
+    log = [{"kind": "train", "step": s, "sup": 1.0, "msl": 0.5, "cl": 0.1, "step_time": 0.2} for s in range(1, 31)]
+    log += [{"kind": "val", "step": s, "mean_dice": 0.5 + s / 100} for s in (10, 20, 30)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    return run
+
+
 def test_a_run_reported_from_its_collected_records_matches_the_run_folder(tmp_path):
     """Run folders do not outlive a machine: the records that scripts/collect_study_records.py keeps in
     the repository (config, thinned log, test metrics) must give the same report rows."""
     import importlib.util
     from pathlib import Path
 
-    from medcontext.engine.config import TrainConfig, save_config
-    from medcontext.evaluation.report import CaseMetric, MetricTable, write_csv
     from medcontext.study.report import collect_runs
 
     script = Path(__file__).resolve().parents[2] / "scripts" / "collect_study_records.py"
@@ -200,18 +216,7 @@ def test_a_run_reported_from_its_collected_records_matches_the_run_folder(tmp_pa
     collect = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(collect)
 
-    run = tmp_path / "runs" / "g" / "medcontext_h0.05_s1"
-    cfg = TrainConfig()
-    cfg.method.variant, cfg.method.momentum_horizon, cfg.train.seed = "medcontext", 0.05, 1
-    save_config(cfg, run / "config.yaml")
-    table = MetricTable()
-    for i, dice in enumerate((0.7, 0.8, 0.9)):
-        table.add(CaseMetric(f"c{i}", "a", dice, 2.0 + i, 10, 12))
-    write_csv(table, run / "eval" / "metrics.csv")
-    log = [{"kind": "train", "step": s, "sup": 1.0, "msl": 0.5, "cl": 0.1, "step_time": 0.2} for s in range(1, 31)]
-    log += [{"kind": "val", "step": s, "mean_dice": 0.5 + s / 100} for s in (10, 20, 30)]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-
+    run = _evaluated_run(tmp_path / "runs" / "g" / "medcontext_h0.05_s1", "medcontext", 1, (0.7, 0.8, 0.9), 0.05)
     records = tmp_path / "records" / "g" / "medcontext_h0.05_s1"
     assert collect.collect_run(run, records, train_every=10)
     assert not (records / "eval").exists()
@@ -221,3 +226,21 @@ def test_a_run_reported_from_its_collected_records_matches_the_run_folder(tmp_pa
     assert (from_records.method, from_records.seed) == (from_run.method, from_run.seed) == ("medcontext (EMA horizon 0.05 of the run)", 1)
     assert from_records.dice == from_run.dice and from_records.val_log == from_run.val_log
     assert [r["step"] for r in from_records.train_log] == [10, 20, 30]
+
+
+def test_report_also_compares_with_another_method_per_seed(tmp_path, capsys):
+    from medcontext.cli import main
+
+    runs = []
+    for seed in (0, 1):
+        runs.append(_evaluated_run(tmp_path / f"baseline_s{seed}", "baseline", seed, (0.5, 0.5, 0.5)))
+        runs.append(_evaluated_run(tmp_path / f"medcontext_s{seed}", "medcontext", seed, (0.4, 0.4, 0.4)))
+        runs.append(_evaluated_run(tmp_path / f"h_s{seed}", "medcontext", seed, (0.6, 0.6, 0.6), 0.05))
+    out = tmp_path / "report" / "report.md"
+    assert main(["report", *map(str, runs), "--out", str(out), "--also-against", "medcontext"]) == 0
+    text = out.read_text()
+    assert "| method − baseline |" in text and "| method − medcontext |" in text
+    assert "| **medcontext (EMA horizon 0.05 of the run)** | all 2 | **+20.00** |" in text  # against medcontext
+    assert "| **medcontext (EMA horizon 0.05 of the run)** | all 2 | **+10.00** |" in text  # against the baseline
+    assert main(["report", *map(str, runs), "--out", str(out), "--also-against", "momentum"]) != 0
+    assert "--also-against momentum: no such method among the runs" in capsys.readouterr().err

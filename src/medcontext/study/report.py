@@ -423,8 +423,12 @@ def write_report(
     title: str = "MedContext study",
     preamble: str = "",
     data_root: str | Path | None = None,
+    also_against: Sequence[str] = (),
 ) -> Path:
-    """Write the markdown report and its PNG figures next to it; returns the report path."""
+    """Write the markdown report and its PNG figures next to it; returns the report path.
+
+    ``also_against``: method labels (e.g. ``"medcontext"``) that every other method is compared
+    with too, paired per seed like the comparison with the baseline."""
     out_md = Path(out_md)
     figure_dir = out_md.parent
     figure_dir.mkdir(parents=True, exist_ok=True)
@@ -447,6 +451,9 @@ def write_report(
         lines += [f"## {setting}", "", *_method_table(setting_runs), ""]
         if any(r.method == "baseline" for r in setting_runs) and len({r.method for r in setting_runs}) > 1:
             lines += [*_paired_lines(setting_runs), ""]
+        for reference in also_against:
+            if any(r.method == reference for r in setting_runs) and len({r.method for r in setting_runs}) > 1:
+                lines += [*_paired_lines(setting_runs, reference), ""]
         final_losses = _final_loss_lines(setting_runs)
         if final_losses:
             lines += [*final_losses, ""]
