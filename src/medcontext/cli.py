@@ -395,10 +395,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from medcontext.study import collect_runs, write_report
 
     runs = collect_runs(args.runs)
-    unknown = sorted(set(args.also_against) - {r.method for r in runs})
+    methods = {r.method for r in runs}
+    unknown = sorted(set(args.also_against) - methods)
     if unknown:
         raise ValueError(f"--also-against {', '.join(unknown)}: no such method among the runs "
-                         f"(methods: {', '.join(sorted({r.method for r in runs}))})")
+                         f"(methods: {', '.join(sorted(methods))})")
     out = write_report(runs, args.out, title=args.title, also_against=args.also_against)
     print(f"wrote {out}")
     return 0

@@ -386,11 +386,11 @@ def _plot_overlay(runs: list[RunResult], data_root: Path | None, path: Path) -> 
     ours = next((r for r in runs if r.method == "medcontext" and base is not None and r.seed == base.seed), None)
     if base is None or ours is None:
         return False
+    if not (base.path / "dataset.json").is_file():  # a records folder: no predictions to show
+        return False
     cases = sorted(set(base.dice) & set(ours.dice))
     gain = ours.case_mean_dice(cases) - base.case_mean_dice(cases)
     case = cases[int(np.argsort(gain)[len(gain) // 2])]  # the median case, not a cherry-pick
-    if not (base.path / "dataset.json").is_file():  # a records folder: no predictions to show
-        return False
     spec = json.loads((base.path / "dataset.json").read_text())
     record = next((c for c in spec["cases"] if c["case_id"] == case), None)
     root = Path(data_root or spec.get("root", ""))
@@ -449,10 +449,9 @@ def write_report(
     ]
     for setting, setting_runs in by_setting.items():
         lines += [f"## {setting}", "", *_method_table(setting_runs), ""]
-        if any(r.method == "baseline" for r in setting_runs) and len({r.method for r in setting_runs}) > 1:
-            lines += [*_paired_lines(setting_runs), ""]
-        for reference in also_against:
-            if any(r.method == reference for r in setting_runs) and len({r.method for r in setting_runs}) > 1:
+        methods = {r.method for r in setting_runs}
+        for reference in dict.fromkeys(("baseline", *also_against)):
+            if reference in methods and len(methods) > 1:
                 lines += [*_paired_lines(setting_runs, reference), ""]
         final_losses = _final_loss_lines(setting_runs)
         if final_losses:
