@@ -52,6 +52,9 @@ def test_train_writes_a_complete_run_folder(phantom_dir, train_argv, tmp_path, c
     assert best["best"]["step"] in (2, 4)
     assert best["best"]["metric"] == max(r["mean_dice"] for r in val_rows)
     assert "data wait" in capsys.readouterr().out
+    (start,) = read_metrics(out / "metrics.jsonl", "start")  # where it trained, before its first step
+    assert start["step"] == 0 and start["device"] == "cpu" and start["precision"] == "fp32" and start["threads"] >= 1
+    assert start["processor"] and start["isa"] and start["torch"] == torch.__version__
 
 
 def test_resume_reproduces_the_uninterrupted_losses_exactly(phantom_dir, train_argv, tmp_path):
@@ -62,6 +65,7 @@ def test_resume_reproduces_the_uninterrupted_losses_exactly(phantom_dir, train_a
     assert read_checkpoint(parts / "last.pt")["step"] == 3
     assert main(train_argv(phantom_dir, parts, *extra, "--resume", steps=6, variant="medcontext")) == 0
     assert _losses(parts) == _losses(full)  # bit-identical floats, all four terms
+    assert [r["step"] for r in read_metrics(parts / "metrics.jsonl", "start")] == [0, 3]  # one per start
     a, b = read_checkpoint(full / "last.pt")["model"], read_checkpoint(parts / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # student, teacher and mask token
 

@@ -6,6 +6,7 @@ import pytest
 from medcontext.study import STUDIES, acdc_plan, hippocampus_plan, load_test_split
 from medcontext.study.report import (
     RunResult, _final_loss_lines, _method_label, _paired_lines, _time_lines, _validation_lines, run_compute_seconds,
+    run_machine,
 )
 
 
@@ -74,6 +75,30 @@ def test_training_time_comes_from_the_logged_times_of_every_step_even_after_a_re
     text = "\n".join(_time_lines([base, ours]))
     assert "medcontext 0 min of steps (2.50 s median step, 2.50x the baseline's step)" in text
     assert run_compute_seconds(_run("baseline", 1, {"c0": 0.5})) is None and _time_lines([_run("baseline", 1, {"c0": 0.5})]) == []
+
+
+def test_training_time_is_grouped_by_machine_and_compared_only_within_one():
+    amx, avx2 = "bf16 on Intel Xeon (AMX)", "fp32 on AMD EPYC (AVX2)"
+    runs = []
+    for method, machine, step_time in (("baseline", amx, 0.5), ("medcontext", amx, 1.0), ("no_teacher", avx2, 4.0)):
+        run = _run(method, 0, {"c0": 0.5})
+        run.train_log, run.machine = [{"step": s, "step_time": step_time} for s in range(1, 11)], machine
+        runs.append(run)
+    text = "\n".join(_time_lines(runs))
+    assert f"medcontext 0 min of steps (1.00 s median step, 2.00x the baseline's step) + 0 min of validation [1 run, {amx}]" in text
+    assert f"no_teacher 1 min of steps (4.00 s median step) + 0 min of validation [1 run, {avx2}]" in text  # no ratio
+    assert "trained on different machines" in text
+    one = "\n".join(_time_lines(runs[:2]))
+    assert f"All runs: {amx}." in one and "[" not in one
+
+
+def test_run_machine_reads_the_start_records_of_a_log():
+    start = {"kind": "start", "device": "cpu", "processor": "AMD EPYC", "isa": "AVX2", "precision": "fp32"}
+    gpu = {"kind": "start", "device": "cuda", "processor": "NVIDIA H200", "isa": "AVX512", "precision": "bf16"}
+    log = [{**start, "step": 0}, {"kind": "train", "step": 1}, {**start, "step": 250}, {**gpu, "step": 500}]
+    assert run_machine(log) == "fp32 on AMD EPYC (AVX2), then bf16 on NVIDIA H200"
+    assert run_machine([{"kind": "train", "step": 1}], "bf16") == "bf16, machine not recorded"
+    assert run_machine([]) == "machine not recorded"
 
 
 def test_plan_is_paired_and_within_budget():

@@ -2,7 +2,9 @@
 
 ``metrics.jsonl`` holds one JSON object per line: ``{"kind": "train", "step": ...}`` for every
 optimizer step (loss terms, lr, momentum, gradient norm, data-wait and step times in seconds)
-and ``{"kind": "val", "step": ...}`` for every validation (Dice per class, mean Dice). ``step``
+and ``{"kind": "val", "step": ...}`` for every validation (Dice per class, mean Dice), after a
+``{"kind": "start", "step": ...}`` record each time training starts or resumes (the machine:
+processor, instruction set, precision, threads; :mod:`medcontext.engine.machine`). ``step``
 counts completed optimizer steps (the first step logs ``step: 1``). On resume the file is cut
 back to the checkpoint's step, so it never holds steps that the resumed run repeats.
 """
@@ -109,6 +111,12 @@ class RunLog:
         """Append one record to ``metrics.jsonl``."""
         if self._file is not None:
             self._file.write(json.dumps(_jsonable(record)) + "\n")
+
+    def start(self, step: int, machine: dict[str, Any]) -> None:
+        """Log that training starts (or resumes) at ``step`` on ``machine``
+        (:func:`medcontext.engine.machine.machine_record`)."""
+        if self.enabled:
+            self.write({"kind": "start", "step": step, **machine})
 
     def train_step(self, step: int, values: dict[str, float]) -> None:
         """Log a training step (``values``: loss terms, lr, timings...)."""

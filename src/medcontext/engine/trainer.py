@@ -67,6 +67,7 @@ from medcontext.engine.config import TrainConfig, lr_scale_factor, resolve_batch
 from medcontext.engine.cpu_memory import retain_freed_cpu_memory
 from medcontext.engine.distributed import World, rank_seed, wrap_ddp
 from medcontext.engine.inference import logits_to_labels, sliding_window_logits
+from medcontext.engine.machine import machine_record
 from medcontext.engine.optim import build_optimizer, learning_rate, set_learning_rate
 from medcontext.engine.precision import Precision, resolve_device, resolve_precision
 from medcontext.engine.resume import check_resume_settings
@@ -476,6 +477,7 @@ class Trainer:
         start_step = self.step
         result = TrainResult(self.run_dir, start_step, self.step, self.total_steps, rank=self.world.rank)
         self.log = self._open_log(start_step)
+        self.log.start(start_step, machine_record(self.device, self.precision.name, processes=self.world.world_size))
         loader = self._step_loader(start_step)
         try:
             with GracefulStop(enabled=handle_signals) as stop:

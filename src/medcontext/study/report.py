@@ -23,12 +23,13 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..engine.config import load_config
+from ..engine.machine import machine_label
 from ..engine.run_log import read_metrics
 from ..evaluation import figures, read_csv
 from ..evaluation.statistics import hierarchical_bootstrap, paired_bootstrap, summarize
 from ..io.atomic import write_text_atomic
 
-__all__ = ["RunResult", "collect_runs", "write_report"]
+__all__ = ["RunResult", "collect_runs", "run_machine", "write_report"]
 
 DEFAULT_RATIO = 0.4
 DEFAULT_MOMENTUM = 0.996
@@ -48,6 +49,7 @@ class RunResult:
     hd95: dict[str, dict[str, float]]  # case -> class -> HD95 (NaN = missing)
     train_log: list[dict] = field(default_factory=list)
     val_log: list[dict] = field(default_factory=list)
+    machine: str = "machine not recorded"  # where it trained (:func:`run_machine`)
 
     def case_mean_dice(self, cases: Sequence[str]) -> np.ndarray:
         """Mean Dice over classes per case, in the order of ``cases``."""
@@ -109,9 +111,23 @@ def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> 
                 hd95=dict(hd95),
                 train_log=[r for r in log if r.get("kind") == "train"],
                 val_log=[r for r in log if r.get("kind") == "val"],
+                machine=run_machine(log, cfg.train.precision),
             )
         )
     return results
+
+
+def run_machine(log: Sequence[dict], precision_setting: str = "auto") -> str:
+    """Where a run trained, from the ``start`` records of its log, e.g. ``fp32 on AMD EPYC (AVX2)``;
+    a run resumed elsewhere lists each machine in order (``A, then B``). Logs written before
+    these records existed give ``machine not recorded`` (with the precision when the config
+    named one rather than ``auto``)."""
+    labels = list(dict.fromkeys(machine_label(r) for r in log if r.get("kind") == "start"))
+    if labels:
+        return ", then ".join(labels)
+    if precision_setting != "auto":
+        return f"{precision_setting}, machine not recorded"
+    return "machine not recorded"
 
 
 def _fmt(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
@@ -326,25 +342,34 @@ def run_compute_seconds(run: RunResult) -> tuple[float, float, float] | None:
 
 
 def _time_lines(runs: list[RunResult]) -> list[str]:
-    timed: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    """Compute per method and machine; a step-cost ratio only against baseline runs of the same machine."""
+    timed: dict[tuple[str, str], list[tuple[float, float, float]]] = defaultdict(list)
     for run in runs:
         compute = run_compute_seconds(run)
         if compute is not None:
-            timed[run.method].append(compute)
+            timed[(run.method, run.machine)].append(compute)
     if not timed:
         return []
-    reference = np.median([c[2] for c in timed["baseline"]]) if timed.get("baseline") else None
+    machines = sorted({machine for _, machine in timed})
     parts = []
-    for method, values in sorted(timed.items(), key=lambda item: _method_order(item[0])):
+    for (method, machine), values in sorted(timed.items(), key=lambda item: (_method_order(item[0][0]), item[0][1])):
         steps, validation = (np.mean([v[i] for v in values]) for i in range(2))
         median_step = np.median([v[2] for v in values])
-        ratio = f", {median_step / reference:.2f}x the baseline's step" if reference and method != "baseline" else ""
+        baseline = timed.get(("baseline", machine))
+        ratio = ""
+        if baseline and method != "baseline":
+            ratio = f", {median_step / np.median([c[2] for c in baseline]):.2f}x the baseline's step"
+        where = f" [{len(values)} run{'s' if len(values) > 1 else ''}, {machine}]" if len(machines) > 1 else ""
         parts.append(f"{method} {steps / 60:.0f} min of steps ({median_step:.2f} s median step{ratio}) "
-                     f"+ {validation / 60:.0f} min of validation")
+                     f"+ {validation / 60:.0f} min of validation{where}")
+    where = (f" All runs: {machines[0]}." if len(machines) == 1 else
+             " The runs trained on different machines or precisions (in brackets): compare step times only "
+             "within one machine.")
     return ["Training time per run (mean over seeds, from the logged step and validation times; test "
             "evaluation not included; the median step is the median over seeds of each run's median step): "
-            + "; ".join(parts) + ". These are wall-clock times: they follow the load of the machine while each "
-            "run trained, so compare methods' step cost with `benchmarks/bench_step.py` on a quiet machine.", ""]
+            + "; ".join(parts) + "." + where + " These are wall-clock times: they follow the load of the machine "
+            "while each run trained, so compare methods' step cost with `benchmarks/bench_step.py` on a quiet "
+            "machine.", ""]
 
 
 def _plot_validation(by_setting: dict[str, list[RunResult]], path: Path) -> bool:
