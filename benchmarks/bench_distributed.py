@@ -72,7 +72,7 @@ def worker(args: argparse.Namespace) -> None:
     per_rank = args.batch // world.world_size
     roi = (args.roi,) * 3
     cfg = load_config(None, [
-        f"model.name={args.model}", f"model.options={{size: {args.size}}}", f"model.roi={list(roi)}",
+        f"model.name={args.model}", f"model.options={{size: {args.model_size}}}", f"model.roi={list(roi)}",
         f"train.batch_size={per_rank}", "data.num_samples=1", "train.steps=100000", f"train.device={args.device}",
         "train.precision=fp32", "train.tensorboard=false", f"method.variant={args.variant}",
     ])
@@ -116,7 +116,7 @@ def launch(args: argparse.Namespace, processes: int) -> dict:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), __file__, "--worker",
-        "--threads", str(threads), "--device", args.device, "--model", args.model, "--model-size", args.size,
+        "--threads", str(threads), "--device", args.device, "--model", args.model, "--model-size", args.model_size,
         "--roi", str(args.roi), "--batch", str(args.batch), "--variant", args.variant,
         "--warmup", str(args.warmup), "--repeats", str(args.repeats),
     ]
@@ -135,7 +135,8 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="CPU threads shared by the processes")
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--model", default="unet3d")
-    parser.add_argument("--size", default="small")
+    parser.add_argument("--model-size", "--size", dest="model_size", default="small",
+                        help="model size preset, as `medcontext train --model-size` (--size: the old name)")
     parser.add_argument("--roi", type=int, default=32)
     parser.add_argument("--batch", type=int, default=2, help="total crops per step (split over processes)")
     parser.add_argument("--variant", default="medcontext")
@@ -152,7 +153,7 @@ def main() -> None:
         raise SystemExit(f"--batch {args.batch} cannot be split evenly over {bad} processes")
     rows = [launch(args, n) for n in args.processes]
     base = rows[0]["ddp"]
-    print(f"{args.model} ({args.size}), {args.variant}, crop {args.roi}^3, total batch {args.batch}, "
+    print(f"{args.model} ({args.model_size}), {args.variant}, crop {args.roi}^3, total batch {args.batch}, "
           f"device {rows[0]['device']}, torch {torch.__version__}, {args.cores} cores\n")
     print("| processes | backend | threads/process | batch/process | s/step | s/step without communication "
           "| communication share | speed-up |")
