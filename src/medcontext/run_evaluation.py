@@ -101,11 +101,11 @@ def evaluate_run(
         for record in records:
             if record.label is None:
                 raise ConfigError(f"case {record.case_id} has no label file; it cannot be evaluated")
+            cpu_share.refresh()  # trainings that started or ended since the last case
             start = time.perf_counter()
             predictor.predict_case(InputCase(record.case_id, list(record.images)), pred_dir, regions_dir=regions_dir)
             truth[record.case_id] = record.label
             echo(f"  predicted {record.case_id} ({time.perf_counter() - start:.1f} s)")
-            cpu_share.refresh()
     if regions_dir is not None:
         table = evaluate_region_folder(regions_dir, truth, run.spec.regions, run.classes, progress=progress)
     else:

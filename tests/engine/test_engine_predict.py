@@ -75,7 +75,12 @@ def test_predict_errors_name_the_file(trained_run, tmp_path, capsys):
     assert "not a medcontext run folder" in capsys.readouterr().err
 
 
-def test_predict_goes_on_after_a_bad_case_and_names_it(trained_run, tmp_path, capsys):
+def test_predict_goes_on_after_a_bad_case_and_names_it(trained_run, tmp_path, capsys, monkeypatch):
+    from medcontext.engine import cpu_threads
+
+    recounts = []
+    original_refresh = cpu_threads.CpuShare.refresh
+    monkeypatch.setattr(cpu_threads.CpuShare, "refresh", lambda self: recounts.append(1) or original_refresh(self))
     data, run = trained_run
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -100,6 +105,7 @@ def test_predict_goes_on_after_a_bad_case_and_names_it(trained_run, tmp_path, ca
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["a_good.nii.gz", "c_good.nii.gz"]  # the case after the bad one was predicted too
     assert all(stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == 0o644 for name in written)
+    assert len(recounts) == 1 + 4  # on entering, then before every case, failed ones included
 
 
 def test_failure_reason_is_the_innermost_cause():

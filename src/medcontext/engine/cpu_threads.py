@@ -7,7 +7,7 @@ one thread per core: hyper-threads add little to these kernels), divided by the 
 training processes running on the machine: the processes of a ``torchrun`` launch on the
 node (``LOCAL_WORLD_SIZE``) and any other training, e.g. two studies started side by side, and
 the processes predicting or evaluating a run (``medcontext predict`` / ``evaluate``, a study's test
-evaluation), which register the same way and re-count after every case: a training process that
+evaluation), which register the same way and re-count before every case: a training process that
 took both cores while another run evaluated ran 10-40x slower per step (threads waiting at every
 parallel region on an over-subscribed core).
 :class:`CpuShare` registers each training process in a per-user folder of the temporary

@@ -231,6 +231,7 @@ def predict_run(
     failures: list[tuple[InputCase, str]] = []
     with CpuShare(predictor.run.cfg.train.threads) as cpu_share:  # counted by trainings beside it
         for case in cases:
+            cpu_share.refresh()  # before every case, so a failed case does not skip a re-count
             start = time.perf_counter()
             try:
                 files = predictor.predict_case(case, output_dir, probabilities=probabilities)
@@ -242,7 +243,6 @@ def predict_run(
                 echo(f"  {case.case_id}: FAILED ({', '.join(str(p) for p in case.paths)}): {reason}")
                 continue
             written.extend(files)
-            cpu_share.refresh()
             echo(f"  {case.case_id}: {files[0]} ({time.perf_counter() - start:.1f} s)")
     if failures:
         raise PredictionFailedError(failures, written, len(cases), Path(output_dir))
