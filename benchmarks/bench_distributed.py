@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -33,22 +32,13 @@ import time
 
 import torch
 
+from medcontext.engine.machine import cpu_model_name
+
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def _trainer(cfg, roi, classes, world, run_dir):
@@ -102,7 +92,7 @@ def worker(args: argparse.Namespace) -> None:
                 if step >= args.warmup:
                     times[mode].append(slowest)
     if world.is_main:
-        device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else _cpu_name()
+        device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else cpu_model_name()
         print("RESULT " + json.dumps({
             "processes": world.world_size, "backend": world.backend or "-", "threads": args.threads,
             "per_rank": per_rank, "ddp": statistics.median(times["ddp"]),
