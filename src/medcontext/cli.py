@@ -192,8 +192,8 @@ def _add_experiment_parser(sub) -> None:
     )
     _add_common(experiment)
     experiment.add_argument("study", choices=sorted(STUDIES), help="which study")
-    experiment.add_argument("--data", required=True, metavar="DATASET_DIR",
-                            help="the study's dataset folder (Task04_Hippocampus, Task_ACDC)")
+    experiment.add_argument("--data", metavar="DATASET_DIR",
+                            help="the study's dataset folder (Task04_Hippocampus, Task_ACDC); required unless --status")
     experiment.add_argument("--out", required=True, metavar="DIR", help="study folder (one sub-folder per run)")
     experiment.add_argument("--test-split", metavar="JSON",
                             help='fixed test case ids, {"test": [...]}, never trained or selected on '
@@ -203,6 +203,9 @@ def _add_experiment_parser(sub) -> None:
                                  "(e.g. unet3d_k5, 'acdc_unet3d_k5/*_s0')")
     experiment.add_argument("--max-runs", type=int, metavar="N", help="stop after N newly finished runs")
     experiment.add_argument("--report", metavar="MD", help="report path (default: DIR/report/report.md)")
+    experiment.add_argument("--status", action="store_true",
+                            help="train nothing: list each selected run's state (finished with its test Dice, "
+                                 "interrupted at step N, not started), its step time, machine and hours left")
     _add_trust_checkpoint(experiment)
     experiment.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -371,7 +374,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from medcontext.shipped import find_split
     from medcontext.study import STUDIES, collect_runs, load_test_split, run_study, write_report
-    from medcontext.study.runner import DONE_MARKER
+    from medcontext.study.runner import DONE_MARKER, format_status, study_status
 
     study = STUDIES[args.study]
     plan = study.plan()
@@ -380,6 +383,11 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if not runs:
         groups = sorted({r.group for r in plan})
         raise ValueError(f"--only {args.only} selects no run of study {args.study!r}; its groups are {groups}")
+    if args.status:
+        print(format_status(study_status(runs, args.out)))
+        return 0
+    if not args.data:
+        raise ValueError("medcontext experiment needs --data DATASET_DIR to train (only --status works without it)")
     test_ids = load_test_split(find_split(args.test_split or study.test_split))
     run_study(runs, args.data, args.out, test_ids, max_runs=args.max_runs, progress=not args.no_progress,
               trust_checkpoint=args.trust_checkpoint)

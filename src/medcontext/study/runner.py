@@ -2,24 +2,32 @@
 
 A run is finished when ``RUN/study_done.json`` exists (written atomically after its test-set
 evaluation). An interrupted run with a ``last.pt`` resumes from it. The study can therefore be
-stopped at any time (Ctrl-C, a closed laptop) and continued with the same command.
+stopped at any time (Ctrl-C, a closed laptop) and continued with the same command;
+:func:`study_status` says where each run stands without training anything.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
+from ..engine.checkpoint import CheckpointError, read_checkpoint
 from ..engine.config import load_config
 from ..engine.run import train
+from ..engine.run_log import read_metrics
 from ..engine.signals import stop_if_interrupted
 from ..io.atomic import write_text_atomic
+from ..models.safe_load import UntrustedFileError
 from ..run_evaluation import evaluate_run
 from .plan import StudyRun
+from .report import run_machine
 
-__all__ = ["run_study", "DONE_MARKER"]
+__all__ = ["run_study", "study_status", "format_status", "RunStatus", "DONE_MARKER"]
 
 DONE_MARKER = "study_done.json"
 
@@ -119,3 +127,92 @@ def run_study(
             log.write(json.dumps(record) + "\n")
         records.append(record)
     return records
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """Where one run of a study stands.
+
+    Attributes:
+        state: ``finished`` (trained and evaluated), ``interrupted`` (resumes from ``last.pt``),
+            ``started`` (a folder without a checkpoint yet: starts again from step 0) or
+            ``not started``.
+        step: completed steps that a resume keeps (the checkpoint's step; ``steps`` when finished).
+        median_step_s: median logged step time in seconds (None before the first step).
+        machine: where it trained (:func:`~medcontext.study.report.run_machine`).
+        note: why a checkpoint could not be read, when it could not.
+    """
+
+    name: str
+    state: str
+    step: int
+    steps: int
+    test_mean_dice: float | None = None
+    median_step_s: float | None = None
+    machine: str = ""
+    note: str = ""
+
+    @property
+    def hours_left(self) -> float | None:
+        """Hours of training steps left at this run's own median step time (validation not counted)."""
+        if self.state == "finished":
+            return 0.0
+        if self.median_step_s is None:
+            return None
+        return (self.steps - self.step) * self.median_step_s / 3600
+
+
+def study_status(runs: Sequence[StudyRun], out: str | Path) -> list[RunStatus]:
+    """The state of every run of ``runs`` in the study folder ``out``; reads, never trains.
+
+    An interrupted run's step is read from its ``last.pt`` (weights-only), so it is the step a
+    resume starts from, not the last logged one.
+    """
+    statuses = []
+    for run in runs:
+        run_dir = Path(out) / run.name
+        steps = int(run.settings("", [])["train.steps"])
+        log = read_metrics(run_dir / "metrics.jsonl")
+        times = [float(r["step_time"]) for r in log if r.get("kind") == "train" and "step_time" in r]
+        median = float(np.median(times)) if times else None
+        precision = load_config(run_dir / "config.yaml").train.precision if (run_dir / "config.yaml").is_file() else "auto"
+        common = {"name": run.name, "steps": steps, "median_step_s": median, "machine": run_machine(log, precision) if log else ""}
+        if (run_dir / DONE_MARKER).is_file():
+            record = json.loads((run_dir / DONE_MARKER).read_text())
+            statuses.append(RunStatus(state="finished", step=steps, test_mean_dice=record.get("test_mean_dice"), **common))
+        elif (run_dir / "last.pt").is_file():
+            try:
+                step, note = int(read_checkpoint(run_dir / "last.pt")["step"]), ""
+            except (CheckpointError, UntrustedFileError) as err:  # a resume would refuse it too
+                step, note = 0, f"last.pt unreadable: {err}"
+            statuses.append(RunStatus(state="interrupted", step=step, note=note, **common))
+        elif run_dir.is_dir():
+            statuses.append(RunStatus(state="started", step=0, **common))
+        else:
+            statuses.append(RunStatus(state="not started", step=0, **common))
+    return statuses
+
+
+def format_status(statuses: Sequence[RunStatus]) -> str:
+    """A plain-text table of :func:`study_status` with a closing line of totals."""
+    header = ("run", "state", "steps", "test Dice", "step", "left", "machine")
+    rows = [header]
+    for st in statuses:
+        rows.append((
+            st.name, st.state, f"{st.step}/{st.steps}",
+            f"{st.test_mean_dice:.4f}" if st.test_mean_dice is not None else "-",
+            f"{st.median_step_s:.2f} s" if st.median_step_s is not None else "-",
+            f"{st.hours_left:.1f} h" if st.hours_left not in (None, 0.0) else "-",
+            st.machine + (f" ({st.note})" if st.note else ""),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
+    finished = sum(st.state == "finished" for st in statuses)
+    timed = [st.hours_left for st in statuses if st.state != "finished" and st.hours_left is not None]
+    untimed = sum(st.state != "finished" and st.hours_left is None for st in statuses)
+    total = f"{finished} of {len(statuses)} runs finished"
+    if timed:
+        total += f"; {sum(timed):.1f} h of steps left in {len(timed)} started run(s) at their own step times"
+    if untimed:
+        total += f"; {untimed} run(s) not started or without a logged step"
+    return "\n".join([line.rstrip() for line in lines] + [total])
