@@ -175,11 +175,14 @@ def study_status(runs: Sequence[StudyRun], out: str | Path) -> list[RunStatus]:
         log = read_metrics(run_dir / "metrics.jsonl")
         times = [float(r["step_time"]) for r in log if r.get("kind") == "train" and "step_time" in r]
         median = float(np.median(times)) if times else None
-        precision = load_config(run_dir / "config.yaml").train.precision if (run_dir / "config.yaml").is_file() else "auto"
-        common = {"name": run.name, "steps": steps, "median_step_s": median, "machine": run_machine(log, precision) if log else ""}
+        config = run_dir / "config.yaml"
+        precision = load_config(config).train.precision if config.is_file() else "auto"
+        machine = run_machine(log, precision) if log else ""
+        common = {"name": run.name, "steps": steps, "median_step_s": median, "machine": machine}
         if (run_dir / DONE_MARKER).is_file():
             record = json.loads((run_dir / DONE_MARKER).read_text())
-            statuses.append(RunStatus(state="finished", step=steps, test_mean_dice=record.get("test_mean_dice"), **common))
+            dice = record.get("test_mean_dice")
+            statuses.append(RunStatus(state="finished", step=steps, test_mean_dice=dice, **common))
         elif (run_dir / "last.pt").is_file():
             try:
                 step, note = int(read_checkpoint(run_dir / "last.pt")["step"]), ""
