@@ -57,13 +57,15 @@ def test_train_writes_a_complete_run_folder(phantom_dir, train_argv, tmp_path, c
     assert start["processor"] and start["isa"] and start["torch"] == torch.__version__
 
 
-def test_resume_reproduces_the_uninterrupted_losses_exactly(phantom_dir, train_argv, tmp_path):
+def test_resume_reproduces_the_uninterrupted_losses_exactly(phantom_dir, train_argv, tmp_path, capsys):
     full, parts = tmp_path / "full", tmp_path / "parts"
     extra = ("--set", "eval.every=3", "--set", "train.checkpoint_every=2")
     assert main(train_argv(phantom_dir, full, *extra, steps=6, variant="medcontext")) == 0
     assert main(train_argv(phantom_dir, parts, *extra, "--stop-after", "3", steps=6, variant="medcontext")) == 0
     assert read_checkpoint(parts / "last.pt")["step"] == 3
+    capsys.readouterr()
     assert main(train_argv(phantom_dir, parts, *extra, "--resume", steps=6, variant="medcontext")) == 0
+    assert f"resuming at step 3 of 6 from {parts / 'last.pt'}" in capsys.readouterr().err
     assert _losses(parts) == _losses(full)  # bit-identical floats, all four terms
     assert [r["step"] for r in read_metrics(parts / "metrics.jsonl", "start")] == [0, 3]  # one per start
     a, b = read_checkpoint(full / "last.pt")["model"], read_checkpoint(parts / "last.pt")["model"]

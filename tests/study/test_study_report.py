@@ -89,7 +89,10 @@ def test_training_time_is_grouped_by_machine_and_compared_only_within_one():
     assert f"no_teacher 1 min of steps (4.00 s median step) + 0 min of validation [1 run, {avx2}]" in text  # no ratio
     assert "trained on different machines" in text
     one = "\n".join(_time_lines(runs[:2]))
-    assert f"All runs: {amx}." in one and "[" not in one
+    assert f"All runs: {amx}." in one and "[" not in one and "logged no machine" not in one
+    for run in runs:
+        run.machine = "machine not recorded"
+    assert "3 run(s) logged no machine" in "\n".join(_time_lines(runs))
 
 
 def test_run_machine_reads_the_start_records_of_a_log():

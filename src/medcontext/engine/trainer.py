@@ -478,6 +478,8 @@ class Trainer:
         result = TrainResult(self.run_dir, start_step, self.step, self.total_steps, rank=self.world.rank)
         self.log = self._open_log(start_step)
         self.log.start(start_step, machine_record(self.device, self.precision.name, processes=self.world.world_size))
+        if resume:
+            self.log.message(f"resuming at step {start_step} of {self.total_steps} from {self.last_path}")
         loader = self._step_loader(start_step)
         try:
             with GracefulStop(enabled=handle_signals) as stop:

@@ -34,6 +34,8 @@ __all__ = ["RunResult", "collect_runs", "run_machine", "write_report"]
 DEFAULT_RATIO = 0.4
 DEFAULT_MOMENTUM = 0.996
 DEFAULT_BETA = 0.5
+#: :func:`run_machine`'s answer (or its ending) for a log without ``start`` records
+UNRECORDED_MACHINE = "machine not recorded"
 
 
 @dataclass
@@ -49,7 +51,7 @@ class RunResult:
     hd95: dict[str, dict[str, float]]  # case -> class -> HD95 (NaN = missing)
     train_log: list[dict] = field(default_factory=list)
     val_log: list[dict] = field(default_factory=list)
-    machine: str = "machine not recorded"  # where it trained (:func:`run_machine`)
+    machine: str = UNRECORDED_MACHINE  # where it trained (:func:`run_machine`)
 
     def case_mean_dice(self, cases: Sequence[str]) -> np.ndarray:
         """Mean Dice over classes per case, in the order of ``cases``."""
@@ -126,8 +128,8 @@ def run_machine(log: Sequence[dict], precision_setting: str = "auto") -> str:
     if labels:
         return ", then ".join(labels)
     if precision_setting != "auto":
-        return f"{precision_setting}, machine not recorded"
-    return "machine not recorded"
+        return f"{precision_setting}, {UNRECORDED_MACHINE}"
+    return UNRECORDED_MACHINE
 
 
 def _fmt(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
@@ -362,9 +364,13 @@ def _time_lines(runs: list[RunResult]) -> list[str]:
         where = f" [{len(values)} run{'s' if len(values) > 1 else ''}, {machine}]" if len(machines) > 1 else ""
         parts.append(f"{method} {steps / 60:.0f} min of steps ({median_step:.2f} s median step{ratio}) "
                      f"+ {validation / 60:.0f} min of validation{where}")
-    where = (f" All runs: {machines[0]}." if len(machines) == 1 else
+    where = ("" if machines == [UNRECORDED_MACHINE] else f" All runs: {machines[0]}." if len(machines) == 1 else
              " The runs trained on different machines or precisions (in brackets): compare step times only "
              "within one machine.")
+    unrecorded = sum(len(values) for (_, machine), values in timed.items() if machine.endswith(UNRECORDED_MACHINE))
+    if unrecorded:
+        where += (f" {unrecorded} run(s) logged no machine (trained before runs recorded it), so their step times "
+                  "may come from different machines.")
     return ["Training time per run (mean over seeds, from the logged step and validation times; test "
             "evaluation not included; the median step is the median over seeds of each run's median step): "
             + "; ".join(parts) + "." + where + " These are wall-clock times: they follow the load of the machine "
