@@ -11,7 +11,7 @@ to use the run later is written into ``run_dir`` before the first step:
 ``preprocess.json``       the :class:`~medcontext.data.PreprocessConfig`
 ``plan.json``             the plan: spacing, crop, batch, mask cell, memory and time
                           estimates, each value with its source and reason
-``metrics.jsonl``         one JSON record per step and per validation
+``metrics.jsonl``         one JSON record per step, per validation and per start or resume (the machine)
 ``tensorboard/``          TensorBoard event files
 ``last.pt``, ``best.pt``  checkpoints (best by validation mean Dice)
 ``eval/``                 ``medcontext evaluate`` output
