@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 from torch import nn
 
 from ..method.masking import as_triple
+from .patchify import use_patch_matmul
 
 __all__ = ["ModelSpec", "register_model", "create_model", "list_models", "get_model_spec", "roi_requirements"]
 
@@ -143,4 +144,6 @@ def create_model(
         )
     if in_channels < 1 or out_channels < 1:
         raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
-    return spec.builder(in_channels, out_channels, roi, **options)
+    network = spec.builder(in_channels, out_channels, roi, **options)
+    use_patch_matmul(network)  # kernel = stride convolutions: a GEMM in CPU bf16 (oneDNN computes some wrongly)
+    return network
