@@ -60,6 +60,20 @@ def collect_run(run: Path, target: Path, train_every: int) -> bool:
     return True
 
 
+def merge_study_log(source: Path, target: Path) -> None:
+    """Merge the study's ``study.jsonl`` (one line per finished run) into the kept one: runs of
+    earlier sittings stay, a run finished again replaces its old line. Written atomically."""
+    entries: dict[str, str] = {}
+    for path in (target, source):
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    entries[json.loads(line)["run"]] = line
+    temporary = target.with_name(target.name + ".tmp")
+    temporary.write_text("".join(line + "\n" for line in entries.values()))
+    temporary.replace(target)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", type=Path, help="study folder (GROUP/RUN sub-folders)")
@@ -72,7 +86,7 @@ def main() -> None:
             done = "finished" if (run / "study_done.json").is_file() else "unfinished"
             copied.append(f"{run.parent.name}/{run.name} ({done})")
     if (args.study / "study.jsonl").is_file():
-        shutil.copyfile(args.study / "study.jsonl", args.target / "study.jsonl")
+        merge_study_log(args.study / "study.jsonl", args.target / "study.jsonl")
     print(f"copied {len(copied)} run(s) to {args.target}:", *copied, sep="\n  ")
 
 

@@ -12,6 +12,7 @@ import torch
 from medcontext.cli import main
 from medcontext.engine import load_config, read_checkpoint, train
 from medcontext.engine.checkpoint import CheckpointError
+from medcontext.engine.precision import resolve_precision
 from medcontext.engine.run_log import read_metrics
 from medcontext.engine.trainer import NonFiniteLossError, Trainer
 
@@ -53,7 +54,8 @@ def test_train_writes_a_complete_run_folder(phantom_dir, train_argv, tmp_path, c
     assert best["best"]["metric"] == max(r["mean_dice"] for r in val_rows)
     assert "data wait" in capsys.readouterr().out
     (start,) = read_metrics(out / "metrics.jsonl", "start")  # where it trained, before its first step
-    assert start["step"] == 0 and start["device"] == "cpu" and start["precision"] == "fp32" and start["threads"] >= 1
+    auto = resolve_precision("auto", torch.device("cpu")).name  # bf16 on a CPU with AVX512-BF16/AMX, else fp32
+    assert start["step"] == 0 and start["device"] == "cpu" and start["precision"] == auto and start["threads"] >= 1
     assert start["processor"] and start["isa"] and start["torch"] == torch.__version__
 
 

@@ -256,6 +256,25 @@ def test_a_run_reported_from_its_collected_records_matches_the_run_folder(tmp_pa
     assert [r["step"] for r in from_records.train_log] == [10, 20, 30]
 
 
+def test_collected_study_log_keeps_the_runs_of_earlier_sittings(tmp_path):
+    """Each sitting's study folder logs only the runs it finished: collecting must not drop the
+    lines kept from earlier sittings, and a run finished again replaces its old line."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "collect_study_records.py"
+    spec = importlib.util.spec_from_file_location("collect_study_records", script)
+    collect = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(collect)
+
+    kept, sitting = tmp_path / "kept.jsonl", tmp_path / "study.jsonl"
+    kept.write_text(json.dumps({"run": "g/baseline_s0", "seconds": 1}) + "\n" + json.dumps({"run": "g/x_s0", "seconds": 1}) + "\n")
+    sitting.write_text(json.dumps({"run": "g/x_s0", "seconds": 2}) + "\n" + json.dumps({"run": "g/y_s0", "seconds": 3}) + "\n")
+    collect.merge_study_log(sitting, kept)
+    lines = [json.loads(line) for line in kept.read_text().splitlines()]
+    assert lines == [{"run": "g/baseline_s0", "seconds": 1}, {"run": "g/x_s0", "seconds": 2}, {"run": "g/y_s0", "seconds": 3}]
+
+
 def test_report_also_compares_with_another_method_per_seed(tmp_path, capsys):
     from medcontext.cli import main
 
