@@ -19,6 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
+from medcontext.io.atomic import write_text_atomic
 from medcontext.study.report import RECORDED_TEST_METRICS
 
 RUN_FILES = ("config.yaml", "split.json", "plan.json", "study_done.json")
@@ -69,9 +70,7 @@ def merge_study_log(source: Path, target: Path) -> None:
             for line in path.read_text().splitlines():
                 if line.strip():
                     entries[json.loads(line)["run"]] = line
-    temporary = target.with_name(target.name + ".tmp")
-    temporary.write_text("".join(line + "\n" for line in entries.values()))
-    temporary.replace(target)
+    write_text_atomic(target, "".join(line + "\n" for line in entries.values()))
 
 
 def main() -> None:

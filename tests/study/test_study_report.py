@@ -231,18 +231,24 @@ def _evaluated_run(run, variant, seed, dices, horizon=None):
     return run
 
 
-def test_a_run_reported_from_its_collected_records_matches_the_run_folder(tmp_path):
-    """Run folders do not outlive a machine: the records that scripts/collect_study_records.py keeps in
-    the repository (config, thinned log, test metrics) must give the same report rows."""
+def _collect_script():
+    """``scripts/collect_study_records.py`` as a module (scripts are not a package)."""
     import importlib.util
     from pathlib import Path
-
-    from medcontext.study.report import collect_runs
 
     script = Path(__file__).resolve().parents[2] / "scripts" / "collect_study_records.py"
     spec = importlib.util.spec_from_file_location("collect_study_records", script)
     collect = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(collect)
+    return collect
+
+
+def test_a_run_reported_from_its_collected_records_matches_the_run_folder(tmp_path):
+    """Run folders do not outlive a machine: the records that scripts/collect_study_records.py keeps in
+    the repository (config, thinned log, test metrics) must give the same report rows."""
+    from medcontext.study.report import collect_runs
+
+    collect = _collect_script()
 
     run = _evaluated_run(tmp_path / "runs" / "g" / "medcontext_h0.05_s1", "medcontext", 1, (0.7, 0.8, 0.9), 0.05)
     records = tmp_path / "records" / "g" / "medcontext_h0.05_s1"
@@ -259,13 +265,7 @@ def test_a_run_reported_from_its_collected_records_matches_the_run_folder(tmp_pa
 def test_collected_study_log_keeps_the_runs_of_earlier_sittings(tmp_path):
     """Each sitting's study folder logs only the runs it finished: collecting must not drop the
     lines kept from earlier sittings, and a run finished again replaces its old line."""
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "scripts" / "collect_study_records.py"
-    spec = importlib.util.spec_from_file_location("collect_study_records", script)
-    collect = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(collect)
+    collect = _collect_script()
 
     kept, sitting = tmp_path / "kept.jsonl", tmp_path / "study.jsonl"
     kept.write_text(json.dumps({"run": "g/baseline_s0", "seconds": 1}) + "\n" + json.dumps({"run": "g/x_s0", "seconds": 1}) + "\n")

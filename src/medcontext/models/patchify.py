@@ -6,7 +6,7 @@ bf16 autocast, PyTorch 2.13's oneDNN convolution computes some of these wrongly 
 AMX / AVX512-BF16 (measured on an Intel Xeon with AMX: UNETR small's embedding ``Conv3d(1, 192,
 16, stride=16)`` on ``(2, 1, 80, 80, 16)`` crops is off by up to 73% of its output range at every
 patch but the first column, and now and then returns NaN; UNETR base's ``Conv3d(4, 768, 16,
-stride=16)`` on ``(2, 4, 96, 96, 96)`` by 112%; the same shapes in fp32 and neighbouring shapes
+stride=16)`` on ``(2, 4, 96, 96, 96)`` by 101-112% (two draws of weights and inputs); the same shapes in fp32 and neighbouring shapes
 in bf16 are right). The convolution trains on regardless, so the error shows only as a worse
 network or, much later, a non-finite loss.
 
