@@ -208,6 +208,10 @@ class TrainingConfig:
         precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` (``auto``: bf16 on CUDA when
             supported else fp16; on CPU bf16 only where the CPU runs it natively, else fp32;
             see :mod:`medcontext.engine.precision`).
+        precision_check: before training in bf16/fp16, compare every convolution and linear
+            layer with fp32 at the training input's shape (seconds; see
+            :mod:`medcontext.engine.precision_check`). A wrong layer makes ``auto`` fall back
+            to fp32 and an explicit ``bf16``/``fp16`` an error.
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
         checkpoint_every: write ``last.pt`` every this many steps (and at the end).
         log_every: update the progress bar and TensorBoard every this many steps
@@ -234,6 +238,7 @@ class TrainingConfig:
     effective_batch_size: int | None = None
     seed: int = 0
     precision: str = "auto"
+    precision_check: bool = True
     device: str = "auto"
     checkpoint_every: int = 50
     log_every: int = 1

@@ -40,7 +40,9 @@ from medcontext.engine.cpu_threads import CpuShare
 from medcontext.engine.distributed import World, init_distributed
 from medcontext.engine.preflight import check_run_settings
 from medcontext.engine.resume import check_resume_settings
-from medcontext.engine.trainer import TrainResult, Trainer, ValidationCase
+from medcontext.engine.precision import Precision, resolve_precision
+from medcontext.engine.precision_check import fall_back_if_wrong, reduced_precision_errors
+from medcontext.engine.trainer import TrainResult, Trainer, ValidationCase, run_device
 
 __all__ = [
     "RunInfo",
@@ -265,7 +267,7 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
            echo: Callable[[str], None], trainer_class: type[Trainer],
            network_hook: Callable[[nn.Module], nn.Module] | None, trust_checkpoint: bool = False,
            cpu_share: CpuShare | None = None) -> TrainResult:
-    """The steps of a run: settings, plan, preflight, run folder, model, data, training."""
+    """The steps of a run: settings, plan, preflight, precision check, run folder, model, data, training."""
     from medcontext.data import PreprocessConfig
 
     _check_run_dir(run_dir, resume, world)
@@ -280,6 +282,7 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
                               source="the run's config.yaml")
     if not explicit_roi:  # the planned crop: checked once it is known (an explicit one was checked above)
         _preflight(cfg, spec, roi)
+    precision = _checked_precision(cfg, spec, roi, world, network_hook=network_hook, echo=echo)
     preprocess = PreprocessConfig.from_spec(spec, **cfg.data.preprocess)
     split = world.main_first(
         lambda: _prepare_run_folder(cfg, spec, plan, preprocess, run_dir, resume=resume, progress=progress, echo=echo),
@@ -304,6 +307,7 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
             "variant": cfg.method.variant,
         },
         val_sharded=True,
+        precision=precision,
     )
     _echo_setup(trainer, cfg, roi, cpu_share, echo)
     trainer.cpu_share = cpu_share
@@ -403,6 +407,29 @@ def _build_model(cfg: TrainConfig, spec, roi: tuple[int, ...], *, resume: bool, 
     if network_hook is not None:
         network = network_hook(network)
     return build_medcontext(cfg, network, roi, spec.output_mode)
+
+
+def _checked_precision(cfg: TrainConfig, spec, roi: tuple[int, ...], world: World, *,
+                       network_hook: Callable[[nn.Module], nn.Module] | None, echo: Callable[[str], None]) -> Precision:
+    """``train.precision`` resolved for this process's device and, when reduced, checked layer by
+    layer against fp32 at the training input's shape, on a network built for the check alone
+    (before any data is read; ``auto`` falls back to fp32, an explicit bf16/fp16 that is wrong
+    here raises). All processes agree. The run's own network is built later, from its seed."""
+    device = run_device(cfg.train.device, world)
+    precision = resolve_precision(cfg.train.precision, device)
+    if precision.dtype is None or not cfg.train.precision_check:
+        return precision
+    echo(f"checking {precision.name} against fp32, layer by layer, at the training input's shape "
+         "(train.precision_check)")
+    network = build_network(cfg, spec.num_channels, spec.num_outputs, roi)
+    if network_hook is not None:
+        network = network_hook(network)
+    shape = (cfg.train.batch_size * cfg.data.num_samples, spec.num_channels, *roi)
+    errors = reduced_precision_errors(network.to(device), shape, precision)
+    del network
+    if world.is_distributed:
+        errors = [error for rank_errors in world.all_gather_object(errors) for error in rank_errors]
+    return fall_back_if_wrong(precision, errors, requested=cfg.train.precision)
 
 
 def _prepare_data(cfg: TrainConfig, spec, split, preprocess, roi: tuple[int, ...], world: World, *, progress: bool):

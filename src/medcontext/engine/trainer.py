@@ -144,6 +144,15 @@ class TrainResult:
         return self.step >= self.total_steps
 
 
+def run_device(name: str, world: World) -> torch.device:
+    """``train.device`` resolved for this process: ``cuda`` means ``cuda:LOCAL_RANK`` in a
+    multi-process run (the device :func:`~medcontext.engine.distributed.init_distributed` set)."""
+    device = resolve_device(name)
+    if world.is_distributed and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class Trainer:
     """Trains a :class:`~medcontext.method.MedContext` module as a :class:`TrainConfig` says.
 
@@ -167,6 +176,9 @@ class Trainer:
         collate_fn: batch collation (default MONAI's ``list_data_collate``).
         val_sharded: ``val_cases`` already hold only this rank's share (cases
             ``rank::world_size`` of the full list), e.g. to load only those volumes.
+        precision: the precision to train in, already resolved (e.g. checked by
+            :mod:`medcontext.engine.precision_check`); default: ``train.precision`` resolved
+            for the device.
     """
 
     def __init__(
@@ -187,16 +199,15 @@ class Trainer:
         checkpoint_extra: Mapping[str, Any] | None = None,
         collate_fn: Callable | None = None,
         val_sharded: bool = False,
+        precision: Precision | None = None,
     ):
         self.world = world or World()
         self.cfg = resolve_batch_scaling(TrainConfig.from_dict(cfg.to_dict()), self.world.world_size)
         cfg = self.cfg
         self.lr_scale = lr_scale_factor(cfg)
         self.run_dir = Path(run_dir)
-        self.device = resolve_device(cfg.train.device)
-        if self.world.is_distributed and self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())  # cuda:LOCAL_RANK (init_distributed)
-        self.precision: Precision = resolve_precision(cfg.train.precision, self.device)
+        self.device = run_device(cfg.train.device, self.world) if precision is None else precision.device
+        self.precision: Precision = precision or resolve_precision(cfg.train.precision, self.device)
         if self.device.type == "cpu" and cfg.train.retain_cpu_memory:
             retain_freed_cpu_memory()
         self._mc = mc.to(self.device)
