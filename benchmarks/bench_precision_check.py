@@ -19,11 +19,9 @@ import torch
 from torch import nn
 
 from medcontext.engine.precision import Precision, cpu_bf16_support
-from medcontext.engine.precision_check import DEFAULT_TOLERANCE, reduced_precision_errors
+from medcontext.engine.precision_check import CHECKED_LAYERS, DEFAULT_TOLERANCE, reduced_precision_errors
 from medcontext.models import create_model
 from medcontext.models.patchify import PatchConv3d
-
-_CHECKED = (nn.Conv3d, nn.ConvTranspose3d, nn.Linear)
 
 
 def _unfix(network: nn.Module) -> int:
@@ -38,7 +36,7 @@ def _unfix(network: nn.Module) -> int:
 
 def _row(model: str, roi: tuple[int, ...], network: nn.Module, shape: tuple[int, ...], precision: Precision,
          label: str) -> str:
-    layers = sum(isinstance(m, _CHECKED) for m in network.modules())
+    layers = sum(isinstance(m, CHECKED_LAYERS) for m in network.modules())
     start = time.perf_counter()
     every = reduced_precision_errors(network, shape, precision, tolerance=0.0)
     seconds = time.perf_counter() - start

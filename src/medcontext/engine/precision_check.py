@@ -31,12 +31,13 @@ from torch import nn
 
 from medcontext.engine.precision import Precision
 
-__all__ = ["LayerPrecisionError", "reduced_precision_errors", "fall_back_if_wrong", "DEFAULT_TOLERANCE"]
+__all__ = ["LayerPrecisionError", "reduced_precision_errors", "fall_back_if_wrong", "DEFAULT_TOLERANCE", "CHECKED_LAYERS"]
 
 #: largest accepted difference, as a share of the fp32 tensor's range (see the module docstring)
 DEFAULT_TOLERANCE = 0.05
 
-_CHECKED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+#: the layer types the check compares (modules with a weight that autocast runs in reduced precision)
+CHECKED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
                    nn.Linear)
 
 
@@ -131,7 +132,7 @@ def reduced_precision_errors(
                 errors.append(LayerPrecisionError(names.get(module, type(module).__name__), repr(module),
                                                   tuple(x.shape), quantity, error))
 
-    layers = [m for m in network.modules() if isinstance(m, _CHECKED_LAYERS)]
+    layers = [m for m in network.modules() if isinstance(m, CHECKED_LAYERS)]
     handles = [m.register_forward_hook(check) for m in layers]
     was_training = network.training
     try:
