@@ -38,7 +38,7 @@ DEFAULT_TOLERANCE = 0.05
 
 #: the layer types the check compares (modules with a weight that autocast runs in reduced precision)
 CHECKED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-                   nn.Linear)
+                  nn.Linear)
 
 
 @dataclass(frozen=True)
