@@ -458,6 +458,7 @@ _TRAINING_COMMANDS = ("train", "demo", "experiment")
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from medcontext.data import DatasetError
     from medcontext.io.atomic import DiskFullError
+    from medcontext.io.run_lock import RunFolderError
     from medcontext.engine.checkpoint import CheckpointError
     from medcontext.engine.distributed import DistributedError
     from medcontext.engine.predict import PredictionFailedError
@@ -466,7 +467,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [DatasetError, CheckpointError, DistributedError, NonFiniteLossError, PretrainedLoadError,
                                          ValueError, FileNotFoundError, NotADirectoryError, PermissionError, DiskFullError,
-                                         PredictionFailedError]
+                                         PredictionFailedError, RunFolderError]
     try:
         from medcontext.data import DownloadError
 

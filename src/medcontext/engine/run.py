@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from medcontext.io.atomic import remove_stale_temporaries, write_text_atomic
+from medcontext.io.run_lock import RunFolderLock
 from medcontext.engine.checkpoint import CheckpointError, load_model_state, read_checkpoint
 from medcontext.engine.config import ConfigError, TrainConfig, load_config, resolve_batch_scaling, save_config
 from medcontext.engine.cpu_threads import CpuShare
@@ -242,7 +243,11 @@ def train(
     if world is None:
         world = init_distributed(cfg.train.device, timeout_min=cfg.train.dist_timeout_min)
     cpu_share = CpuShare(cfg.train.threads).__enter__()  # threads: this process's share of the cores
+    # one writer per run folder: rank 0 holds its lock until the run ends (refuses a second writer)
+    lock = RunFolderLock(run_dir, "medcontext train --resume" if resume else "medcontext train") if world.is_main else None
     try:
+        if lock is not None:
+            lock.acquire()
         return _train(
             cfg, run_dir, world, resume=resume, stop_after=stop_after, progress=progress and world.is_main,
             echo=echo if world.is_main else _silent, trainer_class=trainer_class, network_hook=network_hook,
@@ -254,6 +259,8 @@ def train(
             raise
         raise explained from err
     finally:
+        if lock is not None:
+            lock.release()
         cpu_share.__exit__(None, None, None)
         if owned:
             world.close()
