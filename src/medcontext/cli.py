@@ -420,6 +420,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
         spec = data.load_dataset(args.path, preset=args.data_preset)
         summary = data.validate_dataset(spec)
         print(summary.format(max_rows=args.rows))
+        from medcontext.data.input_checks import dataset_warnings
+
+        for warning in dataset_warnings(summary):
+            print(f"warning: {warning}", file=sys.stderr)
         return 0
     if args.data_command == "phantom":
         out = data.generate_phantom(args.out, num_cases=args.cases, shape=tuple(args.shape), seed=args.seed,

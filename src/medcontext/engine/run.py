@@ -11,6 +11,9 @@ to use the run later is written into ``run_dir`` before the first step:
 ``preprocess.json``       the :class:`~medcontext.data.PreprocessConfig`
 ``plan.json``             the plan: spacing, crop, batch, mask cell, memory and time
                           estimates, each value with its source and reason
+``data_fingerprint.json`` per case: files, shape, spacing, label voxels (``--resume``
+                          refuses a dataset that differs)
+``.medcontext.lock``      while a process writes the folder: its PID, host and start
 ``metrics.jsonl``         one JSON record per step, per validation and per start or resume (the machine)
 ``tensorboard/``          TensorBoard event files
 ``last.pt``, ``best.pt``  checkpoints (best by validation mean Dice)
@@ -282,6 +285,9 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
     explicit_roi = cfg.model.roi is not None
     if explicit_roi:  # the planner builds networks with an explicit crop: check it first, with named errors
         _preflight(cfg, spec, tuple(int(r) for r in cfg.model.roi))
+    # every case checked (fresh start and resume alike) before the planner reads the headers
+    fingerprint = world.main_first(lambda: _check_data(spec, run_dir, resume=resume, progress=progress, echo=echo),
+                                   "checking the dataset")
     plan = _plan(cfg, spec, run_dir, world, resume=resume, echo=echo)
     roi = tuple(int(r) for r in cfg.model.roi)
     if resume:
@@ -292,8 +298,8 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
     precision = _checked_precision(cfg, spec, roi, world, network_hook=network_hook, echo=echo)
     preprocess = PreprocessConfig.from_spec(spec, **cfg.data.preprocess)
     split = world.main_first(
-        lambda: _prepare_run_folder(cfg, spec, plan, preprocess, run_dir, resume=resume, progress=progress, echo=echo),
-        "checking the dataset and writing the run folder",
+        lambda: _prepare_run_folder(cfg, spec, plan, preprocess, run_dir, fingerprint, resume=resume, echo=echo),
+        "writing the run folder",
     )
     echo(f"split: {len(split.train)} train, {len(split.val)} val, {len(split.test)} test cases -> {run_dir / 'split.json'}")
 
@@ -357,19 +363,46 @@ def _plan(cfg: TrainConfig, spec, run_dir: Path, world: World, *, resume: bool, 
     return plan
 
 
-def _prepare_run_folder(cfg: TrainConfig, spec, plan, preprocess, run_dir: Path, *, resume: bool, progress: bool,
+def _check_data(spec, run_dir: Path, *, resume: bool, progress: bool, echo: Callable[[str], None]) -> dict:
+    """Rank 0: every case through the input checks of ``data check``; a resumed run's dataset must
+    be the one it started on (its fingerprint, else its split's cases). Returns the fingerprint."""
+    from medcontext.data import DatasetError, Split
+    from medcontext.data.input_checks import FINGERPRINT_FILE, check_training_data, compare_fingerprints, data_fingerprint
+
+    echo(f"checking dataset {spec.name!r} ({len(spec.cases)} labelled cases) in {spec.root} ...")
+    if spec.source_note:
+        echo(f"note: {spec.source_note}")
+    summary = check_training_data(spec, progress=progress)
+    echo(f"dataset OK: {len(summary.cases)} cases, {spec.num_channels} channel(s), {spec.num_outputs} outputs ({spec.output_mode})")
+    fingerprint = data_fingerprint(summary)
+    saved = run_dir / FINGERPRINT_FILE
+    if resume and saved.is_file():
+        compare_fingerprints(json.loads(saved.read_text(encoding="utf-8")), fingerprint, source=str(saved))
+    elif resume and (run_dir / "split.json").is_file():  # a run from before fingerprints: its cases must be there
+        split = Split.load(run_dir / "split.json")
+        missing = [cid for cid in (*split.train, *split.val, *split.test) if cid not in fingerprint["cases"]]
+        if missing:
+            raise DatasetError(f"the dataset {spec.root} lacks {len(missing)} case(s) of the run's split "
+                               f"{run_dir / 'split.json'}: {', '.join(missing[:10])}; resume with the run's own dataset")
+    return fingerprint
+
+
+def _prepare_run_folder(cfg: TrainConfig, spec, plan, preprocess, run_dir: Path, fingerprint: dict, *, resume: bool,
                         echo: Callable[[str], None]):
-    """Rank 0: check the data, draw the split and write the run folder's description."""
+    """Rank 0: draw the split (refusing all-empty training labels) and write the run folder's description."""
     from medcontext.data import Split
+    from medcontext.data.input_checks import FINGERPRINT_FILE, check_training_labels
     from medcontext.engine.run_plan import PLAN_FILE
 
     _remove_stale_temporaries(run_dir, echo)
     if resume:
         split = Split.load(run_dir / "split.json")
     else:
-        split = _check_data_and_split(cfg, spec, progress=progress, echo=echo)
+        split = _draw_split(cfg, spec)
+        check_training_labels(fingerprint, split.train)
         run_dir.mkdir(parents=True, exist_ok=True)
         split.save(run_dir / "split.json")
+    _write_json(run_dir / FINGERPRINT_FILE, fingerprint)
     save_config(cfg, run_dir / "config.yaml")
     _write_json(run_dir / "dataset.json", spec.to_dict())
     _write_json(run_dir / "preprocess.json", preprocess.to_dict())
@@ -377,15 +410,10 @@ def _prepare_run_folder(cfg: TrainConfig, spec, plan, preprocess, run_dir: Path,
     return split
 
 
-def _check_data_and_split(cfg: TrainConfig, spec, *, progress: bool, echo: Callable[[str], None]):
-    """Validate every case of a new run's dataset, then draw its split."""
-    from medcontext.data import split_for_spec, validate_dataset
+def _draw_split(cfg: TrainConfig, spec):
+    """A new run's split of the (checked) dataset."""
+    from medcontext.data import split_for_spec
 
-    echo(f"checking dataset {spec.name!r} ({len(spec.cases)} labelled cases) in {spec.root} ...")
-    if spec.source_note:
-        echo(f"note: {spec.source_note}")
-    summary = validate_dataset(spec, progress=progress)
-    echo(f"dataset OK: {len(summary.cases)} cases, {spec.num_channels} channel(s), {spec.num_outputs} outputs ({spec.output_mode})")
     split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.train.seed
     return split_for_spec(
         spec,
