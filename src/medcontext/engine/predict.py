@@ -23,12 +23,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from medcontext.engine.cpu_threads import CpuShare
+from medcontext.engine.host.cpu_threads import CpuShare
 from medcontext.engine.inference import logits_to_labels, logits_to_probabilities, sliding_window_logits
 from medcontext.data.input_checks import check_prediction_case
-from medcontext.engine.precision import resolve_device, resolve_precision
+from medcontext.engine.host.precision import resolve_device, resolve_precision
 from medcontext.engine.prediction_outputs import check_outputs, output_files
-from medcontext.engine.run import RunInfo, load_model, load_run
+from medcontext.engine.run_folder import RunInfo, load_model, load_run
 from medcontext.io.run_lock import check_writable_folder
 
 __all__ = ["InputCase", "find_input_cases", "Predictor", "PredictionFailedError", "failure_reason", "predict_run"]

@@ -21,9 +21,9 @@ from typing import Callable
 
 from medcontext.data.input_checks import check_evaluation_cases
 from medcontext.engine.config import ConfigError
-from medcontext.engine.cpu_threads import CpuShare
+from medcontext.engine.host.cpu_threads import CpuShare
 from medcontext.engine.predict import InputCase, Predictor
-from medcontext.engine.run import load_run
+from medcontext.engine.run_folder import load_run
 from medcontext.io.run_lock import RunFolderLock, check_writable_folder
 from medcontext.evaluation import evaluate_folder, evaluate_region_folder, format_summary, write_csv, write_markdown
 
