@@ -10,12 +10,16 @@ not a reason to skip).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 pytest_plugins = ["pytester"]
@@ -96,3 +100,168 @@ def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
+
+
+# ---------------------------------------------------------------------- tiny NIfTI writers (``helpers``)
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    """Write ``data`` with ``affine`` (identity by default) as NIfTI."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(data), np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def blob_case(shape=(12, 12, 12), seed=0, labels=(1, 2)) -> tuple[np.ndarray, np.ndarray]:
+    """An image with two boxes of distinct intensity and their label map."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(10.0, 1.0, shape).astype(np.float32)
+    label = np.zeros(shape, np.uint8)
+    label[2:6, 2:6, 2:6] = labels[0]
+    label[6:10, 5:9, 4:9] = labels[1]
+    image[label == labels[0]] += 20
+    image[label == labels[1]] += 40
+    return image, label
+
+
+def write_msd(root: Path, n: int = 3, *, channels: int = 1, modality=None, labels=None, shape=(12, 12, 12)) -> Path:
+    """A tiny MSD-layout dataset (``channels > 1`` writes 4D images)."""
+    modality = modality or {str(i): ("MRI" if channels == 1 else f"seq{i}") for i in range(channels)}
+    labels = labels or {"0": "background", "1": "a", "2": "b"}
+    training = []
+    for i in range(n):
+        image, label = blob_case(shape, seed=i)
+        if channels > 1:
+            image = np.stack([image * (c + 1) for c in range(channels)], axis=-1)
+        name = f"case_{i:03d}.nii.gz"
+        write_nifti(root / "imagesTr" / name, image)
+        write_nifti(root / "labelsTr" / name, label)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    meta = {"name": root.name, "modality": modality, "labels": labels, "numTraining": n, "training": training, "test": []}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` with its size and mtime (to prove nothing was written)."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="session")
+def helpers() -> SimpleNamespace:
+    """The writers above, for tests (``--import-mode=importlib`` cannot import this file)."""
+    return SimpleNamespace(write_nifti=write_nifti, blob_case=blob_case, write_msd=write_msd, snapshot=snapshot)
+
+
+# ---------------------------------------------------------------------- the broken-dataset catalogue
+# Each probe breaks a tiny MSD dataset (``helpers.write_msd(root, n=3)``: case_000..case_002) in one way
+# and returns the file it broke (relative to the dataset) and a fragment of the message every command
+# must print for it. Tests take one probe per run through the ``broken_dataset`` argument
+# (``pytest_generate_tests`` below): `data check`, `train`, `evaluate` and `predict` all answer with
+# exit code 2 and the same message naming the file.
+def _truncated(root, h):
+    path = root / "imagesTr" / "case_001.nii.gz"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return "imagesTr/case_001.nii.gz", "truncated or corrupt"
+
+
+def _zero_bytes(root, h):
+    (root / "labelsTr" / "case_001.nii.gz").write_bytes(b"")
+    return "labelsTr/case_001.nii.gz", "Empty file"
+
+
+def _zero_byte_image(root, h):
+    (root / "imagesTr" / "case_001.nii.gz").write_bytes(b"")
+    return "imagesTr/case_001.nii.gz", "Empty file"
+
+
+def _not_nifti(root, h):
+    (root / "imagesTr" / "case_001.nii.gz").write_text("this is not an image\n")
+    return "imagesTr/case_001.nii.gz", "is unreadable: ImageFileError"
+
+
+def _shape(root, h):
+    h.write_nifti(root / "labelsTr" / "case_001.nii.gz", np.zeros((12, 12, 11), np.uint8))
+    return "labelsTr/case_001.nii.gz", "has shape (12, 12, 11) but image"
+
+
+def _affine(root, h):
+    _, label = h.blob_case(seed=1)
+    affine = np.eye(4)
+    affine[:3, 3] = [5.0, 0.0, 0.0]
+    h.write_nifti(root / "labelsTr" / "case_001.nii.gz", label, affine)
+    return "labelsTr/case_001.nii.gz", "affine differs from image"
+
+
+def _spacing(root, h):
+    _, label = h.blob_case(seed=1)
+    h.write_nifti(root / "labelsTr" / "case_001.nii.gz", label, np.diag([2.0, 2.0, 2.0, 1.0]))
+    return "labelsTr/case_001.nii.gz", "affine differs from image"
+
+
+def _undeclared_label(root, h):
+    _, label = h.blob_case(seed=1)
+    label[0, 0, 0] = 7
+    h.write_nifti(root / "labelsTr" / "case_001.nii.gz", label)
+    return "labelsTr/case_001.nii.gz", "has values [7] not in the dataset's labels"
+
+
+def _nan_inf(root, h):
+    image, _ = h.blob_case(seed=1)
+    image[0, 0, 0], image[1, 1, 1] = np.nan, np.inf
+    h.write_nifti(root / "imagesTr" / "case_001.nii.gz", image)
+    return "imagesTr/case_001.nii.gz", "2 NaN/Inf voxels"
+
+
+def _two_d(root, h):
+    image, _ = h.blob_case(seed=1)
+    h.write_nifti(root / "imagesTr" / "case_001.nii.gz", image[:, :, 0])
+    return "imagesTr/case_001.nii.gz", "has 2 dimensions (12, 12); expected 3D or 4D"
+
+
+def _four_d_for_3d(root, h):
+    image, _ = h.blob_case(seed=1)
+    h.write_nifti(root / "imagesTr" / "case_001.nii.gz", np.stack([image, image], -1))
+    return "imagesTr/case_001.nii.gz", "has 2 channel(s) but the dataset has 1"
+
+
+def _float_label(root, h):
+    _, label = h.blob_case(seed=1)
+    label = label.astype(np.float32)
+    label[0, 0, 0] = 0.5
+    h.write_nifti(root / "labelsTr" / "case_001.nii.gz", label)
+    return "labelsTr/case_001.nii.gz", "non-integer values [0.5]"
+
+
+def _broken_json(root, h):
+    (root / "dataset.json").write_text('{"name": "ds", "labels": ')
+    return "dataset.json", "is not valid JSON"
+
+
+def _incomplete_json(root, h):
+    meta = json.loads((root / "dataset.json").read_text())
+    del meta["labels"]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return "dataset.json", "missing key 'labels'"
+
+
+def _missing_file(root, h):
+    (root / "imagesTr" / "case_002.nii.gz").unlink()
+    return "imagesTr/case_002.nii.gz", "does not exist"
+
+
+def _symlink_loop(root, h):
+    path = root / "imagesTr" / "case_001.nii.gz"
+    path.unlink()
+    os.symlink("loop.nii.gz", path)
+    os.symlink("case_001.nii.gz", root / "imagesTr" / "loop.nii.gz")
+    return "imagesTr/case_001.nii.gz", "does not exist"
+
+
+BROKEN_DATASETS = [_truncated, _zero_bytes, _zero_byte_image, _not_nifti, _shape, _affine, _spacing,
+                   _undeclared_label, _nan_inf, _two_d, _four_d_for_3d, _float_label, _broken_json, _incomplete_json,
+                   _missing_file, _symlink_loop]
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes ``broken_dataset`` runs once per probe of :data:`BROKEN_DATASETS`."""
+    if "broken_dataset" in metafunc.fixturenames:
+        metafunc.parametrize("broken_dataset", BROKEN_DATASETS, ids=[p.__name__.strip("_") for p in BROKEN_DATASETS])

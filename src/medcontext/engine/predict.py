@@ -54,7 +54,8 @@ def find_input_cases(path: str | Path, num_channels: int) -> list[InputCase]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input {path} does not exist")
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and _NIFTI.match(p.name))
+    # not-a-folder entries with NIfTI names, broken links included: the input check names them instead of skipping
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if not p.is_dir() and _NIFTI.match(p.name))
     if path.is_file() and not _NIFTI.match(path.name):
         raise ValueError(f"input {path} is not a NIfTI file (.nii or .nii.gz)")
     if not files:
