@@ -24,7 +24,7 @@ from medcontext.engine.config import ConfigError
 from medcontext.engine.host.cpu_threads import CpuShare
 from medcontext.engine.predict import InputCase, Predictor
 from medcontext.engine.run_folder import load_run
-from medcontext.io.run_lock import RunFolderLock, check_writable_folder
+from medcontext.io.run_lock import RunFolderLock
 from medcontext.evaluation import evaluate_folder, evaluate_region_folder, format_summary, write_csv, write_markdown
 
 __all__ = ["EvaluationResult", "evaluate_run"]
@@ -93,9 +93,8 @@ def evaluate_run(
             "(--split val) or train with data.test_cases / data.val_cases > 0"
         )
     # the inputs checked like `train` checks them, and the run folder taken for writing, before any prediction
-    check_evaluation_cases(run.spec, case_ids)
     with RunFolderLock(run.run_dir, "medcontext evaluate"):
-        check_writable_folder(Path(run.run_dir) / out_name, "the evaluation folder")
+        check_evaluation_cases(run.spec, case_ids)
         return _evaluate(run, case_ids, split=split, use=use, checkpoint=checkpoint, device=device, out_name=out_name,
                          progress=progress, echo=echo, trust_checkpoint=trust_checkpoint)
 
