@@ -286,6 +286,9 @@ def _train_config(args: argparse.Namespace):
     cfg = TrainConfig.from_dict(base.to_dict()) if base is not None else TrainConfig()
     if args.config:
         cfg.update(read_yaml(_config_file(args.config)), source=str(args.config))
+    if args.model_size is not None and args.model_preset is not None and args.model_size != args.model_preset:
+        raise ValueError(f"--model-size {args.model_size} and --model-preset {args.model_preset} both choose the "
+                         "network's size; give one of them")
     if args.model_size is not None:
         cfg.model.options = {**cfg.model.options, "size": args.model_size}
     if args.model_preset is not None:

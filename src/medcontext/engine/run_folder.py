@@ -241,6 +241,8 @@ def train(
         DistributedError (another process of the group failed).
     """
     run_dir = Path(run_dir)
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
+        raise ConfigError(f"--stop-after (stop_after) must be a number of steps >= 1, got {stop_after!r}")
     cfg = TrainConfig.from_dict(cfg.to_dict()).validate()
     owned = world is None
     if world is None:
