@@ -323,7 +323,7 @@ def comparison_lines(raw_table, post_table, decision: PostProcessing | None, *, 
     """Raw against post-processed scores of the same cases, per class and on average.
 
     Args:
-        raw_table: :class:`~medcontext.evaluation.report.MetricTable` of the raw predictions.
+        raw_table: :class:`~medcontext.evaluation.metric_table.MetricTable` of the raw predictions.
         post_table: the same cases after post-processing (``None`` when nothing was applied).
         decision: the run's decision, or ``None`` (the run has none).
         markdown: a markdown section (``## Post-processing``) or plain text lines.
