@@ -82,6 +82,13 @@ class DataConfig:
         cache_dir: folder for a persistent cache of preprocessed volumes (``None`` = memory).
         preprocess: overrides for ``PreprocessConfig.from_spec`` (e.g. ``target_spacing``,
             ``ct_window``).
+        unlabeled: unlabelled volumes for a semi-supervised ``method.variant`` (CLI
+            ``--unlabeled``): ``pool`` (the cases the split leaves over, labels never read),
+            ``imagesTs`` (the images the dataset lists without labels), a folder or JSON in any
+            layout ``data.path`` reads (labels ignored), or a list of them
+            (:mod:`medcontext.data.unlabeled`); ``null``: none.
+        unlabeled_batch_size: unlabelled crops per step per process; ``null`` = as many as
+            labelled crops (``train.batch_size x data.num_samples``).
     """
 
     path: str | None = None
@@ -99,6 +106,8 @@ class DataConfig:
     num_workers: int = 0
     cache_dir: str | None = None
     preprocess: dict = field(default_factory=dict)
+    unlabeled: str | list[str] | None = None
+    unlabeled_batch_size: int | None = None
 
 
 @dataclass
@@ -501,6 +510,9 @@ CHECKS: list[Check] = [
     Check("data.num_workers", ">= 0", lambda v, c: _int(v, 0)),
     Check("data.cache_dir", "a folder path or null", lambda v, c: _text_or_none(v)),
     Check("data.preprocess", "a mapping of preprocessing settings", lambda v, c: isinstance(v, dict)),
+    Check("data.unlabeled", "pool, imagesTs, a folder or file path, a list of them, or null",
+          lambda v, c: v is None or _text_or_none(v) or (isinstance(v, list) and all(_text_or_none(x) and x for x in v))),
+    Check("data.unlabeled_batch_size", ">= 1 or null (as many as labelled crops)", lambda v, c: v is None or _int(v, 1)),
     # model
     Check.one_of("model.name", _models),
     Check("model.options", "a mapping of option names to values", lambda v, c: _str_keys(v)),
