@@ -294,7 +294,7 @@ def test_report_also_compares_with_another_method_per_seed(tmp_path, capsys):
 
 
 def test_method_table_says_how_many_unlabelled_volumes_a_method_trained_on(tmp_path):
-    from medcontext.study.report import _method_table, _unlabeled_count
+    from medcontext.study.comparison_report import _method_table, _unlabeled_count
 
     cases = {f"c{i}": 0.5 for i in range(3)}
     labelled = [_run("baseline", 0, cases)]
