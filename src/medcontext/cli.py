@@ -102,7 +102,7 @@ def _add_train_parser(sub) -> None:
                             "used without their labels) or 'imagesTs' (the dataset's images without labels); several "
                             "combine (data.unlabeled; data.unlabeled_batch_size: crops per step)")
     train.add_argument("--config", metavar="FILE", help="YAML configuration: a file or a shipped name (configs/, e.g. cpu_phantom)")
-    train.add_argument("--model", help="network name: unetr, swin_unetr, unet3d, nnformer (model.name)")
+    train.add_argument("--model", help="network name: unetr, swin_unetr, unet3d, nnformer, pcrlv2 (model.name)")
     train.add_argument("--model-size", dest="model_size", metavar="SIZE",
                        help="network size: paper, small or tiny (model.options.size)")
     _add_renamed(train, "--size", "--model-size", "model_size")
