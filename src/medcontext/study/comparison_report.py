@@ -52,14 +52,11 @@ class RunResult:
     train_log: list[dict] = field(default_factory=list)
     val_log: list[dict] = field(default_factory=list)
     machine: str = UNRECORDED_MACHINE  # where it trained (:func:`run_machine`)
-<<<<<<< HEAD
     unlabeled: int = 0  # unlabelled volumes it trained on (``split.json``)
-=======
     # scores without post-processing when evaluate applied one (dice/hd95 are then post-processed)
     raw_dice: dict[str, dict[str, float]] | None = None
     raw_hd95: dict[str, dict[str, float]] | None = None
     postprocessing: str = ""  # what was applied ("" = the run has no decision)
->>>>>>> main
 
     def case_mean_dice(self, cases: Sequence[str]) -> np.ndarray:
         """Mean Dice over classes per case, in the order of ``cases``."""
@@ -121,26 +118,23 @@ def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> 
                 train_log=[r for r in log if r.get("kind") == "train"],
                 val_log=[r for r in log if r.get("kind") == "val"],
                 machine=run_machine(log, cfg.train.precision),
-<<<<<<< HEAD
                 unlabeled=_unlabeled_count(run_dir),
-=======
                 raw_dice=raw_dice,
                 raw_hd95=raw_hd95,
                 postprocessing=_postprocessing_text(run_dir),
->>>>>>> main
             )
         )
     return results
 
 
-<<<<<<< HEAD
 def _unlabeled_count(run_dir: Path) -> int:
     """How many unlabelled volumes a run trained on (its ``split.json``'s ``unlabeled`` list; 0 without)."""
     path = run_dir / "split.json"
     if not path.is_file():
         return 0
     return len(json.loads(path.read_text(encoding="utf-8")).get("unlabeled", []))
-=======
+
+
 def _case_metrics(table) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """``(case -> class -> Dice, case -> class -> HD95)`` of a metric table."""
     dice: dict[str, dict[str, float]] = defaultdict(dict)
@@ -195,7 +189,6 @@ def _postprocessing_lines(runs: list[RunResult]) -> list[str]:
             f"{stat(post, 'dice:mean')} | {stat(raw, 'hd95:mean', 1.0, 2)} | {stat(post, 'hd95:mean', 1.0, 2)} |"
         )
     return lines + [""]
->>>>>>> main
 
 
 def run_machine(log: Sequence[dict], precision_setting: str = "auto") -> str:
