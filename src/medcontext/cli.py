@@ -17,7 +17,9 @@ import fnmatch
 import sys
 import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
+
+from medcontext.method.settings import VARIANTS
 
 __all__ = ["main", "build_parser"]
 
@@ -48,6 +50,12 @@ class _RenamedOption(argparse.Action):
 def _add_renamed(parser: argparse.ArgumentParser, old: str, new: str, dest: str) -> None:
     """Accept ``old`` as a deprecated spelling of ``new`` (hidden from ``--help``)."""
     parser.add_argument(old, dest=dest, action=_RenamedOption, new_name=new, default=argparse.SUPPRESS)
+
+
+def _or_list(names: Iterable[str]) -> str:
+    """``"a, b or c"``."""
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +115,7 @@ def _add_train_parser(sub) -> None:
     train.add_argument("--model-size", dest="model_size", metavar="SIZE",
                        help="network size: paper, small or tiny (model.options.size)")
     _add_renamed(train, "--size", "--model-size", "model_size")
-    train.add_argument("--variant", help="baseline, medcontext, no_teacher, msl_only or cl_only (method.variant)")
+    train.add_argument("--variant", help=f"{_or_list(VARIANTS)} (method.variant)")
     train.add_argument("--train-cases", type=int, metavar="K", help="number of training cases drawn by seed (data.train_cases)")
     train.add_argument("--seed", type=int, help="seed of weights, split, data order, augmentation and masks (train.seed)")
     train.add_argument("--steps", type=int, metavar="N", help="optimizer steps of the run (train.steps)")
