@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from medcontext.io.atomic import remove_stale_temporaries, write_text_atomic
+from medcontext.engine.builder import build_medcontext, build_network, class_map, resolve_roi
 from medcontext.engine.checkpoint import CheckpointError, load_model_state, read_checkpoint
 from medcontext.engine.config import ConfigError, TrainConfig, load_config, resolve_batch_scaling, save_config
 from medcontext.engine.host.cpu_threads import CpuShare
@@ -46,71 +47,12 @@ from medcontext.engine.trainer import TrainResult, Trainer, ValidationCase, run_
 
 __all__ = [
     "RunInfo",
-    "class_map",
-    "resolve_roi",
-    "build_network",
-    "build_medcontext",
     "seed_everything",
     "train",
     "load_run",
     "load_model",
     "checkpoint_path",
 ]
-
-
-def class_map(spec) -> dict[str, tuple[int, ...]]:
-    """Evaluated classes of a dataset as ``name -> label values``.
-
-    Softmax datasets: one label value per class (Synapse: 8 of 13 organs). Sigmoid region
-    datasets: each evaluated region unites its label values (BraTS WT/TC/ET).
-    """
-    names = list(spec.eval_class_names)
-    if spec.output_mode == "sigmoid":
-        region_names = list(spec.regions)
-        return {names[i]: tuple(spec.regions[region_names[c]]) for i, c in enumerate(spec.eval_classes)}
-    return {names[i]: (int(c),) for i, c in enumerate(spec.eval_classes)}
-
-
-def resolve_roi(cfg: TrainConfig, spec) -> tuple[int, int, int]:
-    """The training crop: ``model.roi``, else the dataset preset's default crop."""
-    roi = cfg.model.roi if cfg.model.roi is not None else spec.default_roi
-    if roi is None:
-        raise ConfigError(
-            f"no training crop for dataset {spec.name!r} (its preset {spec.preset!r} has no default): "
-            "pass --roi X Y Z or set model.roi, e.g. --roi 32 48 32"
-        )
-    return tuple(int(r) for r in roi)  # type: ignore[return-value]
-
-
-def build_network(cfg: TrainConfig, in_channels: int, out_channels: int, roi: Sequence[int]) -> nn.Module:
-    """The student network from the model registry."""
-    from medcontext.models import create_model
-
-    return create_model(cfg.model.name, in_channels, out_channels, tuple(roi), **cfg.model.options)
-
-
-def build_medcontext(cfg: TrainConfig, network: nn.Module, roi: Sequence[int], output_mode: str) -> nn.Module:
-    """The MedContext wrapper configured by ``cfg.method`` (``variant: baseline`` included)."""
-    from medcontext.method import MedContext
-
-    m = cfg.method
-    return MedContext(
-        network,
-        variant=m.variant,
-        mask_ratio=m.mask_ratio,
-        beta=m.beta,
-        momentum=m.momentum,
-        momentum_horizon=m.momentum_horizon,
-        total_steps=cfg.train.steps,
-        mask_space=m.mask_space,
-        depth_axis=m.depth_axis,
-        mask_cell=m.mask_cell,
-        roi_size=tuple(roi),
-        mask_mode=m.mask_mode,
-        output_mode=output_mode,
-        student_passes=m.student_passes,
-        seed=cfg.train.seed,
-    )
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -331,9 +273,7 @@ def _preflight(cfg: TrainConfig, spec, roi: tuple[int, ...]) -> None:
     from medcontext.data import PreprocessConfig
 
     check_run_settings(
-        cfg, in_channels=spec.num_channels, roi=roi,
-        build_network=lambda: build_network(cfg, spec.num_channels, spec.num_outputs, roi),
-        build_medcontext=lambda network: build_medcontext(cfg, network, roi, spec.output_mode),
+        cfg, in_channels=spec.num_channels, out_channels=spec.num_outputs, output_mode=spec.output_mode, roi=roi,
         preprocess=lambda: PreprocessConfig.from_spec(spec, **cfg.data.preprocess),
     )
 

@@ -28,12 +28,13 @@ from ..engine.training_log import read_metrics
 from ..evaluation import figures, read_csv
 from ..evaluation.statistics import hierarchical_bootstrap, paired_bootstrap, summarize
 from ..io.atomic import write_text_atomic
+from ..method.settings import DEFAULTS, VARIANTS
 
 __all__ = ["RunResult", "collect_runs", "run_machine", "write_report"]
 
-DEFAULT_RATIO = 0.4
-DEFAULT_MOMENTUM = 0.996
-DEFAULT_BETA = 0.5
+DEFAULT_RATIO = DEFAULTS.mask_ratio
+DEFAULT_MOMENTUM = DEFAULTS.momentum
+DEFAULT_BETA = DEFAULTS.beta
 #: :func:`run_machine`'s answer (or its ending) for a log without ``start`` records
 UNRECORDED_MACHINE = "machine not recorded"
 
@@ -64,14 +65,19 @@ class RunResult:
 
 def _method_label(variant: str, ratio: float, momentum: float, beta: float = DEFAULT_BETA,
                   horizon: float | None = None) -> str:
+    """The variant's name, with each setting it uses that differs from the defaults in brackets."""
+    known = VARIANTS.get(variant)  # a variant this version does not know: every setting may matter
+    uses_ratio, uses_momentum, uses_beta = (
+        (known.uses_mask_ratio, known.uses_momentum, known.uses_beta) if known else (True, True, True)
+    )
     notes = []
-    if variant != "baseline" and not math.isclose(ratio, DEFAULT_RATIO):
+    if uses_ratio and not math.isclose(ratio, DEFAULT_RATIO):
         notes.append(f"ratio {ratio:g}")
-    if variant not in ("baseline", "no_teacher") and horizon is not None:
+    if uses_momentum and horizon is not None:
         notes.append(f"EMA horizon {horizon:g} of the run")
-    elif variant not in ("baseline", "no_teacher") and not math.isclose(momentum, DEFAULT_MOMENTUM):
+    elif uses_momentum and not math.isclose(momentum, DEFAULT_MOMENTUM):
         notes.append(f"momentum {momentum:g}")
-    if variant in ("medcontext", "cl_only") and not math.isclose(beta, DEFAULT_BETA):
+    if uses_beta and not math.isclose(beta, DEFAULT_BETA):
         notes.append(f"beta {beta:g}")
     return f"{variant} ({', '.join(notes)})" if notes else variant
 
