@@ -105,6 +105,11 @@ def _add_train_parser(sub) -> None:
     _add_common(train)
     train.add_argument("--out", metavar="RUN_DIR", help="run folder (checkpoints, logs, split); required to train")
     train.add_argument("--data", metavar="DATASET_DIR", help="dataset folder (MSD layout, datalist JSON, folders)")
+    train.add_argument("--unlabeled", nargs="+", metavar="SOURCE",
+                       help="unlabelled volumes for a semi-supervised --variant: a folder of images (any layout --data "
+                            "reads, or NIfTI files; labels ignored), 'pool' (the training cases the split leaves over, "
+                            "used without their labels) or 'imagesTs' (the dataset's images without labels); several "
+                            "combine (data.unlabeled; data.unlabeled_batch_size: crops per step)")
     train.add_argument("--config", metavar="FILE", help="YAML configuration: a file or a shipped name (configs/, e.g. cpu_phantom)")
     train.add_argument("--model", help="network name: unetr, swin_unetr, unet3d, nnformer, pcrlv2 (model.name)")
     train.add_argument("--model-size", dest="model_size", metavar="SIZE",
@@ -333,6 +338,11 @@ def _train_config(args: argparse.Namespace):
     overrides: dict = {k: v for k, v in flags.items() if v is not None}
     if args.data is not None:
         overrides["data.path"] = str(Path(args.data).resolve())
+    if args.unlabeled:
+        from medcontext.data.unlabeled import LISTED, POOL
+
+        sources = [item if item in (POOL, LISTED) else str(Path(item).resolve()) for item in args.unlabeled]
+        overrides["data.unlabeled"] = sources[0] if len(sources) == 1 else sources
     if args.init_prefix_map:
         mapping = {}
         for item in args.init_prefix_map:

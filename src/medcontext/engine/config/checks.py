@@ -147,6 +147,9 @@ CHECKS: list[Check] = [
     Check("data.num_workers", ">= 0", lambda v, c: _int(v, 0)),
     Check("data.cache_dir", "a folder path or null", lambda v, c: _text_or_none(v)),
     Check("data.preprocess", "a mapping of preprocessing settings", lambda v, c: isinstance(v, dict)),
+    Check("data.unlabeled", "pool, imagesTs, a folder or file path, a list of them, or null",
+          lambda v, c: v is None or _text_or_none(v) or (isinstance(v, list) and all(_text_or_none(x) and x for x in v))),
+    Check("data.unlabeled_batch_size", ">= 1 or null (as many as labelled crops)", lambda v, c: v is None or _int(v, 1)),
     # model
     Check.one_of("model.name", _models),
     Check("model.options", "a mapping of option names to values", lambda v, c: _str_keys(v)),

@@ -69,6 +69,13 @@ class DataConfig:
         cache_dir: folder for a persistent cache of preprocessed volumes (``None`` = memory).
         preprocess: overrides for ``PreprocessConfig.from_spec`` (e.g. ``target_spacing``,
             ``ct_window``).
+        unlabeled: unlabelled volumes for a semi-supervised ``method.variant`` (CLI
+            ``--unlabeled``): ``pool`` (the cases the split leaves over, labels never read),
+            ``imagesTs`` (the images the dataset lists without labels), a folder or JSON in any
+            layout ``data.path`` reads (labels ignored), or a list of them
+            (:mod:`medcontext.data.unlabeled`); ``null``: none.
+        unlabeled_batch_size: unlabelled crops per step per process; ``null`` = as many as
+            labelled crops (``train.batch_size x data.num_samples``).
     """
 
     path: str | None = None
@@ -86,6 +93,8 @@ class DataConfig:
     num_workers: int = 0
     cache_dir: str | None = None
     preprocess: dict = field(default_factory=dict)
+    unlabeled: str | list[str] | None = None
+    unlabeled_batch_size: int | None = None
 
 
 @dataclass
