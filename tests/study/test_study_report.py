@@ -291,3 +291,46 @@ def test_report_also_compares_with_another_method_per_seed(tmp_path, capsys):
     assert "| **medcontext (EMA horizon 0.05 of the run)** | all 2 | **+10.00** |" in text  # against the baseline
     assert main(["report", *map(str, runs), "--out", str(out), "--also-against", "momentum"]) != 0
     assert "--also-against momentum: no such method among the runs" in capsys.readouterr().err
+
+
+def test_method_table_says_how_many_unlabelled_volumes_a_method_trained_on(tmp_path):
+    from medcontext.study.comparison_report import _method_table, _unlabeled_count
+
+    cases = {f"c{i}": 0.5 for i in range(3)}
+    labelled = [_run("baseline", 0, cases)]
+    assert "unlabelled" not in _method_table(labelled)[0]  # labelled-only reports keep their columns
+    semi = [_run("mean_teacher", seed, cases) for seed in (0, 1)]
+    semi[0].unlabeled, semi[1].unlabeled = 98, 100
+    table = _method_table(labelled + semi)
+    assert table[0].startswith("| method | seeds | unlabelled volumes | Dice a")
+    assert table[1].count("---") == table[0].count("|") - 1
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[2] for line in table[2:]}
+    assert rows == {"baseline": "0", "mean_teacher": "98-100"}
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["a"], "unlabeled": ["b", "c"]}))
+    assert _unlabeled_count(tmp_path) == 2 and _unlabeled_count(tmp_path / "missing") == 0
+
+
+def test_report_shows_raw_and_post_processed_scores_also_from_collected_records(tmp_path, capsys):
+    from medcontext.cli import main
+    from medcontext.evaluation.postprocessing import PostProcessing, write_postprocessing
+    from medcontext.evaluation.metric_table import CaseMetric, MetricTable, write_csv
+
+    collect = _collect_script()
+    runs = []
+    for variant in ("baseline", "medcontext"):
+        run = _evaluated_run(tmp_path / "runs" / "g" / f"{variant}_s0", variant, 0, (0.8, 0.8, 0.8))
+        write_postprocessing(run, PostProcessing(True, (), (1,), "labels", {"validation_cases": 2}))
+        raw = MetricTable()
+        for i in range(3):
+            raw.add(CaseMetric(f"c{i}", "a", 0.7, 40.0, 10, 12))  # before: lower Dice, islands far away
+        write_csv(raw, run / "eval" / "raw" / "metrics.csv")
+        records = tmp_path / "records" / "g" / run.name
+        assert collect.collect_run(run, records, train_every=10)
+        assert (records / "postprocessing.json").is_file() and (records / "test_metrics_raw.csv").is_file()
+        runs.append(records)
+    out = tmp_path / "report.md"
+    assert main(["report", *map(str, runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "Post-processing (largest connected components" in text
+    # raw -> post-processed: mean Dice 70.0 -> 80.0, mean HD95 40.00 -> 3.00 mm
+    assert "| baseline | 1 | 1 | 1 | 70.0 ± 0.0 | 80.0 ± 0.0 | 40.00 ± 0.00 | 3.00 ± 0.00 |" in text

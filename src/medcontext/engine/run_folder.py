@@ -6,7 +6,8 @@ to use the run later is written into ``run_dir`` before the first step:
 
 ========================  =====================================================
 ``config.yaml``           the resolved :class:`TrainConfig`
-``split.json``            the train / val / test case ids actually used
+``split.json``            the train / val / test case ids actually used (+ unlabelled ones)
+``unlabeled.json``        semi-supervised runs: the unlabelled volumes' files and sources
 ``dataset.json``          the dataset description (cases, labels, regions, ...)
 ``preprocess.json``       the :class:`~medcontext.data.PreprocessConfig`
 ``plan.json``             the plan: spacing, crop, batch, mask cell, memory and time
@@ -26,6 +27,7 @@ the dataset or the command line that started it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from torch import nn
 
 from medcontext.io.atomic import remove_stale_temporaries, write_text_atomic
 from medcontext.io.run_lock import RunFolderLock
+from medcontext.engine.builder import build_medcontext, build_network, class_map, resolve_roi
 from medcontext.engine.checkpoint import CheckpointError, load_model_state, read_checkpoint
 from medcontext.engine.config import ConfigError, TrainConfig, load_config, resolve_batch_scaling, save_config
 from medcontext.engine.host.cpu_threads import CpuShare
@@ -47,74 +50,19 @@ from medcontext.engine.resume import check_resume_settings
 from medcontext.engine.host.precision import Precision, resolve_precision
 from medcontext.engine.host.precision_check import fall_back_if_wrong, reduced_precision_errors
 from medcontext.engine.trainer import TrainResult, Trainer, ValidationCase, run_device
+from medcontext.engine.unlabeled_data import (
+    check_unlabeled_settings, prepare_split, read_unlabeled, save_unlabeled, unlabeled_batch_size, unlabeled_line,
+    unlabeled_sources,
+)
 
 __all__ = [
     "RunInfo",
-    "class_map",
-    "resolve_roi",
-    "build_network",
-    "build_medcontext",
     "seed_everything",
     "train",
     "load_run",
     "load_model",
     "checkpoint_path",
 ]
-
-
-def class_map(spec) -> dict[str, tuple[int, ...]]:
-    """Evaluated classes of a dataset as ``name -> label values``.
-
-    Softmax datasets: one label value per class (Synapse: 8 of 13 organs). Sigmoid region
-    datasets: each evaluated region unites its label values (BraTS WT/TC/ET).
-    """
-    names = list(spec.eval_class_names)
-    if spec.output_mode == "sigmoid":
-        region_names = list(spec.regions)
-        return {names[i]: tuple(spec.regions[region_names[c]]) for i, c in enumerate(spec.eval_classes)}
-    return {names[i]: (int(c),) for i, c in enumerate(spec.eval_classes)}
-
-
-def resolve_roi(cfg: TrainConfig, spec) -> tuple[int, int, int]:
-    """The training crop: ``model.roi``, else the dataset preset's default crop."""
-    roi = cfg.model.roi if cfg.model.roi is not None else spec.default_roi
-    if roi is None:
-        raise ConfigError(
-            f"no training crop for dataset {spec.name!r} (its preset {spec.preset!r} has no default): "
-            "pass --roi X Y Z or set model.roi, e.g. --roi 32 48 32"
-        )
-    return tuple(int(r) for r in roi)  # type: ignore[return-value]
-
-
-def build_network(cfg: TrainConfig, in_channels: int, out_channels: int, roi: Sequence[int]) -> nn.Module:
-    """The student network from the model registry."""
-    from medcontext.models import create_model
-
-    return create_model(cfg.model.name, in_channels, out_channels, tuple(roi), **cfg.model.options)
-
-
-def build_medcontext(cfg: TrainConfig, network: nn.Module, roi: Sequence[int], output_mode: str) -> nn.Module:
-    """The MedContext wrapper configured by ``cfg.method`` (``variant: baseline`` included)."""
-    from medcontext.method import MedContext
-
-    m = cfg.method
-    return MedContext(
-        network,
-        variant=m.variant,
-        mask_ratio=m.mask_ratio,
-        beta=m.beta,
-        momentum=m.momentum,
-        momentum_horizon=m.momentum_horizon,
-        total_steps=cfg.train.steps,
-        mask_space=m.mask_space,
-        depth_axis=m.depth_axis,
-        mask_cell=m.mask_cell,
-        roi_size=tuple(roi),
-        mask_mode=m.mask_mode,
-        output_mode=output_mode,
-        student_passes=m.student_passes,
-        seed=cfg.train.seed,
-    )
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -244,6 +192,7 @@ def train(
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
         raise ConfigError(f"--stop-after (stop_after) must be a number of steps >= 1, got {stop_after!r}")
     cfg = TrainConfig.from_dict(cfg.to_dict()).validate()
+    check_unlabeled_settings(cfg)
     owned = world is None
     if world is None:
         world = init_distributed(cfg.train.device, timeout_min=cfg.train.dist_timeout_min)
@@ -300,7 +249,8 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
     precision = _checked_precision(cfg, spec, roi, world, network_hook=network_hook, echo=echo)
     preprocess = PreprocessConfig.from_spec(spec, **cfg.data.preprocess)
     split = world.main_first(
-        lambda: _prepare_run_folder(cfg, spec, plan, preprocess, run_dir, fingerprint, resume=resume, echo=echo),
+        lambda: _prepare_run_folder(cfg, spec, plan, preprocess, run_dir, fingerprint, resume=resume,
+                                    progress=progress, echo=echo),
         "writing the run folder",
     )
     echo(f"split: {len(split.train)} train, {len(split.val)} val, {len(split.test)} test cases -> {run_dir / 'split.json'}")
@@ -308,6 +258,7 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
     mc = _build_model(cfg, spec, roi, resume=resume, trust_checkpoint=trust_checkpoint, network_hook=network_hook,
                       echo=echo)
     train_data, val_cases = _prepare_data(cfg, spec, split, preprocess, roi, world, progress=progress)
+    extra = _unlabeled_data(cfg, run_dir, preprocess, roi, progress=progress, echo=echo)
     trainer = trainer_class(
         mc, cfg, run_dir, train_data, val_cases,
         classes=class_map(spec),
@@ -323,6 +274,7 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
         },
         val_sharded=True,
         precision=precision,
+        **extra,
     )
     _echo_setup(trainer, cfg, roi, cpu_share, echo)
     trainer.cpu_share = cpu_share
@@ -335,7 +287,10 @@ def _load_spec(cfg: TrainConfig):
 
     if not cfg.data.path:
         raise ConfigError("no dataset: pass --data DATASET_DIR (or set data.path in the config)")
-    spec = load_dataset(cfg.data.path, preset=cfg.data.preset, group_by=cfg.data.group_by)
+    from medcontext.data.unlabeled import POOL
+
+    spec = load_dataset(cfg.data.path, preset=cfg.data.preset, group_by=cfg.data.group_by,
+                        missing_labels_ok=POOL in unlabeled_sources(cfg))
     cfg.data.path = str(Path(cfg.data.path).resolve())
     cfg.data.preset = spec.preset
     return spec
@@ -346,9 +301,7 @@ def _preflight(cfg: TrainConfig, spec, roi: tuple[int, ...]) -> None:
     from medcontext.data import PreprocessConfig
 
     check_run_settings(
-        cfg, in_channels=spec.num_channels, roi=roi,
-        build_network=lambda: build_network(cfg, spec.num_channels, spec.num_outputs, roi),
-        build_medcontext=lambda network: build_medcontext(cfg, network, roi, spec.output_mode),
+        cfg, in_channels=spec.num_channels, out_channels=spec.num_outputs, output_mode=spec.output_mode, roi=roi,
         preprocess=lambda: PreprocessConfig.from_spec(spec, **cfg.data.preprocess),
     )
 
@@ -374,7 +327,10 @@ def _check_data(spec, run_dir: Path, *, resume: bool, progress: bool, echo: Call
     echo(f"checking dataset {spec.name!r} ({len(spec.cases)} labelled cases) in {spec.root} ...")
     if spec.source_note:
         echo(f"note: {spec.source_note}")
-    summary = check_training_data(spec, progress=progress)
+    # a semi-supervised pool's cases have no label file: the cases with labels are what is checked
+    checked = spec if all(c.label is not None for c in spec.cases) else dataclasses.replace(
+        spec, cases=[c for c in spec.cases if c.label is not None])
+    summary = check_training_data(checked, progress=progress)
     echo(f"dataset OK: {len(summary.cases)} cases, {spec.num_channels} channel(s), {spec.num_outputs} outputs ({spec.output_mode})")
     fingerprint = data_fingerprint(summary)
     saved = run_dir / FINGERPRINT_FILE
@@ -390,7 +346,7 @@ def _check_data(spec, run_dir: Path, *, resume: bool, progress: bool, echo: Call
 
 
 def _prepare_run_folder(cfg: TrainConfig, spec, plan, preprocess, run_dir: Path, fingerprint: dict, *, resume: bool,
-                        echo: Callable[[str], None]):
+                        progress: bool, echo: Callable[[str], None]):
     """Rank 0: draw the split (refusing all-empty training labels) and write the run folder's description."""
     from medcontext.data import Split
     from medcontext.data.input_checks import FINGERPRINT_FILE, check_training_labels
@@ -400,10 +356,15 @@ def _prepare_run_folder(cfg: TrainConfig, spec, plan, preprocess, run_dir: Path,
     if resume:
         split = Split.load(run_dir / "split.json")
     else:
-        split = _draw_split(cfg, spec)
+        if unlabeled_sources(cfg):  # semi-supervised: the split's cases and the unlabelled volumes checked
+            split, unlabeled = prepare_split(cfg, spec, lambda: _draw_split(cfg, spec), progress=progress, echo=echo)
+        else:
+            split, unlabeled = _draw_split(cfg, spec), None
         check_training_labels(fingerprint, split.train)
         run_dir.mkdir(parents=True, exist_ok=True)
         split.save(run_dir / "split.json")
+        if unlabeled is not None:
+            save_unlabeled(run_dir, unlabeled)
     _write_json(run_dir / FINGERPRINT_FILE, fingerprint)
     save_config(cfg, run_dir / "config.yaml")
     _write_json(run_dir / "dataset.json", spec.to_dict())
@@ -482,6 +443,20 @@ def _prepare_data(cfg: TrainConfig, spec, split, preprocess, roi: tuple[int, ...
     # each rank loads only the cases it validates (rank r: cases r, r + N, ...)
     val_cases = _validation_cases(spec, val_ids[world.rank :: world.world_size], preprocess)
     return train_data, val_cases
+
+
+def _unlabeled_data(cfg: TrainConfig, run_dir: Path, preprocess, roi: tuple[int, ...], *, progress: bool,
+                    echo: Callable[[str], None]) -> dict:
+    """``{"unlabeled_dataset": crops}`` for a run with unlabelled volumes (from ``unlabeled.json``), else ``{}``."""
+    from medcontext.data.unlabeled import make_unlabeled_dataset
+
+    chosen = read_unlabeled(run_dir)
+    if chosen is None:
+        return {}
+    echo(f"{unlabeled_line(chosen)}; {unlabeled_batch_size(cfg)} unlabelled crop(s) per step")
+    crops = make_unlabeled_dataset(chosen.cases, preprocess, roi, cache_dir=cfg.data.cache_dir, seed=cfg.train.seed,
+                                   progress=progress)
+    return {"unlabeled_dataset": crops}
 
 
 def _echo_setup(trainer: Trainer, cfg: TrainConfig, roi: tuple[int, ...], cpu_share: CpuShare | None,
