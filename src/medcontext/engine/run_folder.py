@@ -237,8 +237,12 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
     if explicit_roi:  # the planner builds networks with an explicit crop: check it first, with named errors
         _preflight(cfg, spec, tuple(int(r) for r in cfg.model.roi))
     # every case checked (fresh start and resume alike) before the planner reads the headers
-    fingerprint = world.main_first(lambda: _check_data(spec, run_dir, resume=resume, progress=progress, echo=echo),
-                                   "checking the dataset")
+    from medcontext.data.unlabeled import POOL
+
+    pool = POOL in unlabeled_sources(cfg)
+    fingerprint = world.main_first(
+        lambda: _check_data(spec, run_dir, resume=resume, pool=pool, progress=progress, echo=echo),
+        "checking the dataset")
     plan = _plan(cfg, spec, run_dir, world, resume=resume, echo=echo)
     roi = tuple(int(r) for r in cfg.model.roi)
     if resume:
@@ -318,9 +322,10 @@ def _plan(cfg: TrainConfig, spec, run_dir: Path, world: World, *, resume: bool, 
     return plan
 
 
-def _check_data(spec, run_dir: Path, *, resume: bool, progress: bool, echo: Callable[[str], None]) -> dict:
-    """Rank 0: every case through the input checks of ``data check``; a resumed run's dataset must
-    be the one it started on (its fingerprint, else its split's cases). Returns the fingerprint."""
+def _check_data(spec, run_dir: Path, *, resume: bool, pool: bool, progress: bool, echo: Callable[[str], None]) -> dict:
+    """Rank 0: every case through the input checks of ``data check`` (``pool``: the cases with a
+    label file); a resumed run's dataset must be the one it started on (its fingerprint, else its
+    split's cases). Returns the fingerprint."""
     from medcontext.data import DatasetError, Split
     from medcontext.data.input_checks import FINGERPRINT_FILE, check_training_data, compare_fingerprints, data_fingerprint
 
@@ -328,8 +333,8 @@ def _check_data(spec, run_dir: Path, *, resume: bool, progress: bool, echo: Call
     if spec.source_note:
         echo(f"note: {spec.source_note}")
     # a semi-supervised pool's cases have no label file: the cases with labels are what is checked
-    checked = spec if all(c.label is not None for c in spec.cases) else dataclasses.replace(
-        spec, cases=[c for c in spec.cases if c.label is not None])
+    checked = spec if not pool else dataclasses.replace(
+        spec, cases=[c for c in spec.cases if c.label is not None and Path(c.label).is_file()])
     summary = check_training_data(checked, progress=progress)
     echo(f"dataset OK: {len(summary.cases)} cases, {spec.num_channels} channel(s), {spec.num_outputs} outputs ({spec.output_mode})")
     fingerprint = data_fingerprint(summary)
