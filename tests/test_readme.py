@@ -40,6 +40,9 @@ def test_plugin_example_trains_and_reports_all_loss_terms():
 
 
 # ---------------------------------------------------------------------- every README command
+_COMMAND_GROUPS = ("data", "nnunet")  # commands whose sub-commands are a second word
+
+
 def _readme_commands() -> list[str]:
     """Every ``medcontext`` command of the README: the lines of its bash blocks (continuations joined,
     comments dropped; ``torchrun ... -m medcontext``, ``$(medcontext ...)`` included) and the inline code
@@ -53,8 +56,10 @@ def _readme_commands() -> list[str]:
                 found.append(" ".join(match.group(1).split(" && ")[0].split()))
     for span in re.findall(r"`(?:torchrun [^`]*?-m )?medcontext ([^`]+)`", text):
         span = " ".join(span.replace("[", " ").replace("]", " ").split())  # optional parts [--use teacher] given
-        if " " in span:  # a sub-command with arguments, not a name (`medcontext evaluate`)
-            found.append(span.strip())
+        words = span.split()
+        named = 2 if words[0] in _COMMAND_GROUPS else 1  # `data check`, `nnunet export`: two words name it
+        if len(words) > named:  # a sub-command with arguments, not its name (`medcontext evaluate`)
+            found.append(span)
     return sorted(set(found))
 
 
