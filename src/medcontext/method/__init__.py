@@ -8,7 +8,10 @@ from .adapters import TokenAdapter, find_token_adapter, register_token_adapter
 from .losses import RegionLoss, SegmentationLoss, consistency_loss, deep_supervision_weights
 from .masking import InputMasker, default_cell_size, tube_mask, upsample_mask
 from .medcontext import VARIANTS, LossBreakdown, MedContext, TeacherOutOfSyncWarning
-from .schedules import cosine_schedule, momentum_at
+from .schedules import cosine_schedule, mean_teacher_momentum, momentum_at, sigmoid_rampup
+from .copy_paste import CopyPaste, box_mask, copy_paste
+from .semisupervised_losses import confident_pseudo_labels, pseudo_label_loss, region_dice_ce, softmax_mse
+from .semisupervised_settings import SEMI_SUPERVISED_VARIANTS, SemiSupervision, semi_supervision
 from .teacher import ema_update, make_teacher, unwrap_model
 from .token_masking import TokenMasker
 
@@ -34,4 +37,16 @@ __all__ = [
     "ema_update",
     "make_teacher",
     "unwrap_model",
+    "SEMI_SUPERVISED_VARIANTS",
+    "SemiSupervision",
+    "semi_supervision",
+    "sigmoid_rampup",
+    "mean_teacher_momentum",
+    "box_mask",
+    "copy_paste",
+    "CopyPaste",
+    "softmax_mse",
+    "confident_pseudo_labels",
+    "pseudo_label_loss",
+    "region_dice_ce",
 ]

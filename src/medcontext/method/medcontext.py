@@ -6,6 +6,9 @@ One training step (SPEC 1, paper Algorithm 1)::
     losses.total.backward()
     optimizer.step()                      # optimizer over mc.parameters(): student + mask tokens
     mc.update_teacher(step)               # EMA, momentum cosine 0.996 -> 1 over the global step
+
+With unlabelled crops ``U`` (a semi-supervised variant, :mod:`medcontext.method.semisupervised`)
+the step is the same with ``mc.losses(images, labels, unlabeled=U, step=step)``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .adapters import TokenAdapter, find_token_adapter
 from .losses import SegmentationLoss, consistency_loss, first_head
 from .masking import InputMasker, as_triple, default_cell_size, tube_mask
-from .schedules import momentum_at, momentum_for_horizon
+from .schedules import mean_teacher_momentum, momentum_after_pretrain, momentum_at, momentum_for_horizon
+from .semisupervised import semi_supervised_losses
+from .semisupervised_settings import SEMI_SUPERVISED_VARIANTS, SemiSupervision, SemiVariant, semi_supervision
 from .teacher import copy_into_teacher, ema_update, make_teacher, max_teacher_difference, unwrap_model
 from .token_masking import TokenMasker
 
@@ -58,17 +63,30 @@ VARIANTS: dict[str, _Variant] = {
 
 @dataclass
 class LossBreakdown:
-    """Loss terms of one step; absent terms are zero tensors. All are scalars."""
+    """Loss terms of one step; absent terms are zero tensors. All are scalars.
+
+    The terms of the unlabelled crops are ``None`` for the labelled-only variants; the
+    semi-supervised ones set ``cl_unlabeled`` (consistency on the unlabelled crops), ``pseudo``
+    (pseudo-label loss), ``ramp`` (the ramp-up weight at the step) and, with MIC's confidence
+    weighting, ``confident`` (mean fraction of confident teacher voxels).
+    """
 
     total: torch.Tensor
     sup: torch.Tensor
     msl: torch.Tensor
     cl: torch.Tensor
+    cl_unlabeled: torch.Tensor | None = None
+    pseudo: torch.Tensor | None = None
+    ramp: torch.Tensor | None = None
+    confident: torch.Tensor | None = None
 
     def as_floats(self) -> dict[str, float]:
-        """The terms as Python floats (one device sync), for logging."""
-        values = torch.stack([self.total, self.sup, self.msl, self.cl]).detach().float().cpu().tolist()
-        return dict(zip(("total", "sup", "msl", "cl"), values))
+        """The terms that are set, as Python floats (one device sync), for logging."""
+        names = ["total", "sup", "msl", "cl"] + [
+            n for n in ("cl_unlabeled", "pseudo", "ramp", "confident") if getattr(self, n) is not None
+        ]
+        values = torch.stack([getattr(self, n).float() for n in names]).detach().cpu().tolist()
+        return dict(zip(names, values))
 
 
 def _choose(name: str, value: str, options: Sequence[str]) -> str:
@@ -77,6 +95,21 @@ def _choose(name: str, value: str, options: Sequence[str]) -> str:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}.{hint}")
     return value
+
+
+def _resolve_variant(
+    variant: str, semi: SemiSupervision | None, momentum: float | None
+) -> tuple[_Variant, SemiVariant | None, SemiSupervision | None, float]:
+    """The labelled-step flags, the semi-supervised variant and settings, and the momentum."""
+    if variant in VARIANTS:
+        if semi is not None:
+            raise ValueError(f"semi= sets the unlabelled terms of a semi-supervised variant; {variant!r} has none")
+        return VARIANTS[variant], None, None, 0.996 if momentum is None else momentum
+    semi_variant = SEMI_SUPERVISED_VARIANTS[variant]
+    semi = semi if semi is not None else semi_supervision(variant)
+    medcontext_step = semi_variant.labeled == "medcontext"
+    config = _Variant(masked_pass=semi_variant.needs_mask, msl=medcontext_step, cl=medcontext_step, teacher=True)
+    return config, semi_variant, semi, semi.momentum if momentum is None else momentum
 
 
 def _first_conv_in_channels(network: nn.Module) -> int | None:
@@ -116,10 +149,14 @@ class MedContext(nn.Module):
     Args:
         network: the student, mapping (B, C, H, W, D) to logits (B, K, H, W, D) or a list of
             deep-supervision heads (full resolution first).
-        variant: ``"baseline"``, ``"medcontext"``, ``"no_teacher"``, ``"msl_only"``, ``"cl_only"``.
+        variant: ``"baseline"``, ``"medcontext"``, ``"no_teacher"``, ``"msl_only"``, ``"cl_only"``,
+            or a semi-supervised one that also trains on unlabelled crops (``"medcontext_semi"``,
+            ``"medcontext_semi_cl"``, ``"mean_teacher"``, ``"bcp"``, ``"medcontext_bcp"``:
+            :mod:`~medcontext.method.semisupervised_settings`).
         mask_ratio: fraction of in-plane mask positions masked (paper: 0.4).
         beta: weight of the consistency loss (SPEC default 0.5).
-        momentum: EMA momentum at step 0 (0.996), cosine to 1.0 at the last step.
+        momentum: EMA momentum at step 0 (0.996), cosine to 1.0 at the last step; for
+            ``mean_teacher`` and ``bcp`` the constant momentum of their schedules (0.99).
         momentum_horizon: instead of ``momentum``, the teacher's EMA time constant as a
             fraction of ``total_steps`` (:func:`~medcontext.method.schedules.momentum_for_horizon`);
             ``None`` (default) uses ``momentum`` as the paper does.
@@ -139,6 +176,8 @@ class MedContext(nn.Module):
         seed: seeds the mask generator (CPU ``torch.Generator``); ``None`` uses torch's global RNG.
         in_channels: image channels, when they cannot be read off the network.
         adapter: explicit token adapter, overriding the registered one.
+        semi: weights of the unlabelled terms of a semi-supervised variant; ``None`` = the
+            variant's defaults (:func:`~medcontext.method.semisupervised_settings.semi_supervision`).
     """
 
     def __init__(
@@ -147,7 +186,7 @@ class MedContext(nn.Module):
         variant: str = "medcontext",
         mask_ratio: float = 0.4,
         beta: float = 0.5,
-        momentum: float = 0.996,
+        momentum: float | None = None,
         total_steps: int | None = None,
         momentum_horizon: float | None = None,
         mask_space: str = "auto",
@@ -162,10 +201,11 @@ class MedContext(nn.Module):
         seed: int | None = None,
         in_channels: int | None = None,
         adapter: TokenAdapter | None = None,
+        semi: SemiSupervision | None = None,
     ):
         super().__init__()
-        self.variant = _choose("variant", variant, list(VARIANTS))
-        self.config = VARIANTS[variant]
+        self.variant = _choose("variant", variant, [*VARIANTS, *SEMI_SUPERVISED_VARIANTS])
+        self.config, self.semi_variant, self.semi, momentum = _resolve_variant(variant, semi, momentum)
         if not 0.0 <= mask_ratio <= 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1], got {mask_ratio}")
         if beta < 0:
@@ -306,20 +346,36 @@ class MedContext(nn.Module):
             return [o[:batch] for o in output], [o[batch:] for o in output]
         return output[:batch], output[batch:]
 
-    def losses(self, images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> LossBreakdown:
+    def losses(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        unlabeled: torch.Tensor | None = None,
+        step: int | None = None,
+    ) -> LossBreakdown:
         """Loss terms of one training step.
 
         Args:
             images: clean crops (B, C, H, W, D).
             labels: (B, 1, H, W, D) integer classes (softmax) or (B, R, H, W, D) regions (sigmoid).
             mask: optional fixed mask (B, *grid); drawn from the mask generator when omitted.
+            unlabeled: unlabelled crops (B_u, C, H, W, D), images only; required by the
+                semi-supervised variants (``bcp`` needs ``B_u == B`` and the same crop size),
+                refused by the others.
+            step: the optimizer step (0-based), required with ``unlabeled``: the ramp-up of
+                the unlabelled terms and BCP's labelled-only phase follow it.
 
         Returns:
             :class:`LossBreakdown` with ``total = sup + msl + beta * cl`` (terms the variant
-            does not use are zero tensors).
+            does not use are zero tensors); the semi-supervised variants add their unlabelled
+            terms (:mod:`medcontext.method.semisupervised`).
         """
         if not self._teacher_checked:
             self._check_teacher_in_sync()
+        if self.semi_variant is not None or unlabeled is not None:
+            self._check_unlabeled(unlabeled, step)
+            return semi_supervised_losses(self, images, labels, unlabeled, step, mask)
         zero = torch.zeros((), device=images.device)
         if not self.config.masked_pass:
             sup = self.criterion(self.network(images), labels)
@@ -338,9 +394,30 @@ class MedContext(nn.Module):
         cl = consistency_loss(first_head(masked_out), teacher_out) if teacher_out is not None else zero
         return LossBreakdown(total=sup + msl + self.beta * cl, sup=sup, msl=msl, cl=cl)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> LossBreakdown:
+    def _check_unlabeled(self, unlabeled: torch.Tensor | None, step: int | None) -> None:
+        if self.semi_variant is None:
+            raise ValueError(
+                f"variant {self.variant!r} trains on labelled crops only; unlabelled crops need a semi-supervised "
+                f"variant ({', '.join(map(repr, SEMI_SUPERVISED_VARIANTS))})"
+            )
+        if unlabeled is None:
+            raise ValueError(
+                f"variant {self.variant!r} is semi-supervised: pass unlabeled= (a batch of unlabelled crops) "
+                "and step= to mc.losses(...)"
+            )
+        if step is None:
+            raise ValueError(f"variant {self.variant!r} needs step= (the optimizer step) for its ramp-up and phases")
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        unlabeled: torch.Tensor | None = None,
+        step: int | None = None,
+    ) -> LossBreakdown:
         """Same as :meth:`losses` (so ``DistributedDataParallel`` can wrap the whole module)."""
-        return self.losses(images, labels, mask)
+        return self.losses(images, labels, mask, unlabeled, step)
 
     # ------------------------------------------------------------------ teacher
     @torch.no_grad()
@@ -370,7 +447,12 @@ class MedContext(nn.Module):
             )
 
     def momentum_at(self, step: int) -> float:
-        """Teacher momentum after optimizer step ``step`` (0-based)."""
+        """Teacher momentum after optimizer step ``step`` (0-based), by the variant's schedule."""
+        schedule = "cosine" if self.semi_variant is None else self.semi_variant.teacher_schedule
+        if schedule == "mean_teacher":
+            return mean_teacher_momentum(step, self.base_momentum)
+        if schedule == "constant_after_pretrain":
+            return momentum_after_pretrain(step, self.total_steps, self.semi.pretrain, self.base_momentum)
         return momentum_at(step, self.total_steps, self.base_momentum)
 
     @torch.no_grad()
