@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from medcontext.io.atomic import write_text_atomic
-from medcontext.study.report import RECORDED_TEST_METRICS
+from medcontext.study.comparison_report import RECORDED_TEST_METRICS
 
 RUN_FILES = ("config.yaml", "split.json", "plan.json", "study_done.json")
 #: eval/NAME -> records name (``medcontext report`` reads the metrics under RECORDED_TEST_METRICS)

@@ -1,13 +1,13 @@
 """The ``medcontext`` command line: train, evaluate, predict, demo, experiment, report, data, nnunet.
 
 Every command is a thin layer over a library function (``medcontext.engine.train``,
-``medcontext.run_evaluation.evaluate_run``, ``predict_run``, ``medcontext.demo.run_demo``, ``medcontext.data``).
+``medcontext.run_scoring.evaluate_run``, ``predict_run``, ``medcontext.demo.run_demo``, ``medcontext.data``).
 Expected failures (bad configuration, dataset problems, missing files) end with exit code 2
 and a one-paragraph message; ``--debug`` shows the traceback instead. A command stopped by
 SIGINT/SIGTERM exits with 130/143 (a training run after saving ``last.pt``; the demo and a
 study without evaluating or reporting unfinished training) and says how to continue.
 ``train``, ``demo`` and ``experiment`` re-execute themselves once with tcmalloc preloaded where
-it is installed (:mod:`medcontext.engine.tcmalloc`; ``MEDCONTEXT_TCMALLOC=0`` turns it off).
+it is installed (:mod:`medcontext.engine.host.tcmalloc`; ``MEDCONTEXT_TCMALLOC=0`` turns it off).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def _add_train_parser(sub) -> None:
     train.add_argument("--out", metavar="RUN_DIR", help="run folder (checkpoints, logs, split); required to train")
     train.add_argument("--data", metavar="DATASET_DIR", help="dataset folder (MSD layout, datalist JSON, folders)")
     train.add_argument("--config", metavar="FILE", help="YAML configuration: a file or a shipped name (configs/, e.g. cpu_phantom)")
-    train.add_argument("--model", help="network name: unetr, swin_unetr, unet3d, nnformer (model.name)")
+    train.add_argument("--model", help="network name: unetr, swin_unetr, unet3d, nnformer, pcrlv2 (model.name)")
     train.add_argument("--model-size", dest="model_size", metavar="SIZE",
                        help="network size: paper, small or tiny (model.options.size)")
     _add_renamed(train, "--size", "--model-size", "model_size")
@@ -178,7 +178,7 @@ def _add_demo_parser(sub) -> None:
 
 
 def _add_experiment_parser(sub) -> None:
-    from medcontext.study.plan import STUDIES
+    from medcontext.study.definitions import STUDIES
 
     studies = "\n".join(f"  {name:<12} {textwrap.fill(st.description, 88, subsequent_indent=' ' * 15)[0:]}"
                          for name, st in STUDIES.items())
@@ -348,7 +348,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from medcontext.run_evaluation import evaluate_run
+    from medcontext.run_scoring import evaluate_run
 
     evaluate_run(args.run, data=args.data, split=args.split, use=args.use, checkpoint=args.checkpoint,
                  device=args.device, progress=not args.no_progress, trust_checkpoint=args.trust_checkpoint)
@@ -374,7 +374,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from medcontext.shipped import find_split
     from medcontext.study import STUDIES, collect_runs, load_test_split, run_study, write_report
-    from medcontext.study.runner import DONE_MARKER, format_status, study_status
+    from medcontext.study.execution import DONE_MARKER, format_status, study_status
 
     study = STUDIES[args.study]
     plan = study.plan()
@@ -459,7 +459,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from medcontext.data import DatasetError
     from medcontext.io.atomic import DiskFullError
     from medcontext.engine.checkpoint import CheckpointError
-    from medcontext.engine.distributed import DistributedError
+    from medcontext.engine.host.distributed import DistributedError
     from medcontext.engine.predict import PredictionFailedError
     from medcontext.engine.trainer import NonFiniteLossError
     from medcontext.models.pretrained import PretrainedLoadError
@@ -486,13 +486,13 @@ def _one_paragraph(err: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (``python -m medcontext`` exits with it)."""
-    from medcontext.engine.signals import RunInterrupted, StopOnSignal
+    from medcontext.engine.host.signals import RunInterrupted, StopOnSignal
 
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     if argv is None and args.command in _TRAINING_COMMANDS and not getattr(args, "print_config", False):
-        from medcontext.engine.tcmalloc import reexec_with_tcmalloc
+        from medcontext.engine.host.tcmalloc import reexec_with_tcmalloc
 
         reexec_with_tcmalloc()  # returns only when it does not re-execute
     try:

@@ -76,7 +76,7 @@ def test_predict_errors_name_the_file(trained_run, tmp_path, capsys):
 
 
 def test_predict_goes_on_after_a_bad_case_and_names_it(trained_run, tmp_path, capsys, monkeypatch):
-    from medcontext.engine import cpu_threads
+    from medcontext.engine.host import cpu_threads
 
     recounts = []
     original_refresh = cpu_threads.CpuShare.refresh
@@ -153,7 +153,8 @@ def test_find_input_cases_groups_channel_files(tmp_path):
 
 def test_predict_and_evaluate_take_a_share_of_the_cores_like_training(trained_run, tmp_path, monkeypatch):
     """A training beside a prediction counts it: both register in the CPU-share folder per case."""
-    from medcontext.engine import cpu_threads, predict
+    from medcontext.engine import predict
+    from medcontext.engine.host import cpu_threads
 
     folder = tmp_path / "cpu-share"
     monkeypatch.setattr(cpu_threads.tempfile, "gettempdir", lambda: str(folder))

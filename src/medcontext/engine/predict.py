@@ -23,10 +23,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from medcontext.engine.cpu_threads import CpuShare
+from medcontext.engine.host.cpu_threads import CpuShare
 from medcontext.engine.inference import logits_to_labels, logits_to_probabilities, sliding_window_logits
-from medcontext.engine.precision import resolve_device, resolve_precision
-from medcontext.engine.run import RunInfo, load_model, load_run
+from medcontext.engine.host.precision import resolve_device, resolve_precision
+from medcontext.engine.run_folder import RunInfo, load_model, load_run
 
 __all__ = ["InputCase", "find_input_cases", "Predictor", "PredictionFailedError", "failure_reason", "predict_run"]
 

@@ -18,7 +18,7 @@ generator) are checkpointed, schedules are recomputed from the step, and batches
 function of ``(seed, step)`` (:mod:`medcontext.engine.sampling`). A run resumed from step
 ``k`` therefore repeats the uninterrupted run's losses bit for bit on CPU.
 
-Distributed training (``torchrun``, :mod:`medcontext.engine.distributed`): with a
+Distributed training (``torchrun``, :mod:`medcontext.engine.host.distributed`): with a
 ``world`` of N processes the Trainer
 
 - wraps ``mc`` in ``DistributedDataParallel`` (``self.model``; ``self.mc`` stays the unwrapped
@@ -27,7 +27,7 @@ Distributed training (``torchrun``, :mod:`medcontext.engine.distributed`): with 
   outside it), re-broadcasts floating buffers (BatchNorm statistics) before every EMA update,
   and checks at start and at every checkpoint that student, mask tokens and teacher are
   bit-identical on every rank;
-- seeds each rank's masks (and dropout) with :func:`~medcontext.engine.distributed.rank_seed`
+- seeds each rank's masks (and dropout) with :func:`~medcontext.engine.host.distributed.rank_seed`
   and checkpoints every rank's random states, so a resumed run continues every rank exactly;
 - reads a disjoint share of the training draws on each rank (:mod:`medcontext.engine.sampling`:
   ``(step, rank)`` -> draws, re-shuffled per epoch with the run seed);
@@ -64,16 +64,16 @@ from medcontext.engine.checkpoint import (
     save_checkpoint,
 )
 from medcontext.engine.config import TrainConfig, lr_scale_factor, resolve_batch_scaling
-from medcontext.engine.cpu_memory import retain_freed_cpu_memory
-from medcontext.engine.distributed import World, rank_seed, wrap_ddp
+from medcontext.engine.host.cpu_memory import retain_freed_cpu_memory
+from medcontext.engine.host.distributed import World, rank_seed, wrap_ddp
 from medcontext.engine.inference import logits_to_labels, sliding_window_logits
-from medcontext.engine.machine import machine_record
+from medcontext.engine.host.machine import machine_record
 from medcontext.engine.optim import build_optimizer, learning_rate, set_learning_rate
-from medcontext.engine.precision import Precision, resolve_device, resolve_precision
+from medcontext.engine.host.precision import Precision, resolve_device, resolve_precision
 from medcontext.engine.resume import check_resume_settings
-from medcontext.engine.run_log import RunLog, read_metrics, summarize_timing
+from medcontext.engine.training_log import RunLog, read_metrics, summarize_timing
 from medcontext.engine.sampling import make_step_loader
-from medcontext.engine.signals import GracefulStop
+from medcontext.engine.host.signals import GracefulStop
 from medcontext.evaluation import dice_score, label_masks, region_channel_masks
 from medcontext.method.teacher import unwrap_model
 
@@ -146,7 +146,7 @@ class TrainResult:
 
 def run_device(name: str, world: World) -> torch.device:
     """``train.device`` resolved for this process: ``cuda`` means ``cuda:LOCAL_RANK`` in a
-    multi-process run (the device :func:`~medcontext.engine.distributed.init_distributed` set)."""
+    multi-process run (the device :func:`~medcontext.engine.host.distributed.init_distributed` set)."""
     device = resolve_device(name)
     if world.is_distributed and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -177,7 +177,7 @@ class Trainer:
         val_sharded: ``val_cases`` already hold only this rank's share (cases
             ``rank::world_size`` of the full list), e.g. to load only those volumes.
         precision: the precision to train in, already resolved (e.g. checked by
-            :mod:`medcontext.engine.precision_check`); default: ``train.precision`` resolved
+            :mod:`medcontext.engine.host.precision_check`); default: ``train.precision`` resolved
             for the device.
     """
 
@@ -237,7 +237,7 @@ class Trainer:
         self.best_step: int | None = None
         self.last_checkpoint_step: int | None = None
         self.log: RunLog | None = None
-        self.cpu_share = None  # a medcontext.engine.cpu_threads.CpuShare: threads re-counted after every step
+        self.cpu_share = None  # a medcontext.engine.host.cpu_threads.CpuShare: threads re-counted after every step
         self._float_buffers = [b for b in self.mc.buffers() if b.is_floating_point()]
         if self.world.is_distributed:
             self._join_world()

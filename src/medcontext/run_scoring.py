@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 from medcontext.engine.config import ConfigError
-from medcontext.engine.cpu_threads import CpuShare
+from medcontext.engine.host.cpu_threads import CpuShare
 from medcontext.engine.predict import InputCase, Predictor
-from medcontext.engine.run import load_run
+from medcontext.engine.run_folder import load_run
 from medcontext.evaluation import evaluate_folder, evaluate_region_folder, format_summary, write_csv, write_markdown
 
 __all__ = ["EvaluationResult", "evaluate_run"]

@@ -23,8 +23,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..engine.config import load_config
-from ..engine.machine import machine_label
-from ..engine.run_log import read_metrics
+from ..engine.host.machine import machine_label
+from ..engine.training_log import read_metrics
 from ..evaluation import figures, read_csv
 from ..evaluation.statistics import hierarchical_bootstrap, paired_bootstrap, summarize
 from ..io.atomic import write_text_atomic

@@ -4,7 +4,7 @@
 optimizer step (loss terms, lr, momentum, gradient norm, data-wait and step times in seconds)
 and ``{"kind": "val", "step": ...}`` for every validation (Dice per class, mean Dice), after a
 ``{"kind": "start", "step": ...}`` record each time training starts or resumes (the machine:
-processor, instruction set, precision, threads; :mod:`medcontext.engine.machine`). ``step``
+processor, instruction set, precision, threads; :mod:`medcontext.engine.host.machine`). ``step``
 counts completed optimizer steps (the first step logs ``step: 1``). On resume the file is cut
 back to the checkpoint's step, so it never holds steps that the resumed run repeats.
 """
@@ -114,7 +114,7 @@ class RunLog:
 
     def start(self, step: int, machine: dict[str, Any]) -> None:
         """Log that training starts (or resumes) at ``step`` on ``machine``
-        (:func:`medcontext.engine.machine.machine_record`)."""
+        (:func:`medcontext.engine.host.machine.machine_record`)."""
         if self.enabled:
             self.write({"kind": "start", "step": step, **machine})
 
