@@ -158,6 +158,9 @@ def _add_predict_parser(sub) -> None:
     predict.add_argument("--use", default="student", choices=["student", "teacher"], help="which weights")
     predict.add_argument("--checkpoint", default="best", help="best (falls back to last), last or a path")
     predict.add_argument("--probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
+    predict.add_argument("--no-postprocessing", action="store_true",
+                         help="write the raw masks: skip the run's postprocessing.json (largest connected components "
+                              "chosen on validation)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     _add_trust_checkpoint(predict)
 
@@ -359,7 +362,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from medcontext.engine.predict import predict_run
 
     predict_run(args.run, args.input, args.output, checkpoint=args.checkpoint, use=args.use,
-                probabilities=args.probabilities, device=args.device, trust_checkpoint=args.trust_checkpoint)
+                probabilities=args.probabilities, device=args.device, trust_checkpoint=args.trust_checkpoint,
+                postprocess=not args.no_postprocessing)
     return 0
 
 

@@ -291,3 +291,29 @@ def test_report_also_compares_with_another_method_per_seed(tmp_path, capsys):
     assert "| **medcontext (EMA horizon 0.05 of the run)** | all 2 | **+10.00** |" in text  # against the baseline
     assert main(["report", *map(str, runs), "--out", str(out), "--also-against", "momentum"]) != 0
     assert "--also-against momentum: no such method among the runs" in capsys.readouterr().err
+
+
+def test_report_shows_raw_and_post_processed_scores_also_from_collected_records(tmp_path, capsys):
+    from medcontext.cli import main
+    from medcontext.evaluation.postprocessing import PostProcessing, write_postprocessing
+    from medcontext.evaluation.metric_table import CaseMetric, MetricTable, write_csv
+
+    collect = _collect_script()
+    runs = []
+    for variant in ("baseline", "medcontext"):
+        run = _evaluated_run(tmp_path / "runs" / "g" / f"{variant}_s0", variant, 0, (0.8, 0.8, 0.8))
+        write_postprocessing(run, PostProcessing(True, (), (1,), "labels", {"validation_cases": 2}))
+        raw = MetricTable()
+        for i in range(3):
+            raw.add(CaseMetric(f"c{i}", "a", 0.7, 40.0, 10, 12))  # before: lower Dice, islands far away
+        write_csv(raw, run / "eval" / "raw" / "metrics.csv")
+        records = tmp_path / "records" / "g" / run.name
+        assert collect.collect_run(run, records, train_every=10)
+        assert (records / "postprocessing.json").is_file() and (records / "test_metrics_raw.csv").is_file()
+        runs.append(records)
+    out = tmp_path / "report.md"
+    assert main(["report", *map(str, runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "Post-processing (largest connected components" in text
+    # raw -> post-processed: mean Dice 70.0 -> 80.0, mean HD95 40.00 -> 3.00 mm
+    assert "| baseline | 1 | 1 | 1 | 70.0 ± 0.0 | 80.0 ± 0.0 | 40.00 ± 0.00 | 3.00 ± 0.00 |" in text

@@ -149,7 +149,13 @@ class RunLog:
             for name, value in values.get("dice", {}).items():
                 if value is not None:
                     self._writer.add_scalar(f"val/dice_{name}", value, step)
-        self.message(f"step {step}: validation mean Dice {values['mean_dice']:.4f}" + (" (best)" if values.get("best") else ""))
+            if values.get("postprocessed_mean_dice") is not None:
+                self._writer.add_scalar("val/postprocessed_mean_dice", values["postprocessed_mean_dice"], step)
+        post = values.get("postprocessed_mean_dice")
+        self.message(
+            f"step {step}: validation mean Dice {values['mean_dice']:.4f}"
+            + (f" (post-processed {post:.4f})" if post is not None else "") + (" (best)" if values.get("best") else "")
+        )
 
     def message(self, text: str) -> None:
         """Print a line without breaking the progress bar."""
