@@ -1,4 +1,4 @@
-"""The ``medcontext`` command line: train, evaluate, predict, demo, experiment, report, data, nnunet.
+"""The ``medcontext`` command line: train, pretrain, evaluate, predict, demo, experiment, report, data, nnunet.
 
 Every command is a thin layer over a library function (``medcontext.engine.train``,
 ``medcontext.run_scoring.evaluate_run``, ``predict_run``, ``medcontext.demo.run_demo``, ``medcontext.data``).
@@ -6,7 +6,7 @@ Expected failures (bad configuration, dataset problems, missing files) end with 
 and a one-paragraph message; ``--debug`` shows the traceback instead. A command stopped by
 SIGINT/SIGTERM exits with 130/143 (a training run after saving ``last.pt``; the demo and a
 study without evaluating or reporting unfinished training) and says how to continue.
-``train``, ``demo`` and ``experiment`` re-execute themselves once with tcmalloc preloaded where
+``train``, ``pretrain``, ``demo`` and ``experiment`` re-execute themselves once with tcmalloc preloaded where
 it is installed (:mod:`medcontext.engine.host.tcmalloc`; ``MEDCONTEXT_TCMALLOC=0`` turns it off).
 """
 
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train_parser(sub)
+    _add_pretrain_parser(sub)
     _add_evaluate_parser(sub)
     _add_predict_parser(sub)
     _add_demo_parser(sub)
@@ -127,6 +128,54 @@ def _add_train_parser(sub) -> None:
     train.add_argument("--print-config", action="store_true",
                        help="print the resolved configuration and every valid --set key, then exit")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in batch jobs)")
+
+
+def _add_pretrain_parser(sub) -> None:
+    pretrain = sub.add_parser(
+        "pretrain", formatter_class=_Formatter,
+        help="self-supervised pretraining on unlabelled volumes (masked volume modelling)",
+        description=textwrap.dedent("""\
+            Pretrain a registered network without labels: masked cubes (or tubes) of random crops are
+            reconstructed by the network, L1 on the masked voxels (SimMIM style). Label files are never
+            opened. RUN_DIR/pretrained.pt then starts a supervised run:
+              medcontext pretrain --data Task04_Hippocampus --unlabeled imagesTs --model unet3d \\
+                  --roi 32 48 32 --steps 2000 --out runs/pretrain
+              medcontext train --data Task04_Hippocampus --model unet3d --roi 32 48 32 \\
+                  --init-checkpoint runs/pretrain/pretrained.pt --out runs/finetune
+            With --resume, unset options keep the run's saved values."""),
+    )
+    _add_common(pretrain)
+    add = pretrain.add_argument
+    add("--out", metavar="RUN_DIR", required=True, help="run folder (pretrained.pt, last.pt, metrics, loss curve)")
+    add("--data", metavar="DATASET_DIR", help="dataset whose preprocessing, channels and split apply (labels not read)")
+    add("--data-preset", help="dataset preset (default auto)")
+    add("--unlabeled", action="append", metavar="SOURCE",
+        help="volumes: pool (cases a --train-cases split leaves over), imagesTs, or a folder (repeatable)")
+    add("--train-cases", type=int, metavar="K", help="for pool: the k-shot split of the train runs to come")
+    add("--val-cases", type=int, metavar="N", help="for pool: validation cases of that split (default 1)")
+    add("--test-cases", type=float, metavar="N", help="for pool: test cases of that split, a count or a fraction (default 0.2)")
+    add("--split-seed", type=int, help="for pool: seed of that split (default --seed)")
+    add("--model", help="network name (default unet3d)")
+    add("--model-size", metavar="SIZE", help="network size: paper, small or tiny (default small)")
+    add("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="crop in voxels (default: the dataset preset's)")
+    add("--mask-ratio", type=float, help="fraction of cells masked (default 0.6)")
+    add("--mask-cell", type=int, nargs="+", metavar="N", help="voxels per mask cell: 1 or 3 sizes (default 16, smaller for small crops)")
+    add("--mask-shape", choices=["cube", "tube"], help="cube: random 3D cells; tube: through every slice (default cube)")
+    add("--mask-space", choices=["auto", "token", "input"], help="where masked cells are replaced (default auto)")
+    add("--steps", type=int, metavar="N", help="optimizer steps (default 1000)")
+    add("--batch-size", type=int, metavar="B", help="crops per step (default 2)")
+    add("--lr", type=float, help="AdamW peak learning rate (default 1e-3)")
+    add("--weight-decay", type=float, help="AdamW weight decay (default 0.05)")
+    add("--warmup-steps", type=int, metavar="N", help="linear warmup steps (default 10%% of the steps, at most 100)")
+    add("--seed", type=int, help="seed of weights, crops and masks (default 0)")
+    add("--device", help="auto, cpu, cuda, cuda:N (default auto)")
+    add("--save-every", type=int, metavar="N", help="steps between checkpoints (default 100)")
+    add("--cache-dir", help="persistent cache of preprocessed volumes (default: memory)")
+    add("--no-tensorboard", action="store_true", help="no TensorBoard events")
+    add("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    add("--stop-after", type=int, metavar="N", help="stop after N steps of this invocation with a checkpoint")
+    _add_trust_checkpoint(pretrain)
+    add("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_evaluate_parser(sub) -> None:
@@ -350,6 +399,56 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain_config(args: argparse.Namespace):
+    import json
+
+    from medcontext.engine.pretraining import PretrainConfig
+
+    saved = Path(args.out) / "config.json"
+    base = json.loads(saved.read_text()) if args.resume and saved.is_file() else PretrainConfig().to_dict()
+    test_cases = args.test_cases
+    if test_cases is not None and float(test_cases).is_integer():
+        test_cases = int(test_cases)
+    flags = {
+        "data": args.data, "data_preset": args.data_preset, "unlabeled": args.unlabeled,
+        "train_cases": args.train_cases, "val_cases": args.val_cases, "test_cases": test_cases,
+        "split_seed": args.split_seed, "model": args.model, "roi": list(args.roi) if args.roi else None,
+        "mask_ratio": args.mask_ratio, "mask_shape": args.mask_shape, "mask_space": args.mask_space,
+        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+        "warmup_steps": args.warmup_steps, "seed": args.seed, "device": args.device,
+        "save_every": args.save_every, "cache_dir": args.cache_dir,
+    }
+    if args.mask_cell is not None:
+        if len(args.mask_cell) not in (1, 3):
+            raise ValueError(f"--mask-cell takes 1 or 3 sizes, got {len(args.mask_cell)}")
+        flags["mask_cell"] = args.mask_cell[0] if len(args.mask_cell) == 1 else list(args.mask_cell)
+    if args.data:
+        flags["data"] = str(Path(args.data).resolve())
+    base.update({k: v for k, v in flags.items() if v is not None})
+    if args.model_size is not None:
+        base["model_options"] = {**base.get("model_options", {}), "size": args.model_size}
+    if args.no_tensorboard:
+        base["tensorboard"] = False
+    return PretrainConfig.from_dict(base, source="medcontext pretrain")
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from medcontext.engine.pretraining import pretrain
+
+    result = pretrain(_pretrain_config(args), args.out, resume=args.resume, stop_after=args.stop_after,
+                      progress=not args.no_progress, trust_checkpoint=args.trust_checkpoint)
+    loss = f", last loss {result.loss:.4f}" if result.loss is not None else ""
+    if result.stopped_by in ("SIGINT", "SIGTERM") and not result.finished:
+        print(f"stopped by {result.stopped_by} after step {result.step}{loss}; continue with --resume", file=sys.stderr)
+        return result.exit_code
+    if result.stopped_by == "stop_after":
+        print(f"stopped after step {result.step} (--stop-after){loss}; continue with --resume")
+    else:
+        print(f"pretraining finished at step {result.step}{loss}: start a run from it with "
+              f"`medcontext train --init-checkpoint {result.weights}`")
+    return result.exit_code if result.stopped_by in ("SIGINT", "SIGTERM") else 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from medcontext.run_scoring import evaluate_run
 
@@ -446,6 +545,7 @@ def _cmd_nnunet(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "train": _cmd_train,
+    "pretrain": _cmd_pretrain,
     "evaluate": _cmd_evaluate,
     "predict": _cmd_predict,
     "demo": _cmd_demo,
@@ -456,7 +556,7 @@ _COMMANDS = {
 }
 
 
-_TRAINING_COMMANDS = ("train", "demo", "experiment")
+_TRAINING_COMMANDS = ("train", "pretrain", "demo", "experiment")
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
