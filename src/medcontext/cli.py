@@ -17,7 +17,9 @@ import fnmatch
 import sys
 import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
+
+from medcontext.method.settings import VARIANTS
 
 __all__ = ["main", "build_parser"]
 
@@ -48,6 +50,12 @@ class _RenamedOption(argparse.Action):
 def _add_renamed(parser: argparse.ArgumentParser, old: str, new: str, dest: str) -> None:
     """Accept ``old`` as a deprecated spelling of ``new`` (hidden from ``--help``)."""
     parser.add_argument(old, dest=dest, action=_RenamedOption, new_name=new, default=argparse.SUPPRESS)
+
+
+def _or_list(names: Iterable[str]) -> str:
+    """``"a, b or c"``."""
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,12 +105,17 @@ def _add_train_parser(sub) -> None:
     _add_common(train)
     train.add_argument("--out", metavar="RUN_DIR", help="run folder (checkpoints, logs, split); required to train")
     train.add_argument("--data", metavar="DATASET_DIR", help="dataset folder (MSD layout, datalist JSON, folders)")
+    train.add_argument("--unlabeled", nargs="+", metavar="SOURCE",
+                       help="unlabelled volumes for a semi-supervised --variant: a folder of images (any layout --data "
+                            "reads, or NIfTI files; labels ignored), 'pool' (the training cases the split leaves over, "
+                            "used without their labels) or 'imagesTs' (the dataset's images without labels); several "
+                            "combine (data.unlabeled; data.unlabeled_batch_size: crops per step)")
     train.add_argument("--config", metavar="FILE", help="YAML configuration: a file or a shipped name (configs/, e.g. cpu_phantom)")
     train.add_argument("--model", help="network name: unetr, swin_unetr, unet3d, nnformer, pcrlv2 (model.name)")
     train.add_argument("--model-size", dest="model_size", metavar="SIZE",
                        help="network size: paper, small or tiny (model.options.size)")
     _add_renamed(train, "--size", "--model-size", "model_size")
-    train.add_argument("--variant", help="baseline, medcontext, no_teacher, msl_only or cl_only (method.variant)")
+    train.add_argument("--variant", help=f"{_or_list(VARIANTS)} (method.variant)")
     train.add_argument("--train-cases", type=int, metavar="K", help="number of training cases drawn by seed (data.train_cases)")
     train.add_argument("--seed", type=int, help="seed of weights, split, data order, augmentation and masks (train.seed)")
     train.add_argument("--steps", type=int, metavar="N", help="optimizer steps of the run (train.steps)")
@@ -325,6 +338,11 @@ def _train_config(args: argparse.Namespace):
     overrides: dict = {k: v for k, v in flags.items() if v is not None}
     if args.data is not None:
         overrides["data.path"] = str(Path(args.data).resolve())
+    if args.unlabeled:
+        from medcontext.data.unlabeled import LISTED, POOL
+
+        sources = [item if item in (POOL, LISTED) else str(Path(item).resolve()) for item in args.unlabeled]
+        overrides["data.unlabeled"] = sources[0] if len(sources) == 1 else sources
     if args.init_prefix_map:
         mapping = {}
         for item in args.init_prefix_map:

@@ -12,7 +12,6 @@ import medcontext.data
 from medcontext.engine import train
 from medcontext.engine.config import CHECKS, ConfigError, TrainConfig, load_config
 from medcontext.engine.preflight import check_run_settings
-from medcontext.engine.run_folder import build_medcontext, build_network
 from medcontext.models import get_model_spec, list_models
 
 
@@ -131,6 +130,5 @@ def test_every_registered_model_passes_its_own_test_settings(name):
                              "train.device=cpu", "data.num_samples=1"])
     cfg.model.options = dict(spec.test_options)
     state = torch.get_rng_state()
-    check_run_settings(cfg, in_channels=1, roi=roi, build_network=lambda: build_network(cfg, 1, 3, roi),
-                       build_medcontext=lambda net: build_medcontext(cfg, net, roi, "softmax"))
+    check_run_settings(cfg, in_channels=1, out_channels=3, output_mode="softmax", roi=roi)
     assert torch.equal(torch.get_rng_state(), state)  # the run's random stream is untouched

@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from medcontext import MedContext
-from medcontext.method import SEMI_SUPERVISED_VARIANTS, semi_supervision
+from medcontext.method import VARIANTS, semi_supervised_variants, semi_supervision
 from medcontext.method.medcontext import TeacherOutOfSyncWarning
-from medcontext.method.semisupervised_settings import pass_cost
+from medcontext.method.settings import pass_cost
+
+SEMI = semi_supervised_variants()
 
 A = math.log(99) / 2  # softmax((A, -A)) = (0.99, 0.01)
 SUP = 1.3598136736  # Dice + CE of zero logits against labels all 1 (2/3 + ln 2)
@@ -184,10 +186,10 @@ def _pass_counter(module, log, name):
     module.register_forward_hook(lambda m, args, out: log.append((name, args[0].shape[0])))
 
 
-@pytest.mark.parametrize("variant", list(SEMI_SUPERVISED_VARIANTS))
+@pytest.mark.parametrize("variant", SEMI)
 @pytest.mark.parametrize("passes", ["separate", "concat"])
 def test_passes_match_the_declared_cost(tiny_net, variant, passes):
-    declared = SEMI_SUPERVISED_VARIANTS[variant].passes
+    declared = VARIANTS[variant].unlabeled.passes
     mc = MedContext(tiny_net, variant=variant, total_steps=10, mask_cell=4, seed=0, student_passes=passes)
     log = []
     _pass_counter(mc.network, log, "student")
@@ -199,21 +201,24 @@ def test_passes_match_the_declared_cost(tiny_net, variant, passes):
     crops = {kind: sum(n for k, n in log if k == kind) for kind in ("student", "teacher")}
     assert crops["student"] == 2 * sum(p.startswith("student") for p in declared)
     assert crops["teacher"] == 2 * sum(p.startswith("teacher") for p in declared)
-    assert len([k for k, _ in log if k == "teacher"]) == 1  # the teacher's crops run as one forward
-    if passes == "concat":
-        assert len([k for k, _ in log if k == "student"]) == 1
+    calls = {kind: len([k for k, _ in log if k == kind]) for kind in ("student", "teacher")}
+    if passes == "concat":  # every student crop in one forward, every teacher crop in another
+        assert calls == {"student": 1, "teacher": 1}
+    else:
+        assert calls == {"student": VARIANTS[variant].student_passes, "teacher": VARIANTS[variant].teacher_forwards}
 
 
 def test_declared_costs():
-    units = {name: v.cost_units for name, v in SEMI_SUPERVISED_VARIANTS.items()}
+    units = {name: VARIANTS[name].cost_units for name in SEMI}
     assert units == {"medcontext_semi_cl": 11, "medcontext_semi": 11, "mean_teacher": 7, "bcp": 7, "medcontext_bcp": 13}
-    assert SEMI_SUPERVISED_VARIANTS["medcontext_semi"].cost_ratio == pytest.approx(3.6667, abs=1e-4)
+    assert VARIANTS["medcontext_semi"].cost_units / VARIANTS["baseline"].cost_units == pytest.approx(3.6667, abs=1e-4)
+    assert VARIANTS["bcp"].unlabeled.terms == ("pseudo",) and VARIANTS["mean_teacher"].unlabeled.terms == ("cl_unlabeled",)
     assert pass_cost(("student X", "teacher X")) == 4
     with pytest.raises(ValueError, match="'student ...' or 'teacher ...'"):
         pass_cost(("critic X",))
 
 
-@pytest.mark.parametrize("variant", list(SEMI_SUPERVISED_VARIANTS))
+@pytest.mark.parametrize("variant", SEMI)
 def test_teacher_gets_no_gradient_and_the_student_and_mask_token_do(tiny_net, batch, variant):
     mc = MedContext(tiny_net, variant=variant, total_steps=10, mask_cell=4, seed=0)
     images, labels = batch
@@ -222,11 +227,11 @@ def test_teacher_gets_no_gradient_and_the_student_and_mask_token_do(tiny_net, ba
     assert all(p.grad is None and not p.requires_grad for p in mc.teacher.parameters())
     assert all(p.grad is not None for p in mc.network.parameters())
     tokens = [p for n, p in mc.named_parameters() if "mask_token" in n]
-    assert bool(tokens) == SEMI_SUPERVISED_VARIANTS[variant].needs_mask
+    assert bool(tokens) == VARIANTS[variant].masked_pass
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in tokens)
 
 
-@pytest.mark.parametrize("variant", list(SEMI_SUPERVISED_VARIANTS))
+@pytest.mark.parametrize("variant", SEMI)
 def test_unlabelled_terms_do_not_depend_on_any_label(make_net, batch, variant):
     """The unlabelled crops come as images only; their terms do not change with the labels of
     the labelled crops either (the pseudo-labels come from the teacher)."""
@@ -262,6 +267,8 @@ def test_semi_supervised_configuration_errors_are_clear(tiny_net, batch):
         mc.losses(*batch, unlabeled=batch[0], step=10)
     with pytest.raises(ValueError, match="channels"):
         mc.losses(*batch, unlabeled=torch.zeros(2, 2, 16, 16, 16), step=0)
+    with pytest.raises(ValueError, match="got 'medcontext'"):
+        semi_supervision("medcontext")
     with pytest.raises(ValueError, match="Did you mean 'mean_teacher'"):
         MedContext(tiny_net, variant="mean_teacer", total_steps=10)
     with pytest.raises(ValueError, match="Did you mean 'rampup'"):
@@ -274,3 +281,11 @@ def test_semi_supervised_configuration_errors_are_clear(tiny_net, batch):
     sigmoid = MedContext(tiny_net, variant="mean_teacher", total_steps=10, output_mode="sigmoid")
     with pytest.raises(ValueError, match="softmax"):
         sigmoid.losses(batch[0], torch.zeros(2, 3, 16, 16, 16), unlabeled=batch[0], step=0)
+
+
+def test_the_nnunet_trainer_takes_only_labelled_only_variants():
+    from medcontext.integrations.nnunet.settings import MedContextSettings, nnunet_variants
+
+    assert "medcontext" in nnunet_variants() and not set(SEMI) & set(nnunet_variants())
+    with pytest.raises(ValueError, match="variant must be one of"):
+        MedContextSettings(variant="bcp").validate()

@@ -1,17 +1,18 @@
 """The MedContext method core: masking, EMA teacher, losses and the training-step wrapper.
 
 Architecture-agnostic: imports nothing from data loading or the training engine, so a user's own
-training loop can use it directly.
+training loop can use it directly. The variants and defaults live in :mod:`.settings` (pure Python).
 """
 
 from .adapters import TokenAdapter, find_token_adapter, register_token_adapter
 from .losses import RegionLoss, SegmentationLoss, consistency_loss, deep_supervision_weights
 from .masking import InputMasker, default_cell_size, tube_mask, upsample_mask
-from .medcontext import VARIANTS, LossBreakdown, MedContext, TeacherOutOfSyncWarning
-from .schedules import cosine_schedule, mean_teacher_momentum, momentum_at, sigmoid_rampup
+from .medcontext import LossBreakdown, MedContext, TeacherOutOfSyncWarning
 from .copy_paste import CopyPaste, box_mask, copy_paste
+from .schedules import cosine_schedule, mean_teacher_momentum, momentum_at, sigmoid_rampup
 from .semisupervised_losses import confident_pseudo_labels, pseudo_label_loss, region_dice_ce, softmax_mse
-from .semisupervised_settings import SEMI_SUPERVISED_VARIANTS, SemiSupervision, semi_supervision
+from .settings import DEFAULTS, VARIANTS, SemiSupervision, Variant, get_variant, register_variant
+from .settings import semi_supervised_variants, semi_supervision
 from .teacher import ema_update, make_teacher, unwrap_model
 from .token_masking import TokenMasker
 
@@ -19,6 +20,10 @@ __all__ = [
     "MedContext",
     "LossBreakdown",
     "VARIANTS",
+    "Variant",
+    "DEFAULTS",
+    "get_variant",
+    "register_variant",
     "TeacherOutOfSyncWarning",
     "tube_mask",
     "upsample_mask",
@@ -37,9 +42,9 @@ __all__ = [
     "ema_update",
     "make_teacher",
     "unwrap_model",
-    "SEMI_SUPERVISED_VARIANTS",
     "SemiSupervision",
     "semi_supervision",
+    "semi_supervised_variants",
     "sigmoid_rampup",
     "mean_teacher_momentum",
     "box_mask",

@@ -13,7 +13,6 @@ the step is the same with ``mc.losses(images, labels, unlabeled=U, step=step)``.
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
@@ -27,7 +26,8 @@ from .losses import SegmentationLoss, consistency_loss, first_head
 from .masking import InputMasker, as_triple, default_cell_size, tube_mask
 from .schedules import mean_teacher_momentum, momentum_after_pretrain, momentum_at, momentum_for_horizon
 from .semisupervised import semi_supervised_losses
-from .semisupervised_settings import SEMI_SUPERVISED_VARIANTS, SemiSupervision, SemiVariant, semi_supervision
+from .settings import DEFAULTS, MASK_MODES, MASK_SPACES, OUTPUT_MODES, STUDENT_PASSES, VARIANTS, check_choice
+from .settings import SemiSupervision, semi_supervised_variants, semi_supervision
 from .teacher import copy_into_teacher, ema_update, make_teacher, max_teacher_difference, unwrap_model
 from .token_masking import TokenMasker
 
@@ -37,28 +37,6 @@ __all__ = ["MedContext", "LossBreakdown", "VARIANTS", "TeacherOutOfSyncWarning"]
 class TeacherOutOfSyncWarning(UserWarning):
     """The teacher differs from the student before the first teacher update (SPEC 1.7 wants
     an exact copy): weights were most likely loaded into the network after wrapping it."""
-
-
-@dataclass(frozen=True)
-class _Variant:
-    masked_pass: bool
-    msl: bool
-    cl: bool
-    teacher: bool
-
-
-VARIANTS: dict[str, _Variant] = {
-    # supervised DiceCE on X only: no teacher, no mask token, no extra pass
-    "baseline": _Variant(masked_pass=False, msl=False, cl=False, teacher=False),
-    # the full step of SPEC 1: sup + MSL + beta * CL
-    "medcontext": _Variant(masked_pass=True, msl=True, cl=True, teacher=True),
-    # paper Fig. 4 left: one model, DiceCE on X and X_M, no teacher
-    "no_teacher": _Variant(masked_pass=True, msl=True, cl=False, teacher=False),
-    # paper Table 8: MSL without CL; the teacher is still kept (selectable at inference)
-    "msl_only": _Variant(masked_pass=True, msl=True, cl=False, teacher=True),
-    # paper Table 8: CL without MSL
-    "cl_only": _Variant(masked_pass=True, msl=False, cl=True, teacher=True),
-}
 
 
 @dataclass
@@ -89,27 +67,14 @@ class LossBreakdown:
         return dict(zip(names, values))
 
 
-def _choose(name: str, value: str, options: Sequence[str]) -> str:
-    if value not in options:
-        close = difflib.get_close_matches(str(value), list(options), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}.{hint}")
-    return value
-
-
-def _resolve_variant(
-    variant: str, semi: SemiSupervision | None, momentum: float | None
-) -> tuple[_Variant, SemiVariant | None, SemiSupervision | None, float]:
-    """The labelled-step flags, the semi-supervised variant and settings, and the momentum."""
-    if variant in VARIANTS:
+def _semi_settings(variant: str, semi: SemiSupervision | None, momentum: float | None):
+    """The unlabelled-term settings (``None`` for a labelled-only variant) and the momentum."""
+    if VARIANTS[variant].unlabeled is None:
         if semi is not None:
             raise ValueError(f"semi= sets the unlabelled terms of a semi-supervised variant; {variant!r} has none")
-        return VARIANTS[variant], None, None, 0.996 if momentum is None else momentum
-    semi_variant = SEMI_SUPERVISED_VARIANTS[variant]
+        return None, DEFAULTS.momentum if momentum is None else momentum
     semi = semi if semi is not None else semi_supervision(variant)
-    medcontext_step = semi_variant.labeled == "medcontext"
-    config = _Variant(masked_pass=semi_variant.needs_mask, msl=medcontext_step, cl=medcontext_step, teacher=True)
-    return config, semi_variant, semi, semi.momentum if momentum is None else momentum
+    return semi, semi.momentum if momentum is None else momentum
 
 
 def _first_conv_in_channels(network: nn.Module) -> int | None:
@@ -149,14 +114,15 @@ class MedContext(nn.Module):
     Args:
         network: the student, mapping (B, C, H, W, D) to logits (B, K, H, W, D) or a list of
             deep-supervision heads (full resolution first).
-        variant: ``"baseline"``, ``"medcontext"``, ``"no_teacher"``, ``"msl_only"``, ``"cl_only"``,
-            or a semi-supervised one that also trains on unlabelled crops (``"medcontext_semi"``,
-            ``"medcontext_semi_cl"``, ``"mean_teacher"``, ``"bcp"``, ``"medcontext_bcp"``:
-            :mod:`~medcontext.method.semisupervised_settings`).
+        variant: a name of :data:`~medcontext.method.settings.VARIANTS` (``"baseline"``,
+            ``"medcontext"``, ``"no_teacher"``, ``"msl_only"``, ``"cl_only"``, ...), among them
+            the semi-supervised ones that also train on unlabelled crops (``"medcontext_semi"``,
+            ``"medcontext_semi_cl"``, ``"mean_teacher"``, ``"bcp"``, ``"medcontext_bcp"``).
         mask_ratio: fraction of in-plane mask positions masked (paper: 0.4).
         beta: weight of the consistency loss (SPEC default 0.5).
-        momentum: EMA momentum at step 0 (0.996), cosine to 1.0 at the last step; for
-            ``mean_teacher`` and ``bcp`` the constant momentum of their schedules (0.99).
+        momentum: EMA momentum at step 0, cosine to 1.0 at the last step; ``None`` = 0.996
+            (``DEFAULTS.momentum``), for a semi-supervised variant its ``semi.momentum`` (0.99,
+            constant, for ``mean_teacher`` and ``bcp``).
         momentum_horizon: instead of ``momentum``, the teacher's EMA time constant as a
             fraction of ``total_steps`` (:func:`~medcontext.method.schedules.momentum_for_horizon`);
             ``None`` (default) uses ``momentum`` as the paper does.
@@ -177,35 +143,36 @@ class MedContext(nn.Module):
         in_channels: image channels, when they cannot be read off the network.
         adapter: explicit token adapter, overriding the registered one.
         semi: weights of the unlabelled terms of a semi-supervised variant; ``None`` = the
-            variant's defaults (:func:`~medcontext.method.semisupervised_settings.semi_supervision`).
+            variant's defaults (:func:`~medcontext.method.settings.semi_supervision`).
     """
 
     def __init__(
         self,
         network: nn.Module,
-        variant: str = "medcontext",
-        mask_ratio: float = 0.4,
-        beta: float = 0.5,
+        variant: str = DEFAULTS.variant,
+        mask_ratio: float = DEFAULTS.mask_ratio,
+        beta: float = DEFAULTS.beta,
         momentum: float | None = None,
         total_steps: int | None = None,
-        momentum_horizon: float | None = None,
-        mask_space: str = "auto",
-        depth_axis: int = -1,
+        momentum_horizon: float | None = DEFAULTS.momentum_horizon,
+        mask_space: str = DEFAULTS.mask_space,
+        depth_axis: int = DEFAULTS.depth_axis,
         mask_cell: int | Sequence[int] | None = None,
         roi_size: Sequence[int] | None = None,
-        mask_mode: str = "exact",
+        mask_mode: str = DEFAULTS.mask_mode,
         output_mode: str = "softmax",
         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         head_weights: Sequence[float] | None = None,
-        student_passes: str = "auto",
+        student_passes: str = DEFAULTS.student_passes,
         seed: int | None = None,
         in_channels: int | None = None,
         adapter: TokenAdapter | None = None,
         semi: SemiSupervision | None = None,
     ):
         super().__init__()
-        self.variant = _choose("variant", variant, [*VARIANTS, *SEMI_SUPERVISED_VARIANTS])
-        self.config, self.semi_variant, self.semi, momentum = _resolve_variant(variant, semi, momentum)
+        self.variant = check_choice("variant", variant, list(VARIANTS))
+        self.config = VARIANTS[variant]
+        self.semi, momentum = _semi_settings(variant, semi, momentum)
         if not 0.0 <= mask_ratio <= 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1], got {mask_ratio}")
         if beta < 0:
@@ -229,9 +196,9 @@ class MedContext(nn.Module):
         self.base_momentum = float(momentum)
         self.total_steps = total_steps
         self.depth_axis = depth_axis
-        self.mask_mode = _choose("mask_mode", mask_mode, ["exact", "bernoulli"])
-        self.output_mode = _choose("output_mode", output_mode, ["softmax", "sigmoid"])
-        self.student_passes = _choose("student_passes", student_passes, ["auto", "separate", "concat"])
+        self.mask_mode = check_choice("mask_mode", mask_mode, MASK_MODES)
+        self.output_mode = check_choice("output_mode", output_mode, OUTPUT_MODES)
+        self.student_passes = check_choice("student_passes", student_passes, STUDENT_PASSES)
         if self.student_passes == "concat" and _has_training_batchnorm(network):
             raise ValueError(
                 "student_passes='concat' runs the clean and masked views as one batch, which couples them "
@@ -258,7 +225,7 @@ class MedContext(nn.Module):
 
     # ------------------------------------------------------------------ construction
     def _build_masker(self, network, mask_space, mask_cell, roi_size, in_channels, adapter):
-        mask_space = _choose("mask_space", mask_space, ["auto", "token", "input"])
+        mask_space = check_choice("mask_space", mask_space, MASK_SPACES)
         adapter = adapter or find_token_adapter(unwrap_model(network))
         if mask_space == "token" and adapter is None:
             raise ValueError(
@@ -373,7 +340,7 @@ class MedContext(nn.Module):
         """
         if not self._teacher_checked:
             self._check_teacher_in_sync()
-        if self.semi_variant is not None or unlabeled is not None:
+        if self.semi is not None or unlabeled is not None:
             self._check_unlabeled(unlabeled, step)
             return semi_supervised_losses(self, images, labels, unlabeled, step, mask)
         zero = torch.zeros((), device=images.device)
@@ -395,10 +362,10 @@ class MedContext(nn.Module):
         return LossBreakdown(total=sup + msl + self.beta * cl, sup=sup, msl=msl, cl=cl)
 
     def _check_unlabeled(self, unlabeled: torch.Tensor | None, step: int | None) -> None:
-        if self.semi_variant is None:
+        if self.semi is None:
             raise ValueError(
                 f"variant {self.variant!r} trains on labelled crops only; unlabelled crops need a semi-supervised "
-                f"variant ({', '.join(map(repr, SEMI_SUPERVISED_VARIANTS))})"
+                f"variant ({', '.join(map(repr, semi_supervised_variants()))})"
             )
         if unlabeled is None:
             raise ValueError(
@@ -448,7 +415,7 @@ class MedContext(nn.Module):
 
     def momentum_at(self, step: int) -> float:
         """Teacher momentum after optimizer step ``step`` (0-based), by the variant's schedule."""
-        schedule = "cosine" if self.semi_variant is None else self.semi_variant.teacher_schedule
+        schedule = "cosine" if self.semi is None else self.config.unlabeled.teacher_schedule
         if schedule == "mean_teacher":
             return mean_teacher_momentum(step, self.base_momentum)
         if schedule == "constant_after_pretrain":
@@ -469,7 +436,7 @@ class MedContext(nn.Module):
     # ------------------------------------------------------------------ inference
     def inference_network(self, use: str = "student") -> nn.Module:
         """The network to run at inference: the student (default) or the teacher."""
-        _choose("use", use, ["student", "teacher"])
+        check_choice("use", use, ["student", "teacher"])
         if use == "teacher":
             if self.teacher is None:
                 raise ValueError(f"variant {self.variant!r} has no teacher; use='student'")

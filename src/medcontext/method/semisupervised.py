@@ -2,10 +2,11 @@
 
 :meth:`MedContext.losses(images, labels, unlabeled=U, step=k) <medcontext.method.MedContext.losses>`
 calls :func:`semi_supervised_losses` for the variants of
-:mod:`~medcontext.method.semisupervised_settings`. Every teacher pass runs first, under
-``torch.no_grad()`` and in eval mode, as one forward over the concatenated crops (eval-mode
-layers do not couple the crops of a batch); the student passes run as separate forwards or as
-one concatenated forward, as ``MedContext(student_passes=...)`` decides for the labelled step.
+:data:`~medcontext.method.settings.VARIANTS` that carry an ``unlabeled`` step. Every teacher
+pass runs first, under ``torch.no_grad()`` and in eval mode; the student passes and the teacher
+passes each run as separate forwards or as one concatenated forward, as
+``MedContext(student_passes=...)`` decides for the labelled step (the teacher's eval-mode layers
+never couple the crops of a batch, so its passes join whenever the student's do).
 No label of an unlabelled crop exists anywhere in these functions: the unlabelled batch is
 images only.
 
@@ -98,10 +99,18 @@ def student_views(mc: "MedContext", views: Sequence[tuple[torch.Tensor, torch.Te
 
 @torch.no_grad()
 def teacher_views(mc: "MedContext", batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Full-resolution teacher logits of each batch, one forward when they share a size."""
-    if len({tuple(b.shape[1:]) for b in batches}) > 1:
+    """Full-resolution teacher logits of each batch: one forward when the student's passes are
+    concatenated too and the batches share a size, else one forward per batch."""
+    if len(batches) == 1 or len({tuple(b.shape[1:]) for b in batches}) > 1 or not _joins(mc, batches[0]):
         return [first_head(mc.teacher(b)) for b in batches]
     return list(torch.split(first_head(mc.teacher(torch.cat(list(batches)))), [b.shape[0] for b in batches]))
+
+
+def _joins(mc: "MedContext", images: torch.Tensor) -> bool:
+    """Whether passes run as one concatenated forward ("separate" never; "auto" on CUDA)."""
+    if mc.student_passes == "separate":
+        return False
+    return mc.student_passes == "concat" or images.is_cuda
 
 
 def _zero_grad_heads(output: Output) -> torch.Tensor | float:
@@ -140,7 +149,7 @@ def semi_supervised_losses(
         )
     check_step(step, mc.total_steps)
     unlabeled = unlabeled.to(device=images.device, dtype=images.dtype)
-    kind = mc.semi_variant.unlabeled
+    kind = mc.config.unlabeled.crops
     if kind == "masked":
         return _medcontext_step(mc, images, labels, unlabeled, step, mask)
     if kind == "noisy_teacher":
@@ -172,7 +181,7 @@ def _medcontext_step(mc, images, labels, unlabeled, step, mask) -> "LossBreakdow
     cl_unlabeled = consistency_loss(first_head(masked_u), teacher_u)
     pseudo = torch.zeros((), device=images.device)
     confident = None
-    if mc.semi_variant.pseudo_labels == "confidence":
+    if mc.config.unlabeled.pseudo_labels == "confidence":
         pseudo_labels, q = confident_pseudo_labels(teacher_u, semi.confidence)
         pseudo = pseudo_label_loss(first_head(masked_u), pseudo_labels, q)
         confident = q.mean()
@@ -235,13 +244,13 @@ def _copy_paste_step(mc, images, labels, unlabeled) -> "LossBreakdown":
         pseudo_labels = largest_component(pseudo_labels)
     mixes = copy_paste(images, unlabeled, box_mask(images.shape[2:], semi.box_ratio, mc.mask_generator))
     views = [(mixes.mix_in, None), (mixes.mix_out, None)]
-    if mc.semi_variant.masked_mixes:
+    if mc.config.unlabeled.masked_mixes:
         batch, spatial = images.shape[0], images.shape[2:]
         views += [(mixes.mix_in, mc.draw_mask(batch, spatial)), (mixes.mix_out, mc.draw_mask(batch, spatial))]
     outputs = student_views(mc, views)
     sup, pseudo = _copy_paste_terms(outputs[:2], labels, pseudo_labels, mixes)
     msl = torch.zeros((), device=images.device)
-    if mc.semi_variant.masked_mixes:
+    if mc.config.unlabeled.masked_mixes:
         masked_sup, masked_pseudo = _copy_paste_terms(outputs[2:], labels, pseudo_labels, mixes)
         msl = masked_sup + semi.pseudo_weight * masked_pseudo
     keep = sum(_zero_grad_heads(o) for o in outputs)
