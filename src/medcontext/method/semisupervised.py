@@ -14,7 +14,7 @@ Terms (``LossBreakdown``), with ``r`` the ramp-up weight at the step:
 
 * MedContext (``medcontext_semi``, ``medcontext_semi_cl``):
   ``total = sup + msl + beta * cl + r * (consistency_weight * cl_unlabeled + pseudo_weight * pseudo)``,
-  ``cl_unlabeled = L_c(F_s(U_M), F_t(U))`` (SPEC's relative squared error of the logits: the
+  ``cl_unlabeled = L_c(F_s(U_M), F_t(U))`` (the method's relative squared error of the logits: the
   same consistency the labelled crops get, so both parts of the batch pull the masked student
   toward the teacher alike), ``pseudo = mean_b q_b CE(F_s(U_M), argmax F_t(U))``.
 * Mean Teacher: ``total = sup + r * consistency_weight * cl_unlabeled`` with
