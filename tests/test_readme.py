@@ -98,3 +98,15 @@ def test_every_readme_command_runs(command, tmp_path, monkeypatch, capsys):
         if argv[:2] == ["data", "phantom"]:
             argv += ["--cases", "2", "--shape", "16", "16", "16"]  # the README's command at a tiny size
         assert main(argv) == 0, capsys.readouterr().err
+
+
+def test_semi_supervised_snippet_runs_and_reports_the_unlabelled_terms():
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Unlabelled crops (semi-supervised)", 1)[1].split("\n### ", 1)[0]
+    (snippet,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    for name in ("'cl_unlabeled'", "'pseudo'", "'ramp'", "'confident'"):
+        assert name in lines[-1]
