@@ -1,4 +1,5 @@
-"""Fixtures for the data tests: a phantom dataset (the NIfTI writers ``helpers`` are in tests/conftest.py)."""
+"""Fixtures for the data tests: a phantom dataset. The NIfTI writers (``helpers``) and the one catalogue
+of broken datasets (``broken_dataset``) are in tests/conftest.py: the engine's tests use them too."""
 
 from __future__ import annotations
 

@@ -1,20 +1,24 @@
 """What the new-user probes of ``medcontext data check`` found sound, kept sound: every broken
-input of the catalogue (``broken_dataset``, tests/conftest.py) ends with exit code 2 and one message
-naming the file and the problem; odd but valid names work; a ``dataset.json`` without its ``training`` list says what was read instead."""
+input ends with exit code 2 and one message naming the file and the problem; odd but valid
+names work; a ``dataset.json`` without its ``training`` list says what was read instead."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
+
 from medcontext.cli import main
 
 
 def test_data_check_answers_broken_input_with_exit_code_2_and_a_message(tmp_path, helpers, capsys, broken_dataset):
+    """Every entry of the broken-dataset catalogue (tests/data/conftest.py)."""
     root = helpers.write_msd(tmp_path / "ds", n=3)
-    file, problem = broken_dataset(root, helpers)  # the catalogue of tests/conftest.py
+    broken_dataset.break_it(root, helpers)
     assert main(["data", "check", str(root)]) == 2
     err = capsys.readouterr().err
-    assert f"{root}/{file}" in err and problem in err, err
+    assert f"{root}/{broken_dataset.file}" in err and broken_dataset.problem in err, err
     assert "Traceback" not in err and err.count("error:") == 1
 
 

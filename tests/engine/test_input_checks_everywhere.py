@@ -29,8 +29,8 @@ def blob_run(tmp_path_factory, helpers):
 def _broken_copy(root, tmp_path, broken_dataset, helpers):
     copy = tmp_path / "ds"
     shutil.copytree(root, copy, symlinks=True)
-    file, problem = broken_dataset(copy, helpers)
-    return copy, file, problem
+    broken_dataset.break_it(copy, helpers)
+    return copy, broken_dataset.file, broken_dataset.problem
 
 
 def _assert_named(err: str, path, problem: str) -> None:
@@ -40,7 +40,8 @@ def _assert_named(err: str, path, problem: str) -> None:
 
 def test_train_answers_every_broken_dataset_before_planning(tmp_path, helpers, train_argv, capsys, broken_dataset):
     root = helpers.write_msd(tmp_path / "ds", n=3)
-    file, problem = broken_dataset(root, helpers)
+    broken_dataset.break_it(root, helpers)
+    file, problem = broken_dataset.file, broken_dataset.problem
     out = tmp_path / "run"
     assert main(train_argv(root, out, *_TINY_ON_BLOBS, steps=1)) == 2
     _assert_named(capsys.readouterr().err, root / file, problem)
