@@ -3,7 +3,7 @@
 The layers, bottom up (STYLE.md, "The shape of the house"):
 
     io, shipped (below everything)  <  method  <  models  <  data = evaluation  <  engine
-    <  workflows (study, demo, run_evaluation)  <  cli
+    <  workflows (study, demo, run_evaluation, export)  <  cli
 
 A module may import its own layer and the layers below it. ``integrations`` sits on method and
 models (and data, evaluation, io) beside the engine: it may not import the engine or anything
@@ -39,6 +39,7 @@ LAYERS: dict[str, int | str] = {
     "medcontext.study": WORKFLOWS,
     "medcontext.demo": WORKFLOWS,
     "medcontext.run_evaluation": WORKFLOWS,
+    "medcontext.export": WORKFLOWS,
     "medcontext.cli": CLI,
     "medcontext.__main__": CLI,
 }

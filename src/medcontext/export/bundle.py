@@ -59,7 +59,7 @@ class BundleExport:
     Attributes:
         bundle_dir: the bundle folder.
         files: every file written, relative to ``bundle_dir``.
-        torchscript: ``None``, or how ``models/model.ts`` was made (``script`` or ``trace``).
+        torchscript: ``None``, or how ``models/model.ts`` was made (``scripted`` or ``traced``).
         needs_medcontext: the Python network definition imports medcontext.
         postprocessing: the run's post-processing decision, if it has one.
     """
@@ -185,7 +185,7 @@ def _write_bundle(layout: Path, run: RunInfo, network: nn.Module, definition: di
                   echo: Callable[[str], None]) -> str | None:
     """Lay out the bundle in ``layout`` (init_bundle, then TorchScript and the checks); returns the
     TorchScript mode or ``None``."""
-    from monai.bundle import init_bundle, verify_net_in_out
+    from monai.bundle import init_bundle
 
     spec, cfg = run.spec, run.cfg
     output_dtype = "uint8" if max(spec.labels) < 256 else "int16"
@@ -202,15 +202,38 @@ def _write_bundle(layout: Path, run: RunInfo, network: nn.Module, definition: di
     configs = layout / "configs"
     ts_mode = None
     if torchscript:
-        ts_mode = _export_torchscript(layout, network, definition, run)
-        echo(f"TorchScript ({ts_mode}): {layout.name}/models/model.ts")
-    # what `python -m monai.bundle verify_net_in_out network_def ...` checks
-    verify_net_in_out(net_id="network_def", meta_file=str(configs / "metadata.json"),
-                      config_file=str(configs / "inference.json"), device="cpu", bundle_root=str(layout))
+        ts_mode = _quiet_monai(_export_torchscript, layout, network, definition, run)
+        echo(f"models/model.ts: TorchScript ({ts_mode}d), logits checked against the eager network")
+    _quiet_monai(_verify_net_in_out, layout)
     readme = _bundle_readme(run, info, use, decision, ts_mode, definition)
     (layout / "docs" / "README.md").write_text(readme)
     (layout / "LICENSE").write_text(_license_text(run))
     return ts_mode
+
+
+def _quiet_monai(function: Callable, *args: Any) -> Any:
+    """``function(*args)`` with ``monai.bundle``'s INFO logging (argument summaries) silenced."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("monai.bundle", "monai.bundle.scripts")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        return function(*args)
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _verify_net_in_out(layout: Path) -> None:
+    """What ``python -m monai.bundle verify_net_in_out network_def ...`` checks: the network of
+    ``inference.json`` takes ``metadata.json``'s input and gives its output channels and dtype."""
+    from monai.bundle import verify_net_in_out
+
+    configs = layout / "configs"
+    verify_net_in_out(net_id="network_def", meta_file=str(configs / "metadata.json"),
+                      config_file=str(configs / "inference.json"), device="cpu", bundle_root=str(layout))
 
 
 def _export_torchscript(layout: Path, network: nn.Module, definition: dict[str, Any], run: RunInfo) -> str:
@@ -241,7 +264,7 @@ def _export_torchscript(layout: Path, network: nn.Module, definition: dict[str, 
         difference = max(_max_logit_difference(network, scripted, tuple(window)),
                          _max_logit_difference(network, scripted, tuple(batch)))
         if difference <= _TS_TOLERANCE:
-            return mode
+            return {"script": "scripted", "trace": "traced"}[mode]
         errors.append(f"{mode}: logits differ from the eager network by up to {difference:.3g}")
     raise BundleExportError(f"TorchScript export of {run.cfg.model.name} failed ({'; '.join(errors)}); "
                             "export without --torchscript")
@@ -261,17 +284,24 @@ def _metadata(run: RunInfo, info: dict, use: str, torchscript: bool) -> dict[str
         f"{Path(info['path']).name} (step {info['step']}). Input: {spec.num_channels}-channel {spec.modality} "
         f"NIfTI volumes; output: a label map in the input's geometry."
     )
-    best = info.get("best")
+    best = _best_dice(info)
     return metadata(
         version="0.1.0", description=description, task=task, authors="exported by medcontext from a training run",
         copyright_="the owner of the training run", data_source=f"{spec.name} ({spec.layout} layout)",
         modality=spec.modality, channel_names=spec.channel_names, label_names=_label_names(run),
         output_mode=spec.output_mode, roi=run.roi, required_packages=required,
-        eval_metrics={"validation_mean_dice": float(best)} if isinstance(best, (int, float)) else {},
+        eval_metrics={"validation_mean_dice": best} if best is not None else {},
         references=["MedContext: learning contextual cues for volumetric medical segmentation (the method "
                     "this model was trained with)"],
         intended_use="Research only; not for clinical use.",
     )
+
+
+def _best_dice(info: dict) -> float | None:
+    """The checkpoint's best validation mean Dice (``None`` for a run without validation)."""
+    best = info.get("best")
+    value = best.get("metric") if isinstance(best, dict) else best
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _version(module: str) -> str:
@@ -299,7 +329,7 @@ def _bundle_readme(run: RunInfo, info: dict, use: str, decision: PostProcessingD
 
     spec, cfg, pre = run.spec, run.cfg, run.preprocess
     if ts_mode:
-        network_note = (f"`inference.json` runs `models/model.ts` (TorchScript, {ts_mode}d): it needs MONAI and "
+        network_note = (f"`inference.json` runs `models/model.ts` (TorchScript, {ts_mode}): it needs MONAI and "
                         "PyTorch only. `models/model.pt` holds the same weights for the Python class "
                         f"`{definition['_target_']}`.")
     elif needs_medcontext(cfg.model.name):
@@ -310,6 +340,7 @@ def _bundle_readme(run: RunInfo, info: dict, use: str, decision: PostProcessingD
         network_note = f"The network is MONAI's `{definition['_target_']}`: the bundle needs MONAI alone."
     labels = ", ".join(f"{k} {v}" for k, v in _label_names(run).items())
     post = decision.describe() if decision is not None else "none (the run has no postprocessing.json)"
+    dice = _best_dice(info)
     return f"""# {spec.name} segmentation: {cfg.model.name} trained with MedContext
 
 Exported by `medcontext export` (medcontext {medcontext.__version__}) from the run folder `{run.run_dir}`.
@@ -318,12 +349,12 @@ Exported by `medcontext export` (medcontext {medcontext.__version__}) from the r
 - network: `{cfg.model.name}` with options `{json.dumps(cfg.model.options)}`, crop {list(run.roi)}
 - method: MedContext variant `{cfg.method.variant}`, {cfg.train.steps} steps, seed {cfg.train.seed}
 - data: {len(run.split.train)} training and {len(run.split.val)} validation case(s) of `{spec.name}`
-- weights: the {use} of `{Path(info['path']).name}` (step {info['step']}, best validation mean Dice
-  {info.get('best')})
+- weights: the {use} of `{Path(info['path']).name}` (step {info['step']}; validation mean Dice
+  {f"{dice:.4f}" if dice is not None else "not measured (no validation cases)"})
 
 ## Inputs and outputs
-- input: one NIfTI file per case ({spec.num_channels} channel(s): {', '.join(spec.channel_names)};
-  several channels as one 4D file, channels last), {spec.modality}
+- input: a folder of NIfTI files (`.nii.gz`, `.nii`), one per case, {spec.modality}, {spec.num_channels}
+  channel(s) ({', '.join(spec.channel_names)}; several channels as one 4D file, channels last)
 - preprocessing: orientation {pre.orientation}, spacing {list(pre.spacing) if pre.spacing else 'each file own'},
   normalisation {pre.normalization}{f' (window {list(pre.ct_window)})' if pre.ct_window else ''},
   foreground crop {'on' if pre.crop_foreground else 'off'}
