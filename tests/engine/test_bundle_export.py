@@ -26,8 +26,6 @@ WITHOUT_MEDCONTEXT = (
     "runpy.run_module('monai.bundle', run_name='__main__', alter_sys=True)"
 )
 
-pytest.importorskip("ignite", reason="running a bundle needs pytorch-ignite (pip install -e '.[test]')")
-
 
 def _tiny_run(phantom_dir: Path, out: Path, *model_args: str) -> Path:
     argv = ["train", "--data", str(phantom_dir), "--out", str(out), "--variant", "medcontext", "--steps", "2",
@@ -70,10 +68,9 @@ def inputs(phantom_dir, tmp_path_factory) -> Path:
     return folder
 
 
-def _run_bundle(bundle: Path, inputs: Path, output: Path, *, medcontext_importable: bool) -> None:
-    """``python -m monai.bundle run`` on ``inputs`` in a fresh process."""
-    command = [sys.executable, "-m", "monai.bundle"] if medcontext_importable else [sys.executable, "-c", WITHOUT_MEDCONTEXT]
-    command += ["run", "--config_file", str(bundle / "configs" / "inference.json"),
+def _run_bundle(bundle: Path, inputs: Path, output: Path) -> None:
+    """``python -m monai.bundle run`` on ``inputs`` in a fresh process where medcontext cannot be imported."""
+    command = [sys.executable, "-c", WITHOUT_MEDCONTEXT, "run", "--config_file", str(bundle / "configs" / "inference.json"),
                 "--meta_file", str(bundle / "configs" / "metadata.json"), "--bundle_root", str(bundle),
                 "--dataset_dir", str(inputs), "--output_dir", str(output)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=bundle, timeout=600)
@@ -119,12 +116,25 @@ def _verify_metadata(bundle: Path, tmp_path: Path) -> None:
     verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(local))
 
 
-@pytest.mark.parametrize("model, flags, isolated", [
-    ("unet3d", [], True),  # MONAI's DynUNet: MONAI alone
-    ("unetr", ["--torchscript"], True),
-    ("nnformer", ["--torchscript", "--use", "teacher"], True),  # TorchScript: no medcontext needed
+def _assert_schema_refuses_incomplete_metadata(bundle: Path, tmp_path: Path) -> None:
+    """The offline schema is a real check: the same metadata without a required key fails it."""
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(bundle / "configs", incomplete / "configs")
+    meta = json.loads((incomplete / "configs" / "metadata.json").read_text())
+    del meta["task"]
+    (incomplete / "configs" / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="task"):
+        _verify_metadata(incomplete, tmp_path)
+
+
+@pytest.mark.parametrize("model, flags", [
+    ("unet3d", []),  # MONAI's DynUNet, model.pt
+    ("unetr", ["--torchscript"]),  # scripted
+    ("nnformer", ["--torchscript", "--use", "teacher"]),  # traced: our own network without medcontext
 ])
-def test_bundle_runs_with_monai_and_gives_predicts_masks(runs, inputs, tmp_path, model, flags, isolated):
+def test_bundle_runs_with_monai_alone_and_gives_predicts_masks(runs, inputs, tmp_path, model, flags):
+    """Export, verify_metadata (offline schema), verify_net_in_out, then `python -m monai.bundle run`
+    in a fresh process where medcontext cannot be imported: predict's masks."""
     from monai.bundle import verify_net_in_out
 
     run, bundle = runs[model], tmp_path / "bundle"
@@ -133,12 +143,13 @@ def test_bundle_runs_with_monai_and_gives_predicts_masks(runs, inputs, tmp_path,
         assert (bundle / name).is_file(), name
     assert (bundle / "models" / "model.ts").is_file() == ("--torchscript" in flags)
     _verify_metadata(bundle, tmp_path)
+    _assert_schema_refuses_incomplete_metadata(bundle, tmp_path)
     verify_net_in_out(net_id="network_def", meta_file=str(bundle / "configs" / "metadata.json"),
                       config_file=str(bundle / "configs" / "inference.json"), device="cpu", bundle_root=str(bundle))
     use = "teacher" if "teacher" in flags else "student"
     assert main(["predict", "--run", str(run), "--input", str(inputs), "--output", str(tmp_path / "predict"),
                  "--use", use, "--device", "cpu"]) == 0
-    _run_bundle(bundle, inputs, tmp_path / "bundled", medcontext_importable=not isolated)
+    _run_bundle(bundle, inputs, tmp_path / "bundled")
     _assert_same_masks(run, inputs, tmp_path / "predict", tmp_path / "bundled")
 
 
@@ -175,7 +186,7 @@ def test_bundle_applies_the_runs_postprocessing(runs, inputs, tmp_path):
     steps = [t["_target_"] for t in json.loads((bundle / "configs" / "inference.json").read_text())
              ["postprocessing"]["transforms"]]
     assert steps.count("KeepLargestConnectedComponentd") == 2 and steps.index("Invertd") > steps.index("AsDiscreted")
-    _run_bundle(bundle, inputs, tmp_path / "bundled", medcontext_importable=False)
+    _run_bundle(bundle, inputs, tmp_path / "bundled")
 
     predictor = Predictor(runs["unet3d"], device="cpu")  # the run without the file: raw masks
     changed = 0
@@ -233,17 +244,6 @@ def test_sigmoid_regions_are_painted_as_predict_paints_them():
     logits = torch.randn(3, 6, 5, 4, generator=torch.Generator().manual_seed(0))
     painted = pipeline.get_parsed_content("post")({"pred": logits})["pred"]
     np.testing.assert_array_equal(np.asarray(painted[0]).astype(np.int16), logits_to_labels(logits, "sigmoid", regions=regions))
-
-
-def test_metadata_schema_rejects_an_incomplete_file(runs, tmp_path):
-    """The offline schema is the real check: metadata.json without a required key fails it."""
-    bundle = tmp_path / "bundle"
-    assert main(["export", "--run", str(runs["unetr"]), "--bundle", str(bundle)]) == 0
-    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
-    del meta["task"]
-    (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="task"):
-        _verify_metadata(bundle, tmp_path)
 
 
 def test_bad_run_folders_get_clear_errors(runs, tmp_path, capsys):

@@ -237,8 +237,9 @@ def _verify_net_in_out(layout: Path) -> None:
 
 
 def _export_torchscript(layout: Path, network: nn.Module, definition: dict[str, Any], run: RunInfo) -> str:
-    """``models/model.ts`` through ``monai.bundle.ckpt_export``: scripted if the network scripts,
-    else traced on one window; checked against the eager network."""
+    """``models/model.ts`` through ``monai.bundle.ckpt_export``: MONAI's networks scripted (else
+    traced), others traced on one window; checked against the eager network on a window and on a
+    batch of ``eval.sw_batch_size`` windows."""
     import warnings
 
     from monai.bundle import ckpt_export
@@ -246,7 +247,9 @@ def _export_torchscript(layout: Path, network: nn.Module, definition: dict[str, 
     configs = layout / "configs"
     window = [1, run.spec.num_channels, *run.roi]
     errors = []
-    for mode in ("script", "trace"):
+    # MONAI's networks are written to script (any batch and window size); other networks are traced
+    modes = ("script", "trace") if not needs_medcontext(run.cfg.model.name) else ("trace",)
+    for mode in modes:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer warnings
