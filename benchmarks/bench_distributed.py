@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from medcontext.engine.machine import cpu_model_name
+from medcontext.engine.host.machine import cpu_model_name
 
 
 def _free_port() -> int:
@@ -42,7 +42,7 @@ def _free_port() -> int:
 
 
 def _trainer(cfg, roi, classes, world, run_dir):
-    from medcontext.engine.run import build_medcontext, build_network
+    from medcontext.engine.run_folder import build_medcontext, build_network
     from medcontext.engine.trainer import Trainer
 
     torch.manual_seed(0)
@@ -55,7 +55,7 @@ def _trainer(cfg, roi, classes, world, run_dir):
 def worker(args: argparse.Namespace) -> None:
     """One process of a torchrun launch: time DDP and communication-free steps, rank 0 prints JSON."""
     from medcontext.engine.config import load_config
-    from medcontext.engine.distributed import World, init_distributed
+    from medcontext.engine.host.distributed import World, init_distributed
 
     world = init_distributed(args.device)
     torch.set_num_threads(args.threads)

@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from medcontext.engine.precision import cpu_bf16_support
+from medcontext.engine.host.precision import cpu_bf16_support
 from medcontext.models.patchify import patch_matmul
 
 #: (input shape (B, C, H, W, D), output channels, kernel = stride)

@@ -21,8 +21,8 @@ import time
 import torch
 
 from medcontext import MedContext
-from medcontext.engine.cpu_memory import describe_cpu_allocator
-from medcontext.engine.precision import cpu_bf16_support, resolve_precision
+from medcontext.engine.host.cpu_memory import describe_cpu_allocator
+from medcontext.engine.host.precision import cpu_bf16_support, resolve_precision
 from medcontext.models import create_model
 
 #: each model's crop: the hippocampus study's for the CNN and UNETR, the smallest valid one else

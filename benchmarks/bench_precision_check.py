@@ -18,8 +18,8 @@ import time
 import torch
 from torch import nn
 
-from medcontext.engine.precision import Precision, cpu_bf16_support
-from medcontext.engine.precision_check import CHECKED_LAYERS, DEFAULT_TOLERANCE, reduced_precision_errors
+from medcontext.engine.host.precision import Precision, cpu_bf16_support
+from medcontext.engine.host.precision_check import CHECKED_LAYERS, DEFAULT_TOLERANCE, reduced_precision_errors
 from medcontext.models import create_model
 from medcontext.models.patchify import PatchConv3d
 

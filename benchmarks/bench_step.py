@@ -5,7 +5,7 @@ against 3 for a baseline step (ratio bound 2.33). The script times full optimize
 (losses, backward, AdamW step, EMA update) of ``baseline`` and ``medcontext`` with both
 student-pass forms, interleaving the three so that machine noise hits all alike, and prints a
 markdown table of medians, with the memory each step page-faulted in (GB, minor faults x
-page size). The allocator matters on the CPU (medcontext.engine.cpu_memory): run it as is
+page size). The allocator matters on the CPU (medcontext.engine.host.cpu_memory): run it as is
 (glibc malloc), under ``LD_PRELOAD=.../libtcmalloc.so.4``, or with ``--retain-memory``.
 
     python benchmarks/bench_step.py --models unetr swin_unetr unet3d nnformer --roi 64 --batch 2
@@ -22,7 +22,7 @@ import time
 import torch
 
 from medcontext import MedContext
-from medcontext.engine.cpu_memory import describe_cpu_allocator, retain_freed_cpu_memory
+from medcontext.engine.host.cpu_memory import describe_cpu_allocator, retain_freed_cpu_memory
 from medcontext.models import create_model
 
 PAGE_BYTES = resource.getpagesize()

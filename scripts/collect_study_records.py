@@ -1,8 +1,9 @@
 """Copy the small records of a study's runs into the repository (run folders do not survive).
 
 For every run folder under the study folder (``GROUP/RUN``) it copies ``config.yaml``,
-``split.json``, ``plan.json``, ``study_done.json`` (finished runs only), the test metrics
-(``eval/metrics.csv``, ``eval/summary.md``) and a thinned ``metrics.jsonl``: every validation
+``split.json``, ``plan.json``, ``postprocessing.json``, ``study_done.json`` (finished runs only), the
+test metrics (``eval/metrics.csv``, ``eval/summary.md``, and ``eval/raw/metrics.csv`` when
+post-processing changed the predictions) and a thinned ``metrics.jsonl``: every validation
 record, and one training record in ``--train-every`` (the loss curves; the full log is about
 1 MB per run). Checkpoints and predictions stay behind. Unfinished runs are copied too, so
 that their validation curves are kept; ``study_done.json`` tells them apart.
@@ -20,11 +21,12 @@ import shutil
 from pathlib import Path
 
 from medcontext.io.atomic import write_text_atomic
-from medcontext.study.report import RECORDED_TEST_METRICS
+from medcontext.study.comparison_report import RECORDED_RAW_TEST_METRICS, RECORDED_TEST_METRICS
 
-RUN_FILES = ("config.yaml", "split.json", "plan.json", "study_done.json")
+RUN_FILES = ("config.yaml", "split.json", "plan.json", "postprocessing.json", "study_done.json")
 #: eval/NAME -> records name (``medcontext report`` reads the metrics under RECORDED_TEST_METRICS)
-EVAL_FILES = {"metrics.csv": RECORDED_TEST_METRICS, "summary.md": "test_summary.md"}
+EVAL_FILES = {"metrics.csv": RECORDED_TEST_METRICS, "summary.md": "test_summary.md",
+              "raw/metrics.csv": RECORDED_RAW_TEST_METRICS}
 
 
 def thinned_log(lines: list[str], train_every: int) -> list[str]:

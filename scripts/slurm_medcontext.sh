@@ -47,7 +47,7 @@ progress() {
 import sys
 from pathlib import Path
 from medcontext.engine.config import load_config
-from medcontext.engine.run_log import read_metrics
+from medcontext.engine.training_log import read_metrics
 run = Path(sys.argv[1])
 if not (run / "config.yaml").is_file():
     print(0, 0)

@@ -2,8 +2,11 @@
 
 The layers, bottom up (STYLE.md, "The shape of the house"):
 
-    io, shipped (below everything)  <  method  <  models  <  data = evaluation  <  engine
-    <  workflows (study, demo, run_evaluation, export)  <  cli
+    io, shipped (below everything)  <  method  <  models  <  data = evaluation  <  engine.host
+    <  engine  <  workflows (study, demo, run_scoring, export)  <  cli
+
+``engine.host`` (precision, threads, memory, allocator, signals, machine, distributed) knows
+nothing of the rest of the engine: the config, planning and the training loop sit on it.
 
 A module may import its own layer and the layers below it. ``integrations`` sits on method and
 models (and data, evaluation, io) beside the engine: it may not import the engine or anything
@@ -23,36 +26,43 @@ from pathlib import Path
 
 SRC = Path(os.environ.get("MEDCONTEXT_LAYERS_SRC", Path(__file__).resolve().parents[1] / "src"))
 
-IO, METHOD, MODELS, DATA, ENGINE, WORKFLOWS, CLI = range(7)
+IO, METHOD, MODELS, DATA, HOST, ENGINE, WORKFLOWS, CLI = range(8)
 INTEGRATIONS = "integrations"
 
 LAYERS: dict[str, int | str] = {
     "medcontext.io": IO,
     "medcontext.shipped": IO,
+    "medcontext._renamed": IO,  # old module paths; imports the new ones by name only
     "medcontext.method": METHOD,
     "medcontext": MODELS,  # the package itself: ``from medcontext import MedContext`` (imports method, models)
     "medcontext.models": MODELS,
     "medcontext.data": DATA,
     "medcontext.evaluation": DATA,
     "medcontext.engine": ENGINE,
+    "medcontext.engine.host": HOST,
     "medcontext.integrations": INTEGRATIONS,
     "medcontext.study": WORKFLOWS,
     "medcontext.demo": WORKFLOWS,
-    "medcontext.run_evaluation": WORKFLOWS,
+    "medcontext.run_scoring": WORKFLOWS,
     "medcontext.export": WORKFLOWS,
     "medcontext.cli": CLI,
     "medcontext.__main__": CLI,
 }
-LAYER_NAMES = {IO: "io", METHOD: "method", MODELS: "models", DATA: "data/evaluation", ENGINE: "engine",
+LAYER_NAMES = {IO: "io", METHOD: "method", MODELS: "models", DATA: "data/evaluation", HOST: "engine.host",
+               ENGINE: "engine",
                WORKFLOWS: "workflows", CLI: "cli", INTEGRATIONS: "integrations"}
 
 
 def layer_of(module: str) -> int | str | None:
-    """The layer of a dotted module name: its own entry, else its top-level package's."""
-    if module in LAYERS:
-        return LAYERS[module]
+    """The layer of a dotted module name: its own entry, else its closest enclosing package's."""
     parts = module.split(".")
-    return LAYERS.get(".".join(parts[:2])) if len(parts) >= 2 and parts[0] == "medcontext" else None
+    if parts[0] != "medcontext":
+        return None
+    for end in range(len(parts), 0, -1):
+        name = ".".join(parts[:end])
+        if name in LAYERS and (end > 1 or len(parts) == 1):
+            return LAYERS[name]
+    return None
 
 
 def allowed(source: int | str, target: int | str) -> bool:
@@ -142,12 +152,24 @@ def test_the_check_sees_nested_and_relative_imports(tmp_path):
     )
     (package / "engine" / "__init__.py").write_text("from medcontext.method import run\n")
     (package / "integrations").mkdir()
-    (package / "integrations" / "trainer.py").write_text("import medcontext.models\nimport medcontext.engine.run\n")
+    (package / "integrations" / "trainer.py").write_text("import medcontext.models\nimport medcontext.engine.run_folder\n")
     problems = layer_violations(tmp_path)
     assert len(problems) == 3, problems
-    assert problems[0].startswith("medcontext/integrations/trainer.py:2: `import medcontext.engine.run` points up")
+    assert problems[0].startswith("medcontext/integrations/trainer.py:2: `import medcontext.engine.run_folder` points up")
     assert problems[1].startswith("medcontext/method/step.py:2: `from medcontext.engine import train` points up: method")
     assert problems[2].startswith("medcontext/method/step.py:3: `from ..engine.loop import fit` points up")
+
+
+def test_host_concerns_may_not_import_the_rest_of_the_engine(tmp_path):
+    host = tmp_path / "medcontext" / "engine" / "host"
+    host.mkdir(parents=True)
+    (tmp_path / "medcontext" / "engine" / "__init__.py").write_text("from medcontext.engine.host import precision\n")
+    (host / "__init__.py").write_text("")
+    (host / "precision.py").write_text("from medcontext.data import load_dataset\nfrom ..config import TrainConfig\n")
+    problems = layer_violations(tmp_path)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("medcontext/engine/host/precision.py:2: `from ..config import TrainConfig` points up: "
+                                  "engine.host (medcontext.engine.host.precision) imports engine")
 
 
 if __name__ == "__main__":

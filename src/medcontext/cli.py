@@ -1,13 +1,13 @@
 """The ``medcontext`` command line: train, evaluate, predict, demo, experiment, report, data, nnunet.
 
 Every command is a thin layer over a library function (``medcontext.engine.train``,
-``medcontext.run_evaluation.evaluate_run``, ``predict_run``, ``medcontext.demo.run_demo``, ``medcontext.data``).
+``medcontext.run_scoring.evaluate_run``, ``predict_run``, ``medcontext.demo.run_demo``, ``medcontext.data``).
 Expected failures (bad configuration, dataset problems, missing files) end with exit code 2
 and a one-paragraph message; ``--debug`` shows the traceback instead. A command stopped by
 SIGINT/SIGTERM exits with 130/143 (a training run after saving ``last.pt``; the demo and a
 study without evaluating or reporting unfinished training) and says how to continue.
 ``train``, ``demo`` and ``experiment`` re-execute themselves once with tcmalloc preloaded where
-it is installed (:mod:`medcontext.engine.tcmalloc`; ``MEDCONTEXT_TCMALLOC=0`` turns it off).
+it is installed (:mod:`medcontext.engine.host.tcmalloc`; ``MEDCONTEXT_TCMALLOC=0`` turns it off).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def _add_train_parser(sub) -> None:
     train.add_argument("--out", metavar="RUN_DIR", help="run folder (checkpoints, logs, split); required to train")
     train.add_argument("--data", metavar="DATASET_DIR", help="dataset folder (MSD layout, datalist JSON, folders)")
     train.add_argument("--config", metavar="FILE", help="YAML configuration: a file or a shipped name (configs/, e.g. cpu_phantom)")
-    train.add_argument("--model", help="network name: unetr, swin_unetr, unet3d, nnformer (model.name)")
+    train.add_argument("--model", help="network name: unetr, swin_unetr, unet3d, nnformer, pcrlv2 (model.name)")
     train.add_argument("--model-size", dest="model_size", metavar="SIZE",
                        help="network size: paper, small or tiny (model.options.size)")
     _add_renamed(train, "--size", "--model-size", "model_size")
@@ -161,6 +161,9 @@ def _add_predict_parser(sub) -> None:
     predict.add_argument("--use", default="student", choices=["student", "teacher"], help="which weights")
     predict.add_argument("--checkpoint", default="best", help="best (falls back to last), last or a path")
     predict.add_argument("--probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
+    predict.add_argument("--no-postprocessing", action="store_true",
+                         help="write the raw masks: skip the run's postprocessing.json (largest connected components "
+                              "chosen on validation)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     _add_trust_checkpoint(predict)
 
@@ -181,7 +184,7 @@ def _add_demo_parser(sub) -> None:
 
 
 def _add_experiment_parser(sub) -> None:
-    from medcontext.study.plan import STUDIES
+    from medcontext.study.definitions import STUDIES
 
     studies = "\n".join(f"  {name:<12} {textwrap.fill(st.description, 88, subsequent_indent=' ' * 15)[0:]}"
                          for name, st in STUDIES.items())
@@ -351,7 +354,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from medcontext.run_evaluation import evaluate_run
+    from medcontext.run_scoring import evaluate_run
 
     evaluate_run(args.run, data=args.data, split=args.split, use=args.use, checkpoint=args.checkpoint,
                  device=args.device, progress=not args.no_progress, trust_checkpoint=args.trust_checkpoint)
@@ -362,7 +365,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from medcontext.engine.predict import predict_run
 
     predict_run(args.run, args.input, args.output, checkpoint=args.checkpoint, use=args.use,
-                probabilities=args.probabilities, device=args.device, trust_checkpoint=args.trust_checkpoint)
+                probabilities=args.probabilities, device=args.device, trust_checkpoint=args.trust_checkpoint,
+                postprocess=not args.no_postprocessing)
     return 0
 
 
@@ -377,7 +381,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from medcontext.shipped import find_split
     from medcontext.study import STUDIES, collect_runs, load_test_split, run_study, write_report
-    from medcontext.study.runner import DONE_MARKER, format_status, study_status
+    from medcontext.study.execution import DONE_MARKER, format_status, study_status
 
     study = STUDIES[args.study]
     plan = study.plan()
@@ -469,7 +473,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from medcontext.data import DatasetError
     from medcontext.io.atomic import DiskFullError
     from medcontext.engine.checkpoint import CheckpointError
-    from medcontext.engine.distributed import DistributedError
+    from medcontext.engine.host.distributed import DistributedError
     from medcontext.engine.predict import PredictionFailedError
     from medcontext.engine.trainer import NonFiniteLossError
     from medcontext.models.pretrained import PretrainedLoadError
@@ -496,13 +500,13 @@ def _one_paragraph(err: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (``python -m medcontext`` exits with it)."""
-    from medcontext.engine.signals import RunInterrupted, StopOnSignal
+    from medcontext.engine.host.signals import RunInterrupted, StopOnSignal
 
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     if argv is None and args.command in _TRAINING_COMMANDS and not getattr(args, "print_config", False):
-        from medcontext.engine.tcmalloc import reexec_with_tcmalloc
+        from medcontext.engine.host.tcmalloc import reexec_with_tcmalloc
 
         reexec_with_tcmalloc()  # returns only when it does not re-execute
     try:

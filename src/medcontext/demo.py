@@ -159,9 +159,9 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo (see the module docstring); returns where everything went."""
     from medcontext.data import generate_phantom
-    from medcontext.engine.run import train
-    from medcontext.engine.signals import stop_if_interrupted
-    from medcontext.run_evaluation import evaluate_run
+    from medcontext.engine.run_folder import train
+    from medcontext.engine.host.signals import stop_if_interrupted
+    from medcontext.run_scoring import evaluate_run
 
     start = time.perf_counter()
     budget = BUDGETS["quick" if quick else "full"]
@@ -244,7 +244,7 @@ def write_overlay(path: Path, runs: dict[str, Path]) -> Path:
     import nibabel as nib
     from matplotlib.patches import Patch
 
-    from medcontext.engine.run import load_run
+    from medcontext.engine.run_folder import load_run
 
     plt = figures.pyplot()
     info = load_run(next(iter(runs.values())))
@@ -267,7 +267,7 @@ def write_overlay(path: Path, runs: dict[str, Path]) -> Path:
 
 def write_curves(path: Path, runs: dict[str, Path]) -> Path:
     """Training loss terms and validation mean Dice against the step, for every run."""
-    from medcontext.engine.run_log import read_metrics
+    from medcontext.engine.training_log import read_metrics
 
     plt = figures.pyplot()
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 4))

@@ -106,7 +106,7 @@ def test_split_json_records_groups_and_refuses_a_straddling_group(tmp_path):
 
 def test_acdc_folder_is_recognised_and_grouped_by_patient(require_data):
     from medcontext.data import load_dataset, split_for_spec
-    from medcontext.study.plan import load_test_split
+    from medcontext.study.definitions import load_test_split
 
     spec = load_dataset(require_data("Task_ACDC", "dataset.json"))
     assert spec.preset == "acdc" and spec.eval_class_names == ["RV", "MYO", "LV"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from medcontext.engine.cpu_memory import preloaded_allocator
+from medcontext.engine.host.cpu_memory import preloaded_allocator
 
 glibc_only = pytest.mark.skipif(
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
@@ -32,7 +32,7 @@ four_kb_faults = pytest.mark.skipif(_huge_pages_always(), reason="transparent hu
 # rounds; prints the allocator description, then the minor page faults of each round.
 _SCRIPT = """
 import resource, sys, torch
-from medcontext.engine.cpu_memory import describe_cpu_allocator, retain_freed_cpu_memory
+from medcontext.engine.host.cpu_memory import describe_cpu_allocator, retain_freed_cpu_memory
 if sys.argv[1] == "retain":
     assert retain_freed_cpu_memory() and retain_freed_cpu_memory()
 print(describe_cpu_allocator())

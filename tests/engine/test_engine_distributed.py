@@ -23,10 +23,10 @@ import torch
 
 from medcontext.engine import load_config, read_checkpoint, train
 from medcontext.engine.config import ConfigError, lr_scale_factor, resolve_batch_scaling
-from medcontext.engine.distributed import DistributedError, World, init_distributed, rank_seed
-from medcontext.engine.run_log import read_metrics
+from medcontext.engine.host.distributed import DistributedError, World, init_distributed, rank_seed
+from medcontext.engine.training_log import read_metrics
 from medcontext.engine.sampling import SeededDraws, StepSampler
-from medcontext.engine.signals import GracefulStop
+from medcontext.engine.host.signals import GracefulStop
 from medcontext.engine.trainer import Trainer
 
 LAUNCH_TIMEOUT = 150  # seconds per torchrun launch (a launch takes ~10 s on 2 busy cores)

@@ -13,7 +13,7 @@ import pytest
 
 from medcontext.cli import main
 from medcontext.engine import read_checkpoint
-from medcontext.engine.run_log import read_metrics
+from medcontext.engine.training_log import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,9 +11,10 @@ import pytest
 
 from medcontext.cli import main
 from medcontext.data import load_dataset
-from medcontext.data.planning import DatasetFingerprint, PlannedValue, TrainingPlan
+from medcontext.data.fingerprint import DatasetFingerprint
+from medcontext.engine.planning.training_plan import PlannedValue, TrainingPlan
 from medcontext.engine import TrainConfig, load_config
-from medcontext.engine.run_plan import apply_plan, plan_run, read_plan
+from medcontext.engine.planning.run_planner import apply_plan, plan_run, read_plan
 
 
 def _no_roi_argv(data, out, *extra):

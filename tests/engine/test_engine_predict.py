@@ -46,7 +46,7 @@ def test_predict_writes_the_input_geometry_exactly(trained_run, tmp_path):
     ref = _oblique_copy(data / "imagesTr" / "phantom_000.nii.gz", inputs / "oblique.nii.gz")
     _oblique_copy(data / "imagesTr" / "phantom_001.nii.gz", inputs / "second.nii", spacing=(1.0, 1.0, 1.0))
     assert main(["predict", "--run", str(run), "--input", str(inputs), "--output", str(tmp_path / "out"),
-                 "--probabilities", "--use", "teacher", "--checkpoint", "last"]) == 0
+                 "--probabilities", "--use", "teacher", "--checkpoint", "last", "--no-postprocessing"]) == 0
     pred = nib.load(str(tmp_path / "out" / "oblique.nii.gz"))
     assert pred.shape == ref.shape == (24, 20, 24)
     np.testing.assert_allclose(pred.affine, ref.affine, atol=1e-6)
@@ -58,6 +58,68 @@ def test_predict_writes_the_input_geometry_exactly(trained_run, tmp_path):
     np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-3)
     np.testing.assert_array_equal(np.argmax(p, -1), np.asarray(pred.dataobj))  # labels agree with probabilities
     assert (tmp_path / "out" / "second.nii.gz").is_file()
+
+
+def _components(mask: np.ndarray) -> int:
+    from scipy import ndimage
+
+    return int(ndimage.label(mask, structure=np.ones((3, 3, 3)))[1])
+
+
+def _with_an_island(logits_fn):
+    """Predictor.logits plus a certain stray island: a central block of label 2 and, in a corner
+    inside a background shell, 2^3 voxels of label 1 (3 training steps guarantee nothing)."""
+    def logits(self, image):
+        out = logits_fn(self, image).clone()
+        h, w, d = out.shape[1:]
+        out[:, h // 2 - 4 : h // 2 + 4, w // 2 - 4 : w // 2 + 4, d // 2 - 4 : d // 2 + 4] = 0
+        out[2, h // 2 - 4 : h // 2 + 4, w // 2 - 4 : w // 2 + 4, d // 2 - 4 : d // 2 + 4] = 100
+        out[:, :6, :6, :6] = 0
+        out[0, :6, :6, :6] = 100
+        out[1, 2:4, 2:4, 2:4] = 200
+        return out
+    return logits
+
+
+def test_training_chooses_a_post_processing_that_evaluate_and_predict_apply(trained_run, tmp_path, capsys,
+                                                                           monkeypatch):
+    import json
+    import shutil
+
+    from medcontext.engine.predict import Predictor
+
+    data, trained = trained_run
+    chosen = json.loads((trained / "postprocessing.json").read_text())  # written with best.pt, on the val case
+    assert chosen["version"] == 1 and chosen["chosen_on"] == "validation" and chosen["validation_cases"] == 1
+    assert isinstance(chosen["foreground_largest_component"], bool)
+    assert set(chosen["largest_component_labels"]) <= set(range(1, 8))
+    assert chosen["validation_dice_postprocessed"]["mean"] >= chosen["validation_dice_raw"]["mean"]
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    forced = dict(chosen, foreground_largest_component=True, largest_component_labels=[])
+    (run / "postprocessing.json").write_text(json.dumps(forced))
+    monkeypatch.setattr(Predictor, "logits", _with_an_island(Predictor.logits))
+    assert main(["evaluate", "--run", str(run), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "largest component of the whole foreground" in printed and "Dice raw" in printed
+    post, raw = run / "eval" / "predictions", run / "eval" / "raw" / "predictions"
+    islands = 0
+    for path in sorted(post.glob("*.nii.gz")):
+        final = np.asarray(nib.load(str(path)).dataobj) > 0
+        before = np.asarray(nib.load(str(raw / path.name)).dataobj) > 0
+        assert _components(final) <= 1 and (final <= before).all()  # only islands removed
+        islands += _components(before) - _components(final)
+    assert islands >= 2  # at least the corner island of each test case
+    assert (run / "eval" / "raw" / "metrics.csv").is_file()
+    assert "## Post-processing" in (run / "eval" / "summary.md").read_text()
+    # predict applies the same decision; --no-postprocessing writes the raw masks
+    case = json.loads((run / "split.json").read_text())["test"][0]
+    for flag, expected in (([], post), (["--no-postprocessing"], raw)):
+        out = tmp_path / f"predict{len(flag)}"
+        assert main(["predict", "--run", str(run), "--input", str(data / "imagesTr" / f"{case}.nii.gz"),
+                     "--output", str(out), *flag]) == 0
+        np.testing.assert_array_equal(np.asarray(nib.load(str(out / f"{case}.nii.gz")).dataobj),
+                                      np.asarray(nib.load(str(expected / f"{case}.nii.gz")).dataobj))
 
 
 def test_predict_errors_name_the_file(trained_run, tmp_path, capsys):
@@ -76,7 +138,7 @@ def test_predict_errors_name_the_file(trained_run, tmp_path, capsys):
 
 
 def test_predict_goes_on_after_a_bad_case_and_names_it(trained_run, tmp_path, capsys, monkeypatch):
-    from medcontext.engine import cpu_threads
+    from medcontext.engine.host import cpu_threads
 
     recounts = []
     original_refresh = cpu_threads.CpuShare.refresh
@@ -153,7 +215,8 @@ def test_find_input_cases_groups_channel_files(tmp_path):
 
 def test_predict_and_evaluate_take_a_share_of_the_cores_like_training(trained_run, tmp_path, monkeypatch):
     """A training beside a prediction counts it: both register in the CPU-share folder per case."""
-    from medcontext.engine import cpu_threads, predict
+    from medcontext.engine import predict
+    from medcontext.engine.host import cpu_threads
 
     folder = tmp_path / "cpu-share"
     monkeypatch.setattr(cpu_threads.tempfile, "gettempdir", lambda: str(folder))

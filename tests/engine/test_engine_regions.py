@@ -8,9 +8,9 @@ import pytest
 
 from medcontext.cli import main
 from medcontext.data.tumour_phantom import generate_tumour_phantom
-from medcontext.engine.run_log import read_metrics
+from medcontext.engine.training_log import read_metrics
 from medcontext.evaluation import dice_score, label_masks
-from medcontext.evaluation.report import read_csv
+from medcontext.evaluation.metric_table import read_csv
 
 
 @pytest.fixture(scope="module")

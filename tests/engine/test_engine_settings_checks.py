@@ -12,7 +12,7 @@ import medcontext.data
 from medcontext.engine import train
 from medcontext.engine.config import CHECKS, ConfigError, TrainConfig, load_config
 from medcontext.engine.preflight import check_run_settings
-from medcontext.engine.run import build_medcontext, build_network
+from medcontext.engine.run_folder import build_medcontext, build_network
 from medcontext.models import get_model_spec, list_models
 
 
@@ -66,13 +66,13 @@ def test_valid_edge_values_pass():
 
 
 def test_every_setting_has_a_check():
-    """A new setting needs a row in CHECKS (engine/config.py); booleans are checked by their type."""
+    """A new setting needs a row in CHECKS (engine/config/checks.py); booleans are checked by their type."""
     checked = {check.key for check in CHECKS}
     hints = {}
     for section in dataclasses.fields(TrainConfig):
         hints.update({f"{section.name}.{k}": v for k, v in typing.get_type_hints(section.default_factory).items()})
     missing = [key for key in TrainConfig.keys() if key not in checked and hints[key] is not bool]
-    assert not missing, f"add a Check row for {missing} to CHECKS in medcontext/engine/config.py"
+    assert not missing, f"add a Check row for {missing} to CHECKS in medcontext/engine/config/checks.py"
     assert all(key in TrainConfig.keys() for key in checked)
 
 

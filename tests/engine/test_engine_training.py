@@ -12,8 +12,8 @@ import torch
 from medcontext.cli import main
 from medcontext.engine import load_config, read_checkpoint, train
 from medcontext.engine.checkpoint import CheckpointError
-from medcontext.engine.precision import resolve_precision
-from medcontext.engine.run_log import read_metrics
+from medcontext.engine.host.precision import resolve_precision
+from medcontext.engine.training_log import read_metrics
 from medcontext.engine.trainer import NonFiniteLossError, Trainer
 
 
@@ -161,7 +161,7 @@ def test_strict_checkpoint_loading_names_differing_keys(phantom_dir, train_argv,
     assert main(train_argv(phantom_dir, out, steps=1)) == 0
     ckpt = read_checkpoint(out / "last.pt")
     from medcontext.engine.checkpoint import load_model_state
-    from medcontext.engine.run import load_run, build_network, build_medcontext
+    from medcontext.engine.run_folder import load_run, build_network, build_medcontext
 
     info = load_run(out)
     cfg = info.cfg

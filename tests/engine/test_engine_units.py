@@ -14,9 +14,9 @@ from medcontext.io.atomic import atomic_write, write_text_atomic
 from medcontext.engine.config import OptimConfig
 from medcontext.engine.inference import logits_to_labels, region_paint_order, regions_to_labels
 from medcontext.engine.optim import build_optimizer, learning_rate
-from medcontext.engine.precision import cpu_bf16_support, resolve_precision
+from medcontext.engine.host.precision import cpu_bf16_support, resolve_precision
 from medcontext.engine.sampling import SeededDraws, StepSampler, draw_seed, make_step_loader
-from medcontext.engine.signals import GracefulStop
+from medcontext.engine.host.signals import GracefulStop
 
 
 class _RandomTransform:

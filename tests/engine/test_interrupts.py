@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medcontext.engine.signals import RunInterrupted, StopOnSignal
+from medcontext.engine.host.signals import RunInterrupted, StopOnSignal
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -53,9 +53,9 @@ def test_sigterm_stops_the_demo_without_evaluating(tmp_path):
 
 def test_a_signal_during_a_study_run_saves_it_and_records_nothing(tmp_path, phantom_dir, monkeypatch):
     from medcontext.engine.checkpoint import read_checkpoint
-    from medcontext.study import StudyRun, run_study, runner
+    from medcontext.study import StudyRun, run_study, execution
 
-    real_train = runner.train
+    real_train = execution.train
 
     class SignalOnSecondForward(torch.nn.Module):
         def __init__(self, network):
@@ -71,7 +71,7 @@ def test_a_signal_during_a_study_run_saves_it_and_records_nothing(tmp_path, phan
     def train_with_a_signal(cfg, run_dir, **kwargs):
         return real_train(cfg, run_dir, network_hook=SignalOnSecondForward, **kwargs)
 
-    monkeypatch.setattr(runner, "train", train_with_a_signal)
+    monkeypatch.setattr(execution, "train", train_with_a_signal)
     tiny = {"model.options": {"size": "tiny"}, "model.roi": [16, 16, 16], "train.steps": 5, "data.val_cases": 1,
             "data.num_samples": 1, "eval.every": 0, "optim.warmup_steps": 0}
     runs = [StudyRun("unet3d_k2", "unet3d", 2, "baseline", 0, overrides=tiny)]
@@ -114,7 +114,7 @@ def test_the_demo_continues_its_own_interrupted_folder_and_restarts_otherwise(tm
 
 def test_a_stopped_and_resumed_run_reaches_the_same_validation_dice_at_the_same_steps(tmp_path, phantom_dir):
     from medcontext.cli import main
-    from medcontext.engine.run_log import read_metrics
+    from medcontext.engine.training_log import read_metrics
 
     def argv(out, *extra):
         return ["train", "--data", str(phantom_dir), "--out", str(out), "--steps", "6", "--variant", "medcontext",

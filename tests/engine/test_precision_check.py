@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 from medcontext.engine import load_config, train
-from medcontext.engine.precision import Precision
-from medcontext.engine.precision_check import (
+from medcontext.engine.host.precision import Precision
+from medcontext.engine.host.precision_check import (
     LayerPrecisionError,
     fall_back_if_wrong,
     reduced_precision_errors,
 )
-from medcontext.engine.run_log import read_metrics
+from medcontext.engine.training_log import read_metrics
 
 CPU = torch.device("cpu")
 BF16 = Precision("bf16", CPU, reason="train.precision=bf16")
@@ -153,7 +153,7 @@ def test_a_run_in_explicit_bf16_stops_before_reading_data_when_a_layer_is_wrong(
 
 def test_a_run_with_auto_trains_in_fp32_when_a_layer_is_wrong(phantom_dir, tmp_path, monkeypatch):
     # auto resolves to bf16 only on CPUs with native bf16; make it do so everywhere for this test
-    monkeypatch.setattr("medcontext.engine.run.resolve_precision",
+    monkeypatch.setattr("medcontext.engine.run_folder.resolve_precision",
                         lambda name, device: Precision("bf16", device, reason="auto: native bf16 (test)"))
     lines: list[str] = []
     out = tmp_path / "run"

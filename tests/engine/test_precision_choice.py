@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from medcontext.engine import precision
-from medcontext.engine.precision import cpu_bf16_support, resolve_precision
+from medcontext.engine.host import precision
+from medcontext.engine.host.precision import cpu_bf16_support, resolve_precision
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[2]
@@ -93,7 +93,7 @@ def test_this_cpu_answer_matches_onednn():
 
 def test_the_demo_the_cpu_configs_and_the_study_use_auto(tmp_path):
     from medcontext.demo import BUDGETS, demo_config
-    from medcontext.study.plan import hippocampus_plan
+    from medcontext.study.definitions import hippocampus_plan
 
     for name in ("cpu_phantom.yaml", "cpu_hippocampus_unet3d.yaml"):
         assert yaml.safe_load((REPO / "configs" / name).read_text())["train"]["precision"] == "auto"

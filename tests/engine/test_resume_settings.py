@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 import medcontext.data
-import medcontext.engine.run as run_module
+import medcontext.engine.run_folder as run_module
 from medcontext.engine.config import ConfigError, load_config
 from medcontext.engine.resume import RESUME_MAY_CHANGE, check_resume_settings
-from medcontext.engine.run import train
+from medcontext.engine.run_folder import train
 
 
 def _cfg(*overrides: str):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from medcontext.engine import cpu_threads, tcmalloc
-from medcontext.engine.cpu_threads import choose_threads, physical_cores
-from medcontext.engine.tcmalloc import ENV_MARKER, ENV_SETTING, find_tcmalloc, reexec_with_tcmalloc
+from medcontext.engine.host import cpu_threads, tcmalloc
+from medcontext.engine.host.cpu_threads import choose_threads, physical_cores
+from medcontext.engine.host.tcmalloc import ENV_MARKER, ENV_SETTING, find_tcmalloc, reexec_with_tcmalloc
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 # the subprocesses import the two modules without the package's __init__ (which imports torch:
@@ -21,7 +21,7 @@ BARE_IMPORT = (
     "import sys, types; "
     + "".join(f"m = types.ModuleType('{name}'); m.__path__ = [{path!r}]; sys.modules['{name}'] = m; "
               for name, path in (("medcontext", f"{SRC}/medcontext"), ("medcontext.engine", f"{SRC}/medcontext/engine")))
-    + "import medcontext.engine.tcmalloc; "
+    + "import medcontext.engine.host.tcmalloc; "
 )
 
 
@@ -90,7 +90,7 @@ def test_a_refused_library_does_not_loop(tmp_path):
     """A real re-execution with a file the dynamic loader cannot preload: one re-exec, then on."""
     bogus = tmp_path / "libtcmalloc_bogus.so"
     bogus.write_text("not a library")
-    code = BARE_IMPORT + ("from medcontext.engine.tcmalloc import reexec_with_tcmalloc as r; print('start', flush=True); "
+    code = BARE_IMPORT + ("from medcontext.engine.host.tcmalloc import reexec_with_tcmalloc as r; print('start', flush=True); "
                           "print('result', r())")
     env = {**os.environ, "PYTHONPATH": SRC, ENV_SETTING: str(bogus)}
     env.pop(ENV_MARKER, None)
@@ -102,8 +102,8 @@ def test_a_refused_library_does_not_loop(tmp_path):
 
 @pytest.mark.skipif(find_tcmalloc() is None, reason="tcmalloc is not installed (apt install libgoogle-perftools4)")
 def test_a_process_runs_under_tcmalloc_after_the_reexecution_unless_opted_out():
-    code = BARE_IMPORT + ("import os; from medcontext.engine.tcmalloc import reexec_with_tcmalloc as r; r(); "
-                          "import medcontext.engine.cpu_memory as m; "
+    code = BARE_IMPORT + ("import os; from medcontext.engine.host.tcmalloc import reexec_with_tcmalloc as r; r(); "
+                          "import medcontext.engine.host.cpu_memory as m; "
                           f"print(m.preloaded_allocator(), os.environ.get('{ENV_MARKER}'))")
     env = {**os.environ, "PYTHONPATH": SRC}
     for key in (ENV_MARKER, "LD_PRELOAD", ENV_SETTING):
@@ -170,7 +170,7 @@ def test_training_processes_on_one_machine_share_the_cores(tmp_path):
     ends they come back; files of dead processes are ignored and removed."""
     import torch
 
-    from medcontext.engine.cpu_threads import CpuShare
+    from medcontext.engine.host.cpu_threads import CpuShare
 
     original = torch.get_num_threads()
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -17,7 +17,7 @@ from medcontext.evaluation import (
     write_csv,
     write_markdown,
 )
-from medcontext.evaluation.report import CSV_COLUMNS
+from medcontext.evaluation.metric_table import CSV_COLUMNS
 
 NAN = math.nan
 

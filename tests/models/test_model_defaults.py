@@ -15,6 +15,7 @@ SPEC_DEFAULTS = {
     "swin_unetr": ("token", lambda net, roi: (16, 16, 16)),
     "nnformer": ("token", lambda net, roi: tuple(net.patch_size)),
     "unet3d": ("input", lambda net, roi: default_cell_size(roi)),
+    "pcrlv2": ("input", lambda net, roi: default_cell_size(roi)),
 }
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from medcontext.study import STUDIES, acdc_plan, hippocampus_plan, load_test_split
-from medcontext.study.report import (
+from medcontext.study.comparison_report import (
     RunResult, _final_loss_lines, _method_label, _paired_lines, _time_lines, _validation_lines, run_compute_seconds,
     run_machine,
 )
@@ -158,18 +158,18 @@ def test_runner_does_not_evaluate_a_run_stopped_by_a_signal(tmp_path, monkeypatc
     """A SIGTERM-stopped run must neither be evaluated nor marked done (it resumes next time)."""
     from types import SimpleNamespace
 
-    from medcontext.engine.signals import RunInterrupted
-    from medcontext.study import runner
+    from medcontext.engine.host.signals import RunInterrupted
+    from medcontext.study import execution
 
     calls = []
     stopped = SimpleNamespace(finished=False, step=3, total_steps=300, stopped_by="SIGTERM")
-    monkeypatch.setattr(runner, "train", lambda cfg, run_dir, **kw: stopped)
-    monkeypatch.setattr(runner, "evaluate_run", lambda *a, **kw: calls.append(a))
+    monkeypatch.setattr(execution, "train", lambda cfg, run_dir, **kw: stopped)
+    monkeypatch.setattr(execution, "evaluate_run", lambda *a, **kw: calls.append(a))
     plan = hippocampus_plan()[:2]
     with pytest.raises(RunInterrupted, match="SIGTERM stopped the study run"):
-        runner.run_study(plan, tmp_path, tmp_path / "study", ["x"], progress=False, echo=lambda _: None)
+        execution.run_study(plan, tmp_path, tmp_path / "study", ["x"], progress=False, echo=lambda _: None)
     assert calls == []
-    assert not any((tmp_path / "study" / r.name / runner.DONE_MARKER).exists() for r in plan)
+    assert not any((tmp_path / "study" / r.name / execution.DONE_MARKER).exists() for r in plan)
 
 
 def test_method_labels_tell_ablations_apart():
@@ -182,7 +182,7 @@ def test_method_labels_tell_ablations_apart():
 def test_report_writes_its_figures_beside_the_markdown(tmp_path):
     import nibabel as nib
 
-    from medcontext.study.report import write_report
+    from medcontext.study.comparison_report import write_report
 
     data = tmp_path / "data"
     data.mkdir()
@@ -216,7 +216,7 @@ def test_report_writes_its_figures_beside_the_markdown(tmp_path):
 def _evaluated_run(run, variant, seed, dices, horizon=None):
     """A run folder as training and evaluation leave it: config, metrics log, eval/metrics.csv."""
     from medcontext.engine.config import TrainConfig, save_config
-    from medcontext.evaluation.report import CaseMetric, MetricTable, write_csv
+    from medcontext.evaluation.metric_table import CaseMetric, MetricTable, write_csv
 
     cfg = TrainConfig()
     cfg.method.variant, cfg.method.momentum_horizon, cfg.train.seed = variant, horizon, seed
@@ -246,7 +246,7 @@ def _collect_script():
 def test_a_run_reported_from_its_collected_records_matches_the_run_folder(tmp_path):
     """Run folders do not outlive a machine: the records that scripts/collect_study_records.py keeps in
     the repository (config, thinned log, test metrics) must give the same report rows."""
-    from medcontext.study.report import collect_runs
+    from medcontext.study.comparison_report import collect_runs
 
     collect = _collect_script()
 
@@ -291,3 +291,29 @@ def test_report_also_compares_with_another_method_per_seed(tmp_path, capsys):
     assert "| **medcontext (EMA horizon 0.05 of the run)** | all 2 | **+10.00** |" in text  # against the baseline
     assert main(["report", *map(str, runs), "--out", str(out), "--also-against", "momentum"]) != 0
     assert "--also-against momentum: no such method among the runs" in capsys.readouterr().err
+
+
+def test_report_shows_raw_and_post_processed_scores_also_from_collected_records(tmp_path, capsys):
+    from medcontext.cli import main
+    from medcontext.evaluation.postprocessing import PostProcessing, write_postprocessing
+    from medcontext.evaluation.metric_table import CaseMetric, MetricTable, write_csv
+
+    collect = _collect_script()
+    runs = []
+    for variant in ("baseline", "medcontext"):
+        run = _evaluated_run(tmp_path / "runs" / "g" / f"{variant}_s0", variant, 0, (0.8, 0.8, 0.8))
+        write_postprocessing(run, PostProcessing(True, (), (1,), "labels", {"validation_cases": 2}))
+        raw = MetricTable()
+        for i in range(3):
+            raw.add(CaseMetric(f"c{i}", "a", 0.7, 40.0, 10, 12))  # before: lower Dice, islands far away
+        write_csv(raw, run / "eval" / "raw" / "metrics.csv")
+        records = tmp_path / "records" / "g" / run.name
+        assert collect.collect_run(run, records, train_every=10)
+        assert (records / "postprocessing.json").is_file() and (records / "test_metrics_raw.csv").is_file()
+        runs.append(records)
+    out = tmp_path / "report.md"
+    assert main(["report", *map(str, runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "Post-processing (largest connected components" in text
+    # raw -> post-processed: mean Dice 70.0 -> 80.0, mean HD95 40.00 -> 3.00 mm
+    assert "| baseline | 1 | 1 | 1 | 70.0 ± 0.0 | 80.0 ± 0.0 | 40.00 ± 0.00 | 3.00 ± 0.00 |" in text

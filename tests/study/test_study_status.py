@@ -7,7 +7,7 @@ import torch
 from medcontext.cli import main
 from medcontext.engine.checkpoint import CHECKPOINT_FORMAT
 from medcontext.study import acdc_plan
-from medcontext.study.runner import DONE_MARKER, format_status, study_status
+from medcontext.study.execution import DONE_MARKER, format_status, study_status
 
 
 def _log(run_dir, step_times, start=None):

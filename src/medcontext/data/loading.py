@@ -32,6 +32,7 @@ def load_dataset(
     *,
     ct_window: tuple[float, float] | str | None = None,
     group_by: str | None = None,
+    missing_labels_ok: bool = False,
 ) -> DatasetSpec:
     """Read a dataset's case list and conventions.
 
@@ -52,6 +53,10 @@ def load_dataset(
             :data:`SYNAPSE_CT_WINDOWS` (``"code"`` = [-175, 250], ``"paper"`` = [-1000, 1000]).
         group_by: override the preset's group rule (``"regex:PATTERN"``,
             ``"metadata:COLUMN"`` or ``"none"``; :mod:`medcontext.data.grouping`).
+        missing_labels_ok: a listed label file may be absent (``data.unlabeled: pool``: the
+            cases the split leaves over are used without labels; the run checks the labels of
+            the cases it trains, validates and tests on). A table-less dataset then lists its
+            label values from the files that exist.
 
     Returns:
         The dataset description with sorted, labelled ``cases``.
@@ -75,7 +80,7 @@ def load_dataset(
         chosen = hint or ("msd" if source["layout"] in MSD_LAYOUTS else "generic")
     if chosen == "msd" and source["layout"] not in MSD_LAYOUTS:
         raise DatasetError(f"preset 'msd' needs a dataset.json in {source['root']}; none found")
-    return _build_spec(source, PRESETS[chosen], ct_window, group_by)
+    return _build_spec(source, PRESETS[chosen], ct_window, group_by, missing_labels_ok)
 
 
 def _read_source(path: Path, datalist: str | Path | None) -> dict[str, Any]:
@@ -105,18 +110,19 @@ def _modality_of(channel_names: Sequence[str]) -> str:
 
 
 def _build_spec(
-    source: dict[str, Any], preset: Preset, ct_window: tuple[float, float] | str | None, group_by: str | None = None
+    source: dict[str, Any], preset: Preset, ct_window: tuple[float, float] | str | None, group_by: str | None = None,
+    missing_labels_ok: bool = False,
 ) -> DatasetSpec:
     root: Path = source["root"]
     cases: list[CaseRecord] = sorted(source["cases"], key=lambda c: c.case_id)
     unlabeled: list[CaseRecord] = sorted(source["unlabeled"], key=lambda c: c.case_id)
     if not cases:
         raise DatasetError(f"dataset at {root} has no labelled cases")
-    _check_files_exist(cases + unlabeled, root)
+    _check_files_exist(cases + unlabeled, root, labels=not missing_labels_ok)
 
     labels = dict(preset.labels) if preset.labels is not None else source["labels"]
     if labels is None:
-        labels = _labels_from_files(cases)
+        labels = _labels_from_files([c for c in cases if not missing_labels_ok or (c.label and c.label.is_file())])
     channel_names = list(source["channel_names"] or preset.channel_names or [])
     if not channel_names:
         n = _count_channels(cases[0])
@@ -209,13 +215,13 @@ def _map_official(official: Sequence[str] | None, ids: set[str]) -> list[str] | 
     return out
 
 
-def _check_files_exist(cases: Sequence[CaseRecord], root: Path) -> None:
+def _check_files_exist(cases: Sequence[CaseRecord], root: Path, labels: bool = True) -> None:
     problems = []
     for case in cases:
         for p in case.images:
             if not p.is_file():
                 problems.append(f"case {case.case_id}: image file {p} does not exist")
-        if case.label is not None and not case.label.is_file():
+        if labels and case.label is not None and not case.label.is_file():
             problems.append(f"case {case.case_id}: label file {case.label} does not exist")
     if problems:
         raise DatasetError(format_problems(f"dataset at {root} lists missing files", problems), problems)

@@ -28,6 +28,10 @@ __all__ = ["Split", "make_split", "split_for_spec"]
 class Split:
     """Disjoint lists of case ids, and the group of every case when the dataset groups them.
 
+    ``unlabeled`` lists the volumes a semi-supervised run trains on without their labels
+    (:mod:`medcontext.data.unlabeled`); like the other lists it shares no case and no group
+    with them.
+
     Raises:
         ValueError: a case id appears twice (within or across lists), or one group (e.g. a
             patient) has cases on two sides.
@@ -37,11 +41,13 @@ class Split:
     val: list[str] = field(default_factory=list)
     test: list[str] = field(default_factory=list)
     groups: dict[str, str] | None = None
+    unlabeled: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.train, self.val, self.test = list(self.train), list(self.val), list(self.test)
+        self.unlabeled = list(self.unlabeled)
         seen: dict[str, str] = {}
-        for part in ("train", "val", "test"):
+        for part in ("train", "val", "test", "unlabeled"):
             for cid in getattr(self, part):
                 if cid in seen:
                     raise ValueError(f"case {cid!r} is in both {seen[cid]} and {part}; a split must not overlap")
@@ -58,8 +64,11 @@ class Split:
                     raise ValueError(f"group {group!r} is in both {side[group]} and {part}; a group must stay on one side")
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"train": [...], "val": [...], "test": [...]}`` (+ ``"groups": {case: group}``)."""
+        """``{"train": [...], "val": [...], "test": [...]}`` (+ ``"unlabeled"`` when there are
+        unlabelled cases, + ``"groups": {case: group}``)."""
         out: dict[str, Any] = {"train": list(self.train), "val": list(self.val), "test": list(self.test)}
+        if self.unlabeled:
+            out["unlabeled"] = list(self.unlabeled)
         if self.groups is not None:
             out["groups"] = {c: self.groups[c] for c in sorted(self.groups)}
         return out
@@ -67,12 +76,13 @@ class Split:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Split":
         """Inverse of :meth:`to_dict`."""
-        unknown = sorted(set(data) - {"train", "val", "test", "groups"})
+        unknown = sorted(set(data) - {"train", "val", "test", "groups", "unlabeled"})
         if unknown or "train" not in data:
-            raise ValueError(f"a split needs keys train (and val, test, groups); got {sorted(data)}")
+            raise ValueError(f"a split needs keys train (and val, test, unlabeled, groups); got {sorted(data)}")
         groups = data.get("groups")
         return cls(train=[str(c) for c in data["train"]], val=[str(c) for c in data.get("val", [])],
-                   test=[str(c) for c in data.get("test", [])], groups=None if groups is None else dict(groups))
+                   test=[str(c) for c in data.get("test", [])], groups=None if groups is None else dict(groups),
+                   unlabeled=[str(c) for c in data.get("unlabeled", [])])
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON, atomically."""

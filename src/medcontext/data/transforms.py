@@ -41,7 +41,7 @@ from monai.transforms import (
 
 from medcontext.data.preprocess_config import PreprocessConfig
 
-__all__ = ["EncodeLabeld", "preprocess_transforms", "train_transforms", "parse_roi"]
+__all__ = ["EncodeLabeld", "preprocess_transforms", "train_transforms", "augmentation_transforms", "parse_roi", "Cloned"]
 
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
@@ -157,23 +157,38 @@ def train_transforms(
         SpatialPadd(keys, spatial_size=roi, mode="constant"),
         EnsureTyped(keys, track_meta=False),
         RandCropByPosNegLabeld(keys, label_key="label", spatial_size=roi, pos=pos, neg=neg, num_samples=num_samples),
-        _Cloned(keys),
+        Cloned(keys),
     ]
+    ts += augmentation_transforms(cfg, roi, keys)
+    ts.append(EnsureTyped("label", dtype=label_dtype, track_meta=False))
+    return Compose(ts)
+
+
+def augmentation_transforms(cfg: PreprocessConfig, roi_size: Sequence[int], keys: Sequence[str]) -> list[Any]:
+    """The augmentation of every training crop (labelled or not), after the crop is cut.
+
+    Flips along each axis (p = 0.1), 90-degree rotations in the first two axes when they have
+    equal crop size (p = 0.1) -- without mirroring the left-right axis when ``cfg.lateral`` --,
+    intensity scale (+-10 %, p = 0.1) and shift (+-0.1, p = 0.5) of ``"image"``, which leaves
+    as float32. ``keys`` are the spatial keys, ``"image"`` first (``["image", "label"]``, or
+    ``["image"]`` for unlabelled crops).
+    """
+    roi = parse_roi(roi_size)
+    keys = list(keys)
     left_right = cfg.orientation.find("L") if "L" in cfg.orientation else cfg.orientation.find("R")
     mirror_free = [axis for axis in range(3) if not (cfg.lateral and axis == left_right)]
-    ts += [RandFlipd(keys, prob=0.1, spatial_axis=axis) for axis in mirror_free]
+    ts: list[Any] = [RandFlipd(keys, prob=0.1, spatial_axis=axis) for axis in mirror_free]
     if roi[0] == roi[1] and not (cfg.lateral and left_right in (0, 1)):
         ts.append(RandRotate90d(keys, prob=0.1, max_k=3, spatial_axes=(0, 1)))
     ts += [
         RandScaleIntensityd("image", factors=0.1, prob=0.1),
         RandShiftIntensityd("image", offsets=0.1, prob=0.5),
         EnsureTyped("image", dtype=torch.float32, track_meta=False),
-        EnsureTyped("label", dtype=label_dtype, track_meta=False),
     ]
-    return Compose(ts)
+    return ts
 
 
-class _Cloned(MapTransform):
+class Cloned(MapTransform):
     """Copy crops so that nothing downstream can write into a cached volume."""
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medcontext.engine.precision import Precision
+from medcontext.engine.host.precision import Precision
 from medcontext.method.losses import first_head
 
 __all__ = ["sliding_window_logits", "region_paint_order", "logits_to_labels", "logits_to_probabilities"]

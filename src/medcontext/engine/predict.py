@@ -23,10 +23,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from medcontext.engine.cpu_threads import CpuShare
+from medcontext.engine.host.cpu_threads import CpuShare
 from medcontext.engine.inference import logits_to_labels, logits_to_probabilities, sliding_window_logits
-from medcontext.engine.precision import resolve_device, resolve_precision
-from medcontext.engine.run import RunInfo, load_model, load_run
+from medcontext.engine.host.precision import resolve_device, resolve_precision
+from medcontext.engine.run_folder import RunInfo, load_model, load_run
 
 __all__ = ["InputCase", "find_input_cases", "Predictor", "PredictionFailedError", "failure_reason", "predict_run"]
 
@@ -90,6 +90,8 @@ class Predictor:
         precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` for the forward passes.
         trust_checkpoint: read the checkpoint with full pickle instead of weights-only
             (only for a file you trust).
+        postprocess: apply the run's ``postprocessing.json`` (largest connected components,
+            chosen on validation; :mod:`medcontext.evaluation.postprocessing`) when it has one.
     """
 
     def __init__(
@@ -100,8 +102,12 @@ class Predictor:
         device: str = "auto",
         precision: str = "fp32",
         trust_checkpoint: bool = False,
+        postprocess: bool = True,
     ):
+        from medcontext.evaluation.postprocessing import read_postprocessing
+
         self.run = run if isinstance(run, RunInfo) else load_run(run)
+        self.postprocessing = read_postprocessing(self.run.run_dir) if postprocess else None
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.mc, self.checkpoint = load_model(self.run, checkpoint, self.device, trust=trust_checkpoint)
@@ -118,12 +124,16 @@ class Predictor:
         )[0]
 
     def predict_case(
-        self, case: InputCase, output_dir: str | Path, probabilities: bool = False, regions_dir: str | Path | None = None
+        self, case: InputCase, output_dir: str | Path, probabilities: bool = False, regions_dir: str | Path | None = None,
+        raw_dir: str | Path | None = None,
     ) -> list[Path]:
         """Predict one case and write ``<case>.nii.gz`` (+ probabilities) into ``output_dir``.
 
         ``regions_dir`` (sigmoid region runs): also write the region channels on their own,
         ``<regions_dir>/<case>.nii.gz`` of shape ``(H, W, D, R)`` uint8, what evaluation scores.
+        The run's post-processing (if any, and not turned off) is applied in the training space,
+        where it was chosen; ``raw_dir``: also write the outputs without it, ``raw_dir/predictions/``
+        (and ``raw_dir/regions/`` with ``regions_dir``), e.g. to score both.
         """
         from medcontext.data import load_for_inference
 
@@ -136,21 +146,46 @@ class Predictor:
                 "channel named <case>_0000.nii.gz, <case>_0001.nii.gz, ..."
             )
         logits = self.logits(image)
-        labels = logits_to_labels(logits, self.spec.output_mode, regions=self.spec.regions)
+        raw = self._outputs(logits, postprocess=False)
+        final = self._outputs(logits, postprocess=True) if self.postprocessing is not None else raw
         output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        max_label = max(self.spec.labels)
-        dtype = np.uint8 if max_label < 256 else np.int16
-        written = [restore.save(labels.astype(dtype), output_dir / f"{case.case_id}.nii.gz", dtype=dtype, is_label=True)]
-        if regions_dir is not None and self.spec.output_mode == "sigmoid":
-            on = (logits > 0).numpy().astype(np.uint8)  # sigmoid > 0.5
-            Path(regions_dir).mkdir(parents=True, exist_ok=True)
-            written.append(restore.save(on, Path(regions_dir) / f"{case.case_id}.nii.gz", dtype=np.uint8, is_label=True))
+        written = self._save_outputs(final, restore, case.case_id, output_dir,
+                                     Path(regions_dir) if regions_dir is not None else None)
+        if raw_dir is not None:
+            raw_dir = Path(raw_dir)
+            self._save_outputs(raw, restore, case.case_id, raw_dir / "predictions",
+                               raw_dir / "regions" if regions_dir is not None else None)
         if probabilities:
             probs = logits_to_probabilities(logits, self.spec.output_mode).numpy().astype(np.float32)
             written.append(
                 restore.save(probs, output_dir / f"{case.case_id}_probabilities.nii.gz", dtype=np.float32, is_label=False)
             )
+        return written
+
+    def _outputs(self, logits: torch.Tensor, *, postprocess: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(label map (H, W, D), region channels (R, H, W, D) uint8 or None)`` in the training space,
+        post-processed when ``postprocess`` and the run has a decision."""
+        from medcontext.engine.inference import regions_to_labels
+
+        decision = self.postprocessing if postprocess else None
+        if self.spec.output_mode == "sigmoid":
+            on = (logits > 0).numpy().astype(np.uint8)  # sigmoid > 0.5
+            if decision is not None:
+                on = decision.apply(on)
+            return regions_to_labels(on, self.spec.regions), on
+        labels = logits_to_labels(logits, self.spec.output_mode, regions=self.spec.regions)
+        return (decision.apply(labels) if decision is not None else labels), None
+
+    def _save_outputs(self, outputs: tuple[np.ndarray, np.ndarray | None], restore, case_id: str, output_dir: Path,
+                      regions_dir: Path | None) -> list[Path]:
+        """Write one case's label map (and region channels) in the input's geometry."""
+        labels, on = outputs
+        output_dir.mkdir(parents=True, exist_ok=True)
+        dtype = np.uint8 if max(self.spec.labels) < 256 else np.int16
+        written = [restore.save(labels.astype(dtype), output_dir / f"{case_id}.nii.gz", dtype=dtype, is_label=True)]
+        if regions_dir is not None and on is not None:
+            regions_dir.mkdir(parents=True, exist_ok=True)
+            written.append(restore.save(on, regions_dir / f"{case_id}.nii.gz", dtype=np.uint8, is_label=True))
         return written
 
 
@@ -200,6 +235,7 @@ def predict_run(
     device: str = "auto",
     echo: Callable[[str], None] = print,
     trust_checkpoint: bool = False,
+    postprocess: bool = True,
 ) -> list[Path]:
     """``medcontext predict``: predict every case under ``input_path`` into ``output_dir``.
 
@@ -211,7 +247,8 @@ def predict_run(
         The files written (label maps, and probability maps with ``probabilities``).
 
     The run's checkpoint is read weights-only unless ``trust_checkpoint`` (only for a file you
-    trust; CLI ``--trust-checkpoint``).
+    trust; CLI ``--trust-checkpoint``). The run's post-processing decision is applied unless
+    ``postprocess=False`` (CLI ``--no-postprocessing``).
 
     Raises:
         FileNotFoundError: a missing input (named).
@@ -221,12 +258,16 @@ def predict_run(
     """
     from medcontext.io.atomic import DiskFullError
 
-    predictor = Predictor(run_dir, checkpoint=checkpoint, use=use, device=device, trust_checkpoint=trust_checkpoint)
+    predictor = Predictor(run_dir, checkpoint=checkpoint, use=use, device=device, trust_checkpoint=trust_checkpoint,
+                          postprocess=postprocess)
     cases = find_input_cases(input_path, predictor.spec.num_channels)
     echo(
         f"predicting {len(cases)} case(s) with {predictor.checkpoint['path']} (step {predictor.checkpoint['step']}, "
         f"{use} weights) on {predictor.device}"
     )
+    decision = predictor.postprocessing
+    echo("post-processing: " + ("off (--no-postprocessing)" if not postprocess else "none (the run has no "
+         "postprocessing.json)" if decision is None else f"{decision.describe()} (postprocessing.json)"))
     written: list[Path] = []
     failures: list[tuple[InputCase, str]] = []
     with CpuShare(predictor.run.cfg.train.threads) as cpu_share:  # counted by trainings beside it

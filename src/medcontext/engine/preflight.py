@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from medcontext.engine.config import ConfigError, TrainConfig
-from medcontext.engine.precision import resolve_device, resolve_precision
+from medcontext.engine.host.precision import resolve_device, resolve_precision
 
 __all__ = ["check_run_settings"]
 

@@ -18,7 +18,7 @@ generator) are checkpointed, schedules are recomputed from the step, and batches
 function of ``(seed, step)`` (:mod:`medcontext.engine.sampling`). A run resumed from step
 ``k`` therefore repeats the uninterrupted run's losses bit for bit on CPU.
 
-Distributed training (``torchrun``, :mod:`medcontext.engine.distributed`): with a
+Distributed training (``torchrun``, :mod:`medcontext.engine.host.distributed`): with a
 ``world`` of N processes the Trainer
 
 - wraps ``mc`` in ``DistributedDataParallel`` (``self.model``; ``self.mc`` stays the unwrapped
@@ -27,7 +27,7 @@ Distributed training (``torchrun``, :mod:`medcontext.engine.distributed`): with 
   outside it), re-broadcasts floating buffers (BatchNorm statistics) before every EMA update,
   and checks at start and at every checkpoint that student, mask tokens and teacher are
   bit-identical on every rank;
-- seeds each rank's masks (and dropout) with :func:`~medcontext.engine.distributed.rank_seed`
+- seeds each rank's masks (and dropout) with :func:`~medcontext.engine.host.distributed.rank_seed`
   and checkpoints every rank's random states, so a resumed run continues every rank exactly;
 - reads a disjoint share of the training draws on each rank (:mod:`medcontext.engine.sampling`:
   ``(step, rank)`` -> draws, re-shuffled per epoch with the run seed);
@@ -64,18 +64,22 @@ from medcontext.engine.checkpoint import (
     save_checkpoint,
 )
 from medcontext.engine.config import TrainConfig, lr_scale_factor, resolve_batch_scaling
-from medcontext.engine.cpu_memory import retain_freed_cpu_memory
-from medcontext.engine.distributed import World, rank_seed, wrap_ddp
+from medcontext.engine.host.cpu_memory import retain_freed_cpu_memory
+from medcontext.engine.host.distributed import World, rank_seed, wrap_ddp
 from medcontext.engine.inference import logits_to_labels, sliding_window_logits
-from medcontext.engine.machine import machine_record
+from medcontext.engine.host.machine import machine_record
 from medcontext.engine.optim import build_optimizer, learning_rate, set_learning_rate
-from medcontext.engine.precision import Precision, resolve_device, resolve_precision
+from medcontext.engine.host.precision import Precision, resolve_device, resolve_precision
 from medcontext.engine.resume import check_resume_settings
-from medcontext.engine.run_log import RunLog, read_metrics, summarize_timing
+from medcontext.engine.training_log import RunLog, read_metrics, summarize_timing
 from medcontext.engine.sampling import make_step_loader
-from medcontext.engine.signals import GracefulStop
+from medcontext.engine.host.signals import GracefulStop
 from medcontext.evaluation import dice_score, label_masks, region_channel_masks
+from medcontext.evaluation.postprocessing import candidate_dice, choose_postprocessing, write_postprocessing
 from medcontext.method.teacher import unwrap_model
+
+# key of validation_step's result holding the post-processing candidates' Dice (not a class)
+POSTPROCESSING_CANDIDATES = "_postprocessing_candidates"
 
 __all__ = ["World", "ValidationCase", "TrainResult", "NonFiniteLossError", "Trainer"]
 
@@ -146,7 +150,7 @@ class TrainResult:
 
 def run_device(name: str, world: World) -> torch.device:
     """``train.device`` resolved for this process: ``cuda`` means ``cuda:LOCAL_RANK`` in a
-    multi-process run (the device :func:`~medcontext.engine.distributed.init_distributed` set)."""
+    multi-process run (the device :func:`~medcontext.engine.host.distributed.init_distributed` set)."""
     device = resolve_device(name)
     if world.is_distributed and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -177,7 +181,7 @@ class Trainer:
         val_sharded: ``val_cases`` already hold only this rank's share (cases
             ``rank::world_size`` of the full list), e.g. to load only those volumes.
         precision: the precision to train in, already resolved (e.g. checked by
-            :mod:`medcontext.engine.precision_check`); default: ``train.precision`` resolved
+            :mod:`medcontext.engine.host.precision_check`); default: ``train.precision`` resolved
             for the device.
     """
 
@@ -237,7 +241,7 @@ class Trainer:
         self.best_step: int | None = None
         self.last_checkpoint_step: int | None = None
         self.log: RunLog | None = None
-        self.cpu_share = None  # a medcontext.engine.cpu_threads.CpuShare: threads re-counted after every step
+        self.cpu_share = None  # a medcontext.engine.host.cpu_threads.CpuShare: threads re-counted after every step
         self._float_buffers = [b for b in self.mc.buffers() if b.is_floating_point()]
         if self.world.is_distributed:
             self._join_world()
@@ -423,22 +427,57 @@ class Trainer:
             device=self.device,
         )[0]
         if self.output_mode == "sigmoid":
-            pred_masks = region_channel_masks((logits > 0).numpy(), self.regions, self.classes)
+            pred = (logits > 0).numpy().astype(np.uint8)
+            pred_masks = region_channel_masks(pred, self.regions, self.classes)
         else:
             pred = logits_to_labels(logits, self.output_mode, channel_labels=self.channel_labels, regions=self.regions)
             pred_masks = label_masks(pred, self.classes)
         truth_masks = label_masks(case.label, self.classes)
-        return {name: dice_score(pred_masks[name], truth_masks[name]) for name in self.classes}
+        result: dict[str, Any] = {name: dice_score(pred_masks[name], truth_masks[name]) for name in self.classes}
+        # every largest-component candidate's Dice, so that best.pt comes with its post-processing decision
+        foreground = self._foreground_labels(logits.shape[0])
+        result[POSTPROCESSING_CANDIDATES] = {
+            "foreground_labels": foreground,
+            "dice": candidate_dice(pred, truth_masks, self.classes, target=self._pp_target, regions=self.regions,
+                                   foreground_labels=foreground),
+        }
+        return result
+
+    @property
+    def _pp_target(self) -> str:
+        return "regions" if self.output_mode == "sigmoid" else "labels"
+
+    def _foreground_labels(self, channels: int) -> list[int]:
+        """What post-processing's whole-foreground step unites: every region channel, or every
+        non-zero label value the network predicts."""
+        if self.output_mode == "sigmoid":
+            return list(range(channels))
+        values = self.channel_labels if self.channel_labels is not None else range(channels)
+        return [int(v) for v in values if int(v) != 0]
+
+    def _choose_postprocessing(self, step: int, results: dict[str, dict[str, Any]]):
+        """The post-processing decision of this validation (nnU-Net's rule, on every validation case)."""
+        found = [r[POSTPROCESSING_CANDIDATES] for r in results.values() if POSTPROCESSING_CANDIDATES in r]
+        if not found or len(found) != len(results):  # a validation_step of a subclass without candidates
+            return None
+        return choose_postprocessing([f["dice"] for f in found], self.classes, target=self._pp_target,
+                                     regions=self.regions, foreground_labels=found[0]["foreground_labels"], step=step)
 
     def on_validation_end(self, step: int, results: dict[str, dict[str, float]]) -> dict[str, Any]:
         """Aggregate per-case Dice, keep the best checkpoint; returns the logged record."""
         per_class = {name: float(np.mean([r[name] for r in results.values()])) for name in self.classes}
         mean_dice = float(np.mean(list(per_class.values())))
         improved = self.best_metric is None or mean_dice > self.best_metric
+        decision = self._choose_postprocessing(step, results)
         if improved:
             self.best_metric, self.best_step = mean_dice, step
             self.save(self.best_path)
-        return {"mean_dice": mean_dice, "dice": per_class, "cases": len(results), "best": improved}
+            if decision is not None and self.world.is_main:  # the decision that goes with best.pt
+                write_postprocessing(self.run_dir, decision)
+        record = {"mean_dice": mean_dice, "dice": per_class, "cases": len(results), "best": improved}
+        if decision is not None:
+            record["postprocessed_mean_dice"] = decision.metrics["validation_dice_postprocessed"]["mean"]
+        return record
 
     def on_train_end(self, result: TrainResult) -> None:
         """Called once after the loop (also after a graceful stop)."""

@@ -2,13 +2,13 @@
 
 Pure metrics and tables, below the engine (whose validation scores with them) and importing
 nothing of it. Evaluating a whole run folder (predict its held-out cases, then score them) is a
-workflow above the engine: :mod:`medcontext.run_evaluation`.
+workflow above the engine: :mod:`medcontext.run_scoring`.
 
 * :mod:`~medcontext.evaluation.classes`: which classes/regions are evaluated, and their masks.
 * :mod:`~medcontext.evaluation.metrics`: pure numpy metrics (``dice_score``, ``hd95``,
   ``evaluate_case``) with explicit empty-mask conventions.
 * :mod:`~medcontext.evaluation.statistics`: mean/std/median with missing values, bootstrap intervals.
-* :mod:`~medcontext.evaluation.report`: the ``MetricTable`` accumulator and CSV/markdown/text output.
+* :mod:`~medcontext.evaluation.metric_table`: the ``MetricTable`` accumulator and CSV/markdown/text output.
 * :mod:`~medcontext.evaluation.folder`: a folder of NIfTI predictions against reference labels.
 * :mod:`~medcontext.evaluation.figures`: the report figures (matplotlib, imported when drawing).
 """
@@ -27,7 +27,7 @@ from .metrics import (
     surface_distances,
     surface_voxels,
 )
-from .report import (
+from .metric_table import (
     ClassSummary,
     MetricTable,
     TableSummary,

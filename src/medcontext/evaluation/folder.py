@@ -6,7 +6,7 @@ checked (same 3D shape, same affine) before any volume is read, so a wrong folde
 seconds with both file names. The voxel spacing comes from
 the REFERENCE header (``get_zooms``, in mm). Each case then goes through
 :func:`~medcontext.evaluation.metrics.evaluate_case` into a
-:class:`~medcontext.evaluation.report.MetricTable`.
+:class:`~medcontext.evaluation.metric_table.MetricTable`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from medcontext.data.nifti_names import NIFTI_SUFFIXES, case_id_from_path, is_ni
 
 from .classes import ClassMap, label_masks, region_channel_masks, validate_classes
 from .metrics import HD_COMBINE_MODES, evaluate_case, evaluate_masks
-from .report import MetricTable
+from .metric_table import MetricTable
 
 __all__ = [
     "NIFTI_SUFFIXES",

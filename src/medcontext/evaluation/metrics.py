@@ -2,7 +2,7 @@
 
 Data enters as boolean masks (or integer label maps for :func:`evaluate_case`) of shape
 ``(H, W, D)`` plus the voxel spacing in millimetres, read from the image header by the caller;
-it leaves as floats and :class:`CaseMetric` rows for :class:`~medcontext.evaluation.report.MetricTable`.
+it leaves as floats and :class:`CaseMetric` rows for :class:`~medcontext.evaluation.metric_table.MetricTable`.
 
 Conventions (SPEC section 4), stated on every report:
 

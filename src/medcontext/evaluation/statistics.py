@@ -1,7 +1,7 @@
 """Summary statistics of metric values: mean, std, median, missing counts, bootstrap intervals.
 
-The one home of the statistics that the per-run reports (:class:`~medcontext.evaluation.report.MetricTable`)
-and the study report (:mod:`medcontext.study.report`) print. Pure numpy; values in, floats out.
+The one home of the statistics that the per-run reports (:class:`~medcontext.evaluation.metric_table.MetricTable`)
+and the study report (:mod:`medcontext.study.comparison_report`) print. Pure numpy; values in, floats out.
 
 Conventions:
 

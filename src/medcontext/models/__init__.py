@@ -1,6 +1,7 @@
-"""Segmentation networks by name: ``create_model("unetr" | "swin_unetr" | "unet3d" | "nnformer", ...)``."""
+"""Segmentation networks by name: ``create_model("unetr" | "swin_unetr" | "unet3d" | "nnformer" | "pcrlv2", ...)``."""
 
 from . import monai_networks  # noqa: F401  (registers unetr, swin_unetr, unet3d)
+from . import pcrlv2  # noqa: F401  (registers pcrlv2)
 from .patchify import PatchConv3d, use_patch_matmul
 from .registry import ModelSpec, create_model, get_model_spec, list_models, register_model
 

@@ -14,7 +14,7 @@ from medcontext.data.dataset_spec import CaseRecord, DatasetError, format_proble
 from medcontext.data.layouts.brats import read_brats_subjects
 from medcontext.data.nifti_names import CHANNEL_SUFFIX, TRAILING_NUMBER, case_id_from_path, is_nifti_file
 
-__all__ = ["read_folders"]
+__all__ = ["read_folders", "image_cases"]
 
 
 def _group_channels(
@@ -55,6 +55,11 @@ def _group_channels(
             raise DatasetError(f"case {cid}: several image files {[str(f) for _, f in items]}")
         out[cid] = [f for _, f in items]
     return out, use_suffix
+
+
+def image_cases(files: list[Path]) -> dict[str, list[Path]]:
+    """Case id -> image files of unlabelled NIfTI files (nnU-Net ``_0000`` suffixes group channels)."""
+    return _group_channels(sorted(files), set())[0]
 
 
 def _match_labels(image_ids: Iterable[str], label_files: dict[str, Path]) -> dict[str, Path]:

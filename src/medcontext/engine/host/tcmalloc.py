@@ -1,7 +1,7 @@
 """tcmalloc for CPU training without typing ``LD_PRELOAD``: re-execute once with it preloaded.
 
 CPU training steps are 1.4-2.6x faster with tcmalloc than with glibc's malloc
-(:mod:`medcontext.engine.cpu_memory`, BENCHMARKS.md). An allocator can only replace malloc
+(:mod:`medcontext.engine.host.cpu_memory`, BENCHMARKS.md). An allocator can only replace malloc
 when it is loaded before the program starts, so ``medcontext train``, ``demo`` and
 ``experiment`` call :func:`reexec_with_tcmalloc` first: where tcmalloc is installed and no
 malloc replacement is loaded yet, the process replaces itself (``os.execve``, same process
@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Mapping, MutableMapping
 
-from medcontext.engine.cpu_memory import describe_cpu_allocator, preloaded_allocator
+from medcontext.engine.host.cpu_memory import describe_cpu_allocator, preloaded_allocator
 
 __all__ = ["ENV_SETTING", "ENV_MARKER", "find_tcmalloc", "reexec_with_tcmalloc", "allocator_line", "INSTALL_HINT"]
 

@@ -1,4 +1,7 @@
-"""Planning a training run from a dataset fingerprint: target spacing, crop, batch, memory, time.
+"""Planning a training run from a dataset fingerprint: crop, batch, memory, time (and the spacing).
+
+The fingerprint and the spacing rule live in :mod:`medcontext.data.fingerprint`; this module
+plans the rest on top of them.
 
 nnU-Net-style: what the configuration and the dataset preset leave open is derived from the
 dataset's fingerprint (every labelled case's shape and spacing, read from the image headers),
@@ -43,6 +46,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from medcontext.data.fingerprint import (
+    ANISOTROPY_THRESHOLD,
+    DatasetFingerprint,
+    Spacing,
+    format_axes as _fmt,
+    plan_spacing,
+    thick_slice_axis,
+)
+
 __all__ = [
     "DatasetFingerprint",
     "MemoryEstimate",
@@ -63,14 +75,9 @@ __all__ = [
 ]
 
 Triple = tuple[int, int, int]
-Spacing = tuple[float, float, float]
 
 MAX_CROP_VOXELS = 128**3
 """Largest planned crop (voxels): nnU-Net's usual 3D full-resolution crop volume."""
-
-ANISOTROPY_THRESHOLD = 3.0
-"""nnU-Net's threshold: an axis this many times coarser (and with this many times fewer
-voxels) than the others is a thick-slice axis."""
 
 #: forward-pass units of one training step per variant (a backward = 2 forwards, SPEC 3):
 #: baseline 1 + 2; two student passes 2 x 3; plus the teacher's forward where it has one.
@@ -90,130 +97,6 @@ def variant_cost(variant: str) -> tuple[int, int, bool]:
     if variant not in _VARIANT_UNITS:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(_VARIANT_UNITS)}")
     return _VARIANT_UNITS[variant], _VARIANT_GRAPHS[variant], variant not in ("baseline", "no_teacher")
-
-
-# ---------------------------------------------------------------------------------- fingerprint
-@dataclass(frozen=True)
-class DatasetFingerprint:
-    """Shapes and spacings of a dataset's labelled cases, in the training orientation.
-
-    Attributes:
-        case_ids: the cases.
-        shapes: voxels per axis of each case, ``(H, W, D)`` after reorientation.
-        spacings: mm per voxel of each case, same axis order.
-    """
-
-    case_ids: tuple[str, ...]
-    shapes: tuple[Triple, ...]
-    spacings: tuple[Spacing, ...]
-
-    def __post_init__(self) -> None:
-        if not self.case_ids or len(self.shapes) != len(self.case_ids) or len(self.spacings) != len(self.case_ids):
-            raise ValueError("a fingerprint needs one shape and one spacing per case, and at least one case")
-
-    @classmethod
-    def from_spec(cls, spec: Any, orientation: str = "RAS") -> "DatasetFingerprint":
-        """Read the first image header of every labelled case of ``spec`` (no voxel data).
-
-        Args:
-            spec: a :class:`~medcontext.data.DatasetSpec`.
-            orientation: the axis codes preprocessing reorients to (``"RAS"``).
-        """
-        import nibabel as nib
-        from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
-
-        target = axcodes2ornt(tuple(orientation))
-        ids, shapes, spacings = [], [], []
-        for case in spec.cases:
-            path = Path(case.images[0])
-            try:
-                img = nib.load(str(path))
-            except Exception as err:  # nibabel raises several types for unreadable files
-                raise ValueError(f"case {case.case_id}: cannot read the header of {path}: {err}") from err
-            shape = [int(s) for s in img.shape[:3]]
-            zooms = [float(z) for z in img.header.get_zooms()[:3]]
-            transform = ornt_transform(io_orientation(img.affine), target)
-            out_shape, out_spacing = [0, 0, 0], [0.0, 0.0, 0.0]
-            for axis, (new_axis, _flip) in enumerate(transform):
-                out_shape[int(new_axis)] = shape[axis]
-                out_spacing[int(new_axis)] = zooms[axis]
-            ids.append(case.case_id)
-            shapes.append(tuple(out_shape))
-            spacings.append(tuple(out_spacing))
-        return cls(tuple(ids), tuple(shapes), tuple(spacings))  # type: ignore[arg-type]
-
-    @property
-    def median_shape(self) -> tuple[float, float, float]:
-        """Median voxels per axis."""
-        return tuple(float(v) for v in np.median(np.asarray(self.shapes, dtype=float), axis=0))  # type: ignore[return-value]
-
-    @property
-    def median_spacing(self) -> Spacing:
-        """Median mm per voxel per axis."""
-        return tuple(float(v) for v in np.median(np.asarray(self.spacings, dtype=float), axis=0))  # type: ignore[return-value]
-
-    def resampled_median_shape(self, spacing: Sequence[float] | None) -> tuple[float, float, float]:
-        """Median voxels per axis after resampling every case to ``spacing`` (``None``: as stored)."""
-        shapes = np.asarray(self.shapes, dtype=float)
-        if spacing is not None:
-            shapes = shapes * np.asarray(self.spacings, dtype=float) / np.asarray(spacing, dtype=float)
-        return tuple(float(v) for v in np.median(shapes, axis=0))  # type: ignore[return-value]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form: case count, medians and ranges (not every case)."""
-        shapes, spacings = np.asarray(self.shapes), np.asarray(self.spacings)
-        return {
-            "cases": len(self.case_ids),
-            "median_shape": list(self.median_shape),
-            "min_shape": shapes.min(axis=0).tolist(),
-            "max_shape": shapes.max(axis=0).tolist(),
-            "median_spacing": list(self.median_spacing),
-            "min_spacing": spacings.min(axis=0).tolist(),
-            "max_spacing": spacings.max(axis=0).tolist(),
-        }
-
-
-def _fmt(values: Sequence[float], digits: int = 3) -> str:
-    return "x".join(f"{float(v):.{digits}g}" for v in values)
-
-
-def thick_slice_axis(fingerprint: DatasetFingerprint) -> int | None:
-    """The axis nnU-Net's anisotropy rule calls thick-slice (median spacing more than
-    :data:`ANISOTROPY_THRESHOLD` times the others', and that many times fewer voxels), or None."""
-    target = np.median(np.asarray(fingerprint.spacings, dtype=float), axis=0)
-    size = np.asarray(fingerprint.median_shape)
-    worst = int(np.argmax(target))
-    others = [a for a in range(3) if a != worst]
-    aniso_spacing = target[worst] > ANISOTROPY_THRESHOLD * max(target[a] for a in others)
-    aniso_voxels = size[worst] * ANISOTROPY_THRESHOLD < min(size[a] for a in others)
-    return worst if aniso_spacing and aniso_voxels else None
-
-
-def plan_spacing(fingerprint: DatasetFingerprint) -> tuple[Spacing | None, str]:
-    """The target spacing nnU-Net would choose, and why.
-
-    Returns:
-        ``(spacing or None, reason)``; ``None`` keeps every case's own grid (all share one).
-    """
-    spacings = np.asarray(fingerprint.spacings, dtype=float)
-    n = len(spacings)
-    if np.allclose(spacings, spacings[0], rtol=1e-3, atol=1e-5):
-        return None, f"all {n} cases share {_fmt(spacings[0])} mm: no resampling"
-    target = np.median(spacings, axis=0)
-    worst = thick_slice_axis(fingerprint)
-    reason = f"median spacing of {n} cases (from {_fmt(spacings.min(axis=0))} to {_fmt(spacings.max(axis=0))} mm)"
-    if worst is not None:
-        others = [a for a in range(3) if a != worst]
-        tenth = float(np.percentile(spacings[:, worst], 10))
-        finest_other = float(max(target[a] for a in others))
-        if tenth < finest_other:
-            tenth = finest_other + 1e-5
-        reason += (
-            f"; axis {worst} is a thick-slice axis (median {target[worst]:.3g} mm > {ANISOTROPY_THRESHOLD:g}x the "
-            f"in-plane {finest_other:.3g} mm): its 10th percentile {tenth:.3g} mm, as nnU-Net"
-        )
-        target[worst] = tenth
-    return tuple(float(round(v, 5)) for v in target), reason  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------- memory

@@ -8,6 +8,11 @@ channel (``eval/regions/<case>.nii.gz``, ``(H, W, D, R)``) against each region's
 truth; the painted label map in ``predictions/`` is written for use, not scored. Results: ``eval/metrics.csv``, ``eval/summary.md``, and the
 summary printed.
 
+When the run has a post-processing decision (``postprocessing.json``, chosen on validation after
+training) that changes anything, ``predictions/`` (and ``regions/``) and ``metrics.csv`` are the
+post-processed outputs and ``eval/raw/`` holds the raw ones with their own ``metrics.csv``;
+``summary.md`` and the printed summary show both.
+
 A workflow above the engine (it loads a run and predicts with the engine) and beside ``study`` and
 ``demo``, which call it; the metrics and reports it uses are the pure :mod:`medcontext.evaluation`.
 """
@@ -20,10 +25,12 @@ from pathlib import Path
 from typing import Callable
 
 from medcontext.engine.config import ConfigError
-from medcontext.engine.cpu_threads import CpuShare
+from medcontext.engine.host.cpu_threads import CpuShare
 from medcontext.engine.predict import InputCase, Predictor
-from medcontext.engine.run import load_run
+from medcontext.engine.run_folder import load_run
 from medcontext.evaluation import evaluate_folder, evaluate_region_folder, format_summary, write_csv, write_markdown
+from medcontext.evaluation.postprocessing import comparison_lines
+from medcontext.io.atomic import write_text_atomic
 
 __all__ = ["EvaluationResult", "evaluate_run"]
 
@@ -95,6 +102,9 @@ def evaluate_run(
         f"evaluating {len(records)} {split} case(s) of {run.run_dir} with {predictor.checkpoint['path'].name} "
         f"(step {predictor.checkpoint['step']}, {use} weights)"
     )
+    decision = predictor.postprocessing
+    # raw predictions beside the post-processed ones (eval/raw/), so that both are scored
+    raw_dir = out / "raw" if decision is not None and decision.changes_anything else None
     truth = {}
     # a share of the cores like a training process: runs training beside this one count it, and it them
     with CpuShare(run.cfg.train.threads) as cpu_share:
@@ -103,17 +113,29 @@ def evaluate_run(
                 raise ConfigError(f"case {record.case_id} has no label file; it cannot be evaluated")
             cpu_share.refresh()  # trainings that started or ended since the last case
             start = time.perf_counter()
-            predictor.predict_case(InputCase(record.case_id, list(record.images)), pred_dir, regions_dir=regions_dir)
+            predictor.predict_case(InputCase(record.case_id, list(record.images)), pred_dir, regions_dir=regions_dir,
+                                   raw_dir=raw_dir)
             truth[record.case_id] = record.label
             echo(f"  predicted {record.case_id} ({time.perf_counter() - start:.1f} s)")
-    if regions_dir is not None:
-        table = evaluate_region_folder(regions_dir, truth, run.spec.regions, run.classes, progress=progress)
-    else:
-        table = evaluate_folder(pred_dir, truth, run.classes, progress=progress)
+    table = _score(run, pred_dir, regions_dir, truth, progress)
+    raw_table = None
+    if raw_dir is not None:
+        raw_table = _score(run, raw_dir / "predictions", raw_dir / "regions" if regions_dir else None, truth, progress)
+        write_csv(raw_table, raw_dir / "metrics.csv")
     metrics_csv = write_csv(table, out / "metrics.csv")
     title = f"{run.cfg.model.name} / {run.cfg.method.variant} ({use} weights), {split} split of {run.run_dir.name}"
     summary_md = write_markdown(table, out / "summary.md", title=title)
-    text = format_summary(table)
+    before, after = (raw_table, table) if raw_table is not None else (table, None)
+    compared = comparison_lines(before, after, decision)
+    write_text_atomic(summary_md, summary_md.read_text() + "\n" + "\n".join(compared) + "\n")
+    text = format_summary(table) + "\n" + "\n".join(comparison_lines(before, after, decision, markdown=False))
     echo(text)
     echo(f"wrote {metrics_csv} and {summary_md}")
     return EvaluationResult(table, metrics_csv, summary_md, text, predictor.checkpoint)
+
+
+def _score(run, pred_dir: Path, regions_dir: Path | None, truth: dict, progress: bool):
+    """The metric table of one prediction folder (region tasks: of its region channels)."""
+    if regions_dir is not None:
+        return evaluate_region_folder(regions_dir, truth, run.spec.regions, run.classes, progress=progress)
+    return evaluate_folder(pred_dir, truth, run.classes, progress=progress)

@@ -36,12 +36,12 @@ from torch import nn
 from medcontext.io.atomic import remove_stale_temporaries, write_text_atomic
 from medcontext.engine.checkpoint import CheckpointError, load_model_state, read_checkpoint
 from medcontext.engine.config import ConfigError, TrainConfig, load_config, resolve_batch_scaling, save_config
-from medcontext.engine.cpu_threads import CpuShare
-from medcontext.engine.distributed import World, init_distributed
+from medcontext.engine.host.cpu_threads import CpuShare
+from medcontext.engine.host.distributed import World, init_distributed
 from medcontext.engine.preflight import check_run_settings
 from medcontext.engine.resume import check_resume_settings
-from medcontext.engine.precision import Precision, resolve_precision
-from medcontext.engine.precision_check import fall_back_if_wrong, reduced_precision_errors
+from medcontext.engine.host.precision import Precision, resolve_precision
+from medcontext.engine.host.precision_check import fall_back_if_wrong, reduced_precision_errors
 from medcontext.engine.trainer import TrainResult, Trainer, ValidationCase, run_device
 
 __all__ = [
@@ -207,7 +207,7 @@ def train(
     """Train (or resume) a run in ``run_dir`` as ``cfg`` says.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) every process calls this: it
-    joins the process group (:func:`~medcontext.engine.distributed.init_distributed`), rank 0
+    joins the process group (:func:`~medcontext.engine.host.distributed.init_distributed`), rank 0
     checks the dataset, draws the split and writes the run folder while the others wait for
     its result, each rank loads its share of the validation cases, and the
     :class:`Trainer` trains with DistributedDataParallel. Only rank 0 prints and writes.
@@ -340,7 +340,7 @@ def _preflight(cfg: TrainConfig, spec, roi: tuple[int, ...]) -> None:
 
 def _plan(cfg: TrainConfig, spec, run_dir: Path, world: World, *, resume: bool, echo: Callable[[str], None]):
     """Plan the run (rank 0 first), print the plan and write its crop, spacing and batch into ``cfg``."""
-    from medcontext.engine.run_plan import apply_plan, plan_run, read_plan
+    from medcontext.engine.planning.run_planner import apply_plan, plan_run, read_plan
 
     previous = read_plan(run_dir) if resume else None
     plan = world.main_first(lambda: plan_run(cfg, spec, previous=previous), "planning the run")
@@ -354,7 +354,7 @@ def _prepare_run_folder(cfg: TrainConfig, spec, plan, preprocess, run_dir: Path,
                         echo: Callable[[str], None]):
     """Rank 0: check the data, draw the split and write the run folder's description."""
     from medcontext.data import Split
-    from medcontext.engine.run_plan import PLAN_FILE
+    from medcontext.engine.planning.run_planner import PLAN_FILE
 
     _remove_stale_temporaries(run_dir, echo)
     if resume:
@@ -459,7 +459,7 @@ def _echo_setup(trainer: Trainer, cfg: TrainConfig, roi: tuple[int, ...], cpu_sh
     if trainer.precision.warning:
         echo(f"warning: {trainer.precision.warning}")
     if trainer.device.type == "cpu":
-        from medcontext.engine.tcmalloc import allocator_line
+        from medcontext.engine.host.tcmalloc import allocator_line
 
         if cpu_share is not None:
             echo(f"threads: {cpu_share.threads} ({cpu_share.reason}; adjusted when other runs start or end)"

@@ -1,9 +1,9 @@
 """The plan of a run: what the config leaves open, derived from the dataset before training.
 
-:func:`plan_run` gathers what :func:`medcontext.data.planning.plan_training` needs from a
+:func:`plan_run` gathers what :func:`medcontext.engine.planning.training_plan.plan_training` needs from a
 :class:`TrainConfig` and a dataset (the model's crop rules and mask cell, the crops per step,
 the device's memory budget), measures one forward and backward for the time estimate, and
-returns the :class:`~medcontext.data.planning.TrainingPlan`. :func:`apply_plan` writes the
+returns the :class:`~medcontext.engine.planning.training_plan.TrainingPlan`. :func:`apply_plan` writes the
 planned crop (and a planned spacing) into the config, so that ``config.yaml`` holds every
 value a run used and ``--resume`` compares them like any other setting.
 
@@ -19,20 +19,19 @@ from typing import Sequence
 
 import torch
 
-from medcontext.data.planning import (
-    DatasetFingerprint,
-    build_on_meta,
+from medcontext.data.fingerprint import DatasetFingerprint, thick_slice_axis
+from medcontext.engine.config import TrainConfig
+from medcontext.engine.host.precision import resolve_device, resolve_precision
+from medcontext.engine.planning.training_plan import (
     PlanError,
     TrainingPlan,
     add_time_estimate,
+    build_on_meta,
     measure_step_time,
     memory_budget,
     plan_training,
-    thick_slice_axis,
     variant_cost,
 )
-from medcontext.engine.config import TrainConfig
-from medcontext.engine.precision import resolve_device, resolve_precision
 
 __all__ = ["plan_run", "apply_plan", "read_plan", "PlanError", "PLAN_FILE"]
 

@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from medcontext.engine.precision import Precision
+from medcontext.engine.host.precision import Precision
 
 __all__ = ["LayerPrecisionError", "reduced_precision_errors", "fall_back_if_wrong", "DEFAULT_TOLERANCE", "CHECKED_LAYERS"]
 

@@ -7,13 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from medcontext.data.planning import (
-    DatasetFingerprint,
+from medcontext.data.fingerprint import DatasetFingerprint, plan_spacing
+from medcontext.engine.planning.training_plan import (
     PlanError,
     TrainingPlan,
     add_time_estimate,
     estimate_memory,
-    plan_spacing,
     plan_training,
 )
 from medcontext.method.masking import default_cell_size

@@ -18,14 +18,14 @@ import numpy as np
 
 from ..engine.checkpoint import CheckpointError, read_checkpoint
 from ..engine.config import load_config
-from ..engine.run import train
-from ..engine.run_log import read_metrics
-from ..engine.signals import stop_if_interrupted
+from ..engine.run_folder import train
+from ..engine.training_log import read_metrics
+from ..engine.host.signals import stop_if_interrupted
 from ..io.atomic import write_text_atomic
 from ..models.safe_load import UntrustedFileError
-from ..run_evaluation import evaluate_run
-from .plan import StudyRun
-from .report import run_machine
+from ..run_scoring import evaluate_run
+from .definitions import StudyRun
+from .comparison_report import run_machine
 
 __all__ = ["run_study", "study_status", "format_status", "RunStatus", "DONE_MARKER"]
 
@@ -92,7 +92,7 @@ def run_study(
     """Train and evaluate ``runs`` under ``out`` (one folder each); returns the new records.
 
     Args:
-        runs: the plan (e.g. :func:`~medcontext.study.plan.hippocampus_plan`).
+        runs: the plan (e.g. :func:`~medcontext.study.definitions.hippocampus_plan`).
         data: dataset folder.
         out: study folder.
         test_ids: the fixed test case ids (never trained or selected on).
@@ -139,7 +139,7 @@ class RunStatus:
             ``not started``.
         step: completed steps that a resume keeps (the checkpoint's step; ``steps`` when finished).
         median_step_s: median logged step time in seconds (None before the first step).
-        machine: where it trained (:func:`~medcontext.study.report.run_machine`).
+        machine: where it trained (:func:`~medcontext.study.comparison_report.run_machine`).
         note: why a checkpoint could not be read, when it could not.
     """
 

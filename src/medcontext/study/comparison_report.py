@@ -16,15 +16,15 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from ..engine.config import load_config
-from ..engine.machine import machine_label
-from ..engine.run_log import read_metrics
+from ..engine.host.machine import machine_label
+from ..engine.training_log import read_metrics
 from ..evaluation import figures, read_csv
 from ..evaluation.statistics import hierarchical_bootstrap, paired_bootstrap, summarize
 from ..io.atomic import write_text_atomic
@@ -52,6 +52,10 @@ class RunResult:
     train_log: list[dict] = field(default_factory=list)
     val_log: list[dict] = field(default_factory=list)
     machine: str = UNRECORDED_MACHINE  # where it trained (:func:`run_machine`)
+    # scores without post-processing when evaluate applied one (dice/hd95 are then post-processed)
+    raw_dice: dict[str, dict[str, float]] | None = None
+    raw_hd95: dict[str, dict[str, float]] | None = None
+    postprocessing: str = ""  # what was applied ("" = the run has no decision)
 
     def case_mean_dice(self, cases: Sequence[str]) -> np.ndarray:
         """Mean Dice over classes per case, in the order of ``cases``."""
@@ -75,6 +79,8 @@ def _method_label(variant: str, ratio: float, momentum: float, beta: float = DEF
 #: a run's test metrics in a records folder (``scripts/collect_study_records.py``: the small files
 #: of a run kept in the repository, since run folders do not outlive a machine)
 RECORDED_TEST_METRICS = "test_metrics.csv"
+#: the raw (not post-processed) test metrics in a records folder, when post-processing changed them
+RECORDED_RAW_TEST_METRICS = "test_metrics_raw.csv"
 
 
 def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> list[RunResult]:
@@ -94,11 +100,8 @@ def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> 
                 raise FileNotFoundError(f"{run_dir} is not an evaluated run: {needed} is missing (run medcontext evaluate)")
         cfg = load_config(config_path)
         table = read_csv(metrics_path)
-        dice: dict[str, dict[str, float]] = defaultdict(dict)
-        hd95: dict[str, dict[str, float]] = defaultdict(dict)
-        for row in table.rows:
-            dice[row.case_id][row.class_name] = row.dice
-            hd95[row.case_id][row.class_name] = row.hd95
+        dice, hd95 = _case_metrics(table)
+        raw_dice, raw_hd95 = _raw_case_metrics(run_dir, eval_name)
         log = read_metrics(run_dir / "metrics.jsonl")
         k = cfg.data.train_cases if cfg.data.train_cases is not None else "all"
         results.append(
@@ -114,9 +117,68 @@ def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> 
                 train_log=[r for r in log if r.get("kind") == "train"],
                 val_log=[r for r in log if r.get("kind") == "val"],
                 machine=run_machine(log, cfg.train.precision),
+                raw_dice=raw_dice,
+                raw_hd95=raw_hd95,
+                postprocessing=_postprocessing_text(run_dir),
             )
         )
     return results
+
+
+def _case_metrics(table) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """``(case -> class -> Dice, case -> class -> HD95)`` of a metric table."""
+    dice: dict[str, dict[str, float]] = defaultdict(dict)
+    hd95: dict[str, dict[str, float]] = defaultdict(dict)
+    for row in table.rows:
+        dice[row.case_id][row.class_name] = row.dice
+        hd95[row.case_id][row.class_name] = row.hd95
+    return dict(dice), dict(hd95)
+
+
+def _raw_case_metrics(run_dir: Path, eval_name: str):
+    """The raw scores of a run whose evaluation applied a post-processing, else ``(None, None)``."""
+    for path in (run_dir / eval_name / "raw" / "metrics.csv", run_dir / RECORDED_RAW_TEST_METRICS):
+        if path.is_file():
+            return _case_metrics(read_csv(path))
+    return None, None
+
+
+def _postprocessing_text(run_dir: Path) -> str:
+    """What the run's post-processing decision applies ("" without one)."""
+    from medcontext.evaluation.postprocessing import read_postprocessing
+
+    decision = read_postprocessing(run_dir)
+    return decision.describe() if decision is not None else ""
+
+
+def _postprocessing_lines(runs: list[RunResult]) -> list[str]:
+    """Raw against post-processed test scores per method (only when some run has a decision)."""
+    if not any(run.postprocessing for run in runs):
+        return []
+    lines = ["Post-processing (largest connected components, chosen per run on its validation cases): test mean "
+             "Dice (%) and mean HD95 (mm), raw -> post-processed, mean ± std over seeds; runs without a decision "
+             "count with their raw scores.", "",
+             "| method | seeds | with a decision | changed | mean Dice raw | post-processed | mean HD95 raw (mm) | "
+             "post-processed |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    by_method: dict[str, list[RunResult]] = defaultdict(list)
+    for run in runs:
+        by_method[run.method].append(run)
+    for method, method_runs in sorted(by_method.items(), key=lambda item: _method_order(item[0])):
+        post = [_run_summary(r) for r in method_runs]
+        raw = [_run_summary(replace(r, dice=r.raw_dice, hd95=r.raw_hd95)) if r.raw_dice is not None else p
+               for r, p in zip(method_runs, post)]
+
+        def stat(summaries, key, scale=100.0, digits=1):
+            over_seeds = summarize((s[key] for s in summaries), finite_only=True)
+            return _fmt(over_seeds.mean, over_seeds.std, scale, digits)
+
+        decided = sum(bool(r.postprocessing) for r in method_runs)
+        changed = sum(r.raw_dice is not None for r in method_runs)
+        lines.append(
+            f"| {method} | {len(method_runs)} | {decided} | {changed} | {stat(raw, 'dice:mean')} | "
+            f"{stat(post, 'dice:mean')} | {stat(raw, 'hd95:mean', 1.0, 2)} | {stat(post, 'hd95:mean', 1.0, 2)} |"
+        )
+    return lines + [""]
 
 
 def run_machine(log: Sequence[dict], precision_setting: str = "auto") -> str:
@@ -480,6 +542,7 @@ def write_report(
     ]
     for setting, setting_runs in by_setting.items():
         lines += [f"## {setting}", "", *_method_table(setting_runs), ""]
+        lines += _postprocessing_lines(setting_runs)
         methods = {r.method for r in setting_runs}
         for reference in dict.fromkeys(("baseline", *also_against)):
             if reference in methods and len(methods) > 1:

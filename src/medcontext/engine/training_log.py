@@ -4,7 +4,7 @@
 optimizer step (loss terms, lr, momentum, gradient norm, data-wait and step times in seconds)
 and ``{"kind": "val", "step": ...}`` for every validation (Dice per class, mean Dice), after a
 ``{"kind": "start", "step": ...}`` record each time training starts or resumes (the machine:
-processor, instruction set, precision, threads; :mod:`medcontext.engine.machine`). ``step``
+processor, instruction set, precision, threads; :mod:`medcontext.engine.host.machine`). ``step``
 counts completed optimizer steps (the first step logs ``step: 1``). On resume the file is cut
 back to the checkpoint's step, so it never holds steps that the resumed run repeats.
 """
@@ -114,7 +114,7 @@ class RunLog:
 
     def start(self, step: int, machine: dict[str, Any]) -> None:
         """Log that training starts (or resumes) at ``step`` on ``machine``
-        (:func:`medcontext.engine.machine.machine_record`)."""
+        (:func:`medcontext.engine.host.machine.machine_record`)."""
         if self.enabled:
             self.write({"kind": "start", "step": step, **machine})
 
@@ -149,7 +149,13 @@ class RunLog:
             for name, value in values.get("dice", {}).items():
                 if value is not None:
                     self._writer.add_scalar(f"val/dice_{name}", value, step)
-        self.message(f"step {step}: validation mean Dice {values['mean_dice']:.4f}" + (" (best)" if values.get("best") else ""))
+            if values.get("postprocessed_mean_dice") is not None:
+                self._writer.add_scalar("val/postprocessed_mean_dice", values["postprocessed_mean_dice"], step)
+        post = values.get("postprocessed_mean_dice")
+        self.message(
+            f"step {step}: validation mean Dice {values['mean_dice']:.4f}"
+            + (f" (post-processed {post:.4f})" if post is not None else "") + (" (best)" if values.get("best") else "")
+        )
 
     def message(self, text: str) -> None:
         """Print a line without breaking the progress bar."""
