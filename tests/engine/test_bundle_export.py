@@ -37,10 +37,10 @@ def _tiny_run(phantom_dir: Path, out: Path, *model_args: str) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(phantom_dir, tmp_path_factory) -> dict[str, Path]:
-    """Tiny trained runs: unet3d (resampled to another spacing and cropped to the foreground), UNETR
-    and nnFormer."""
+    """Tiny trained runs: unet3d (resampled to another spacing, cropped to the foreground, with a
+    hand-written postprocessing.json), UNETR and nnFormer."""
     root = tmp_path_factory.mktemp("bundle_runs")
-    return {
+    runs = {
         "unet3d": _tiny_run(phantom_dir, root / "unet3d", "--model", "unet3d", "--model-size", "tiny",
                             "--roi", "16", "16", "16",
                             "--set", 'data.preprocess={"spacing": [1.3, 0.9, 1.7], "crop_foreground": true}'),
@@ -49,6 +49,11 @@ def runs(phantom_dir, tmp_path_factory) -> dict[str, Path]:
         "nnformer": _tiny_run(phantom_dir, root / "nnformer", "--model", "nnformer", "--roi", "32", "32", "32",
                               "--set", NNFORMER_TINY),
     }
+    # a post-processing decision in the agreed format 1 (the run may have chosen none)
+    decision = {"version": 1, "chosen_on": "validation", "target": "labels", "foreground_largest_component": True,
+                "foreground_labels": list(range(1, 8)), "largest_component_labels": [2, 5], "validation_cases": 1}
+    (runs["unet3d"] / "postprocessing.json").write_text(json.dumps(decision))
+    return runs
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +133,8 @@ def _assert_schema_refuses_incomplete_metadata(bundle: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("model, flags", [
-    ("unet3d", []),  # MONAI's DynUNet, model.pt
-    ("unetr", ["--torchscript"]),  # scripted
+    ("unet3d", ["--torchscript"]),  # scripted; resampled, cropped, post-processed
+    ("unetr", []),  # MONAI's UNETR class with model.pt
     ("nnformer", ["--torchscript", "--use", "teacher"]),  # traced: our own network without medcontext
 ])
 def test_bundle_runs_with_monai_alone_and_gives_predicts_masks(runs, inputs, tmp_path, model, flags):
@@ -142,6 +147,9 @@ def test_bundle_runs_with_monai_alone_and_gives_predicts_masks(runs, inputs, tmp
     for name in ["configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md", "LICENSE"]:
         assert (bundle / name).is_file(), name
     assert (bundle / "models" / "model.ts").is_file() == ("--torchscript" in flags)
+    if model == "nnformer":  # traced: its attention masks are made on the CPU, so the bundle runs there
+        assert json.loads((bundle / "configs" / "inference.json").read_text())["device"] == "$torch.device('cpu')"
+        assert "runs it on the CPU" in (bundle / "docs" / "README.md").read_text()
     _verify_metadata(bundle, tmp_path)
     _assert_schema_refuses_incomplete_metadata(bundle, tmp_path)
     verify_net_in_out(net_id="network_def", meta_file=str(bundle / "configs" / "metadata.json"),
@@ -151,6 +159,22 @@ def test_bundle_runs_with_monai_alone_and_gives_predicts_masks(runs, inputs, tmp
                  "--use", use, "--device", "cpu"]) == 0
     _run_bundle(bundle, inputs, tmp_path / "bundled")
     _assert_same_masks(run, inputs, tmp_path / "predict", tmp_path / "bundled")
+    if model == "unet3d":
+        _assert_postprocessing_was_applied(bundle, run, inputs, tmp_path)
+
+
+def _assert_postprocessing_was_applied(bundle: Path, run: Path, inputs: Path, tmp_path: Path) -> None:
+    """The hand-written postprocessing.json became KeepLargestConnectedComponentd steps in the network's
+    space (where predict applies it), and it changed predict's masks, so the comparison means something."""
+    steps = json.loads((bundle / "configs" / "inference.json").read_text())["postprocessing"]["transforms"]
+    kept = [t for t in steps if t["_target_"] == "KeepLargestConnectedComponentd"]
+    assert [(t["applied_labels"], t["independent"]) for t in kept] == [(list(range(1, 8)), False), ([2, 5], True)]
+    assert [t["_target_"] for t in steps].index("Invertd") > steps.index(kept[-1])
+    assert main(["predict", "--run", str(run), "--input", str(inputs), "--output", str(tmp_path / "raw"),
+                 "--device", "cpu", "--no-postprocessing"]) == 0
+    changed = sum(int((np.asarray(nib.load(str(tmp_path / "raw" / p.name)).dataobj)
+                       != np.asarray(nib.load(str(p)).dataobj)).sum()) for p in (tmp_path / "predict").iterdir())
+    assert changed > 0
 
 
 def test_nnformer_python_bundle_names_medcontext(runs, tmp_path):
@@ -166,45 +190,6 @@ def test_nnformer_python_bundle_names_medcontext(runs, tmp_path):
     weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
     heads = sorted({key.split(".")[1] for key in weights if key.startswith("heads.")})
     assert heads == ["0"]  # the run's student has heads 0, 1, 2 (deep supervision); only the full-resolution one is kept
-
-
-def test_bundle_applies_the_runs_postprocessing(runs, inputs, tmp_path):
-    """postprocessing.json (agreed format 1) becomes KeepLargestConnectedComponentd in the network's
-    space: the bundle's masks equal predict's logits, argmax, the same steps with MONAI, restored."""
-    from monai.transforms import KeepLargestConnectedComponent
-
-    from medcontext.data import load_for_inference
-    from medcontext.engine.predict import Predictor, find_input_cases
-
-    run = tmp_path / "run"
-    shutil.copytree(runs["unet3d"], run)
-    decision = {"version": 1, "chosen_on": "validation", "foreground_largest_component": True,
-                "largest_component_labels": [2, 5], "mean_dice_gain": 0.01}
-    (run / "postprocessing.json").write_text(json.dumps(decision))
-    bundle = tmp_path / "bundle"
-    assert main(["export", "--run", str(run), "--bundle", str(bundle)]) == 0
-    steps = [t["_target_"] for t in json.loads((bundle / "configs" / "inference.json").read_text())
-             ["postprocessing"]["transforms"]]
-    assert steps.count("KeepLargestConnectedComponentd") == 2 and steps.index("Invertd") > steps.index("AsDiscreted")
-    _run_bundle(bundle, inputs, tmp_path / "bundled")
-
-    predictor = Predictor(runs["unet3d"], device="cpu")  # the run without the file: raw masks
-    changed = 0
-    for case in find_input_cases(inputs, 1):
-        image, restore = load_for_inference(predictor.run.preprocess, case.paths)
-        labels = torch.argmax(predictor.logits(image), dim=0, keepdim=True)
-        raw = restore(labels[0].numpy().astype(np.uint8))
-        kept = KeepLargestConnectedComponent(applied_labels=list(range(1, 8)), independent=False)(labels)
-        kept = KeepLargestConnectedComponent(applied_labels=[2, 5], independent=True)(kept)
-        expected = restore(np.asarray(kept[0]).astype(np.uint8))
-        got = np.asarray(nib.load(str(tmp_path / "bundled" / f"{case.case_id}_seg.nii.gz")).dataobj)
-        differ = np.argwhere(expected != got)
-        if case.case_id == "rotated":  # nearest-neighbour ties, as in the test above
-            assert _tie_voxels(runs["unet3d"], case.paths[0], differ.astype(float)).all()
-        else:
-            assert len(differ) == 0
-        changed += int((raw != expected).sum())
-    assert changed > 0  # the post-processing removed something, so the comparison means something
 
 
 def test_preprocessing_config_is_the_packages_preprocessing(phantom_dir, tmp_path):
@@ -229,21 +214,33 @@ def test_preprocessing_config_is_the_packages_preprocessing(phantom_dir, tmp_pat
         assert torch.equal(ours.affine, theirs.affine), settings
 
 
-def test_sigmoid_regions_are_painted_as_predict_paints_them():
-    """Region runs: logits > 0 per region, painted largest region first (BraTS: ET over TC over WT)."""
+def test_sigmoid_regions_postprocess_paint_and_restore_as_predict_does(inputs, tmp_path):
+    """Region runs: logits > 0 per region, largest components on the region channels, painted largest
+    region first (BraTS: ET over TC over WT), back to the input's grid: predict's steps, voxel for voxel."""
     from monai.bundle import ConfigParser
 
-    from medcontext.data import PreprocessConfig
-    from medcontext.engine.inference import logits_to_labels
-    from medcontext.export.bundle_config import postprocessing_transforms
+    from medcontext.data import PreprocessConfig, load_for_inference
+    from medcontext.engine.inference import regions_to_labels
+    from medcontext.evaluation.postprocessing import PostProcessing
+    from medcontext.export.bundle_config import postprocessing_transforms, preprocessing_transforms
 
     regions = {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}
-    cfg = PreprocessConfig(output_mode="sigmoid", regions=regions, labels=[0, 1, 2, 4])
-    steps = [t for t in postprocessing_transforms(cfg, None, "uint8") if t["_target_"] == "Lambdad"]
-    pipeline = ConfigParser({"imports": ["$import torch"], "post": {"_target_": "Compose", "transforms": steps}})
-    logits = torch.randn(3, 6, 5, 4, generator=torch.Generator().manual_seed(0))
-    painted = pipeline.get_parsed_content("post")({"pred": logits})["pred"]
-    np.testing.assert_array_equal(np.asarray(painted[0]).astype(np.int16), logits_to_labels(logits, "sigmoid", regions=regions))
+    cfg = PreprocessConfig(output_mode="sigmoid", regions=regions, labels=[0, 1, 2, 4], spacing=(1.3, 0.9, 1.7))
+    decision = PostProcessing(True, (1,), (0, 1, 2), "regions")
+    parser = ConfigParser({
+        "imports": ["$import numpy", "$import torch"], "output_dir": str(tmp_path),
+        "preprocessing": {"_target_": "Compose", "transforms": preprocessing_transforms(cfg)},
+        "post": {"_target_": "Compose", "transforms": postprocessing_transforms(cfg, decision, "uint8")},
+    })
+    item = parser.get_parsed_content("preprocessing")({"image": str(inputs / "oblique.nii.gz")})
+    logits = torch.randn(3, *item["image"].shape[1:], generator=torch.Generator().manual_seed(0))
+    parser.get_parsed_content("post")({**item, "pred": logits})
+    got = np.asarray(nib.load(str(tmp_path / "oblique_seg.nii.gz")).dataobj)
+    _, restore = load_for_inference(cfg, inputs / "oblique.nii.gz")
+    on = decision.apply((logits > 0).numpy().astype(np.uint8))
+    expected = restore(regions_to_labels(on, regions).astype(np.uint8))
+    assert got.shape == expected.shape and set(np.unique(got).tolist()) == {0, 1, 2, 4}
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_bad_run_folders_get_clear_errors(runs, tmp_path, capsys):
@@ -265,7 +262,8 @@ def test_bad_run_folders_get_clear_errors(runs, tmp_path, capsys):
     bad_post = tmp_path / "bad_post"
     shutil.copytree(runs["unet3d"], bad_post)
     (bad_post / "postprocessing.json").write_text(json.dumps(
-        {"version": 1, "chosen_on": "validation", "foreground_largest_component": False, "largest_component_labels": [9]}))
+        {"version": 1, "chosen_on": "validation", "foreground_largest_component": False, "largest_component_labels": [9],
+         "foreground_labels": []}))
     err = export_error(bad_post, tmp_path / "b3")
     assert "postprocessing.json" in err and "[9]" in err
     (bad_post / "postprocessing.json").write_text(json.dumps({"version": 2}))

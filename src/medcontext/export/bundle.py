@@ -30,16 +30,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from medcontext.engine.run import RunInfo, checkpoint_path, load_model, load_run
+from medcontext.engine.run_folder import RunInfo, load_model, load_run
+from medcontext.evaluation.postprocessing import POSTPROCESSING_FILE, PostProcessing, read_postprocessing
 from medcontext.export.bundle_config import (
-    PostProcessingDecision,
+    check_postprocessing,
     inference_config,
     metadata,
     needs_medcontext,
     network_definition,
     postprocessing_transforms,
     preprocessing_transforms,
-    read_postprocessing_decision,
 )
 from medcontext.method.losses import first_head
 
@@ -59,7 +59,8 @@ class BundleExport:
     Attributes:
         bundle_dir: the bundle folder.
         files: every file written, relative to ``bundle_dir``.
-        torchscript: ``None``, or how ``models/model.ts`` was made (``scripted`` or ``traced``).
+        torchscript: ``None``, or how ``models/model.ts`` was made (``scripted``, ``traced`` or
+            ``traced, CPU only``).
         needs_medcontext: the Python network definition imports medcontext.
         postprocessing: the run's post-processing decision, if it has one.
     """
@@ -68,7 +69,7 @@ class BundleExport:
     files: list[str]
     torchscript: str | None
     needs_medcontext: bool
-    postprocessing: PostProcessingDecision | None
+    postprocessing: PostProcessing | None
 
 
 def bundle_network(definition: dict[str, Any]) -> nn.Module:
@@ -152,7 +153,10 @@ def export_bundle(
     run = load_run(run_dir)
     spec = run.spec
     labels = sorted(spec.labels)
-    decision = read_postprocessing_decision(run.run_dir, spec.output_mode, labels, len(spec.regions or {}))
+    decision = read_postprocessing(run.run_dir)  # what `medcontext predict` applies
+    if decision is not None:
+        check_postprocessing(decision, spec.output_mode, labels, len(spec.regions or {}),
+                             str(run.run_dir / POSTPROCESSING_FILE))
     mc, info = load_model(run, checkpoint, "cpu", trust=trust_checkpoint)
     source = mc.inference_network(use)
     definition = network_definition(run.cfg.model.name, spec.num_channels, spec.num_outputs, run.roi,
@@ -181,7 +185,7 @@ def export_bundle(
 
 
 def _write_bundle(layout: Path, run: RunInfo, network: nn.Module, definition: dict[str, Any],
-                  decision: PostProcessingDecision | None, info: dict, use: str, torchscript: bool,
+                  decision: PostProcessing | None, info: dict, use: str, torchscript: bool,
                   echo: Callable[[str], None]) -> str | None:
     """Lay out the bundle in ``layout`` (init_bundle, then TorchScript and the checks); returns the
     TorchScript mode or ``None``."""
@@ -202,8 +206,8 @@ def _write_bundle(layout: Path, run: RunInfo, network: nn.Module, definition: di
     configs = layout / "configs"
     ts_mode = None
     if torchscript:
-        ts_mode = _quiet_monai(_export_torchscript, layout, network, definition, run)
-        echo(f"models/model.ts: TorchScript ({ts_mode}d), logits checked against the eager network")
+        ts_mode = _torchscript(layout, run, network, definition, inference)
+        echo(f"models/model.ts: TorchScript ({ts_mode}), logits checked against the eager network")
     _quiet_monai(_verify_net_in_out, layout)
     readme = _bundle_readme(run, info, use, decision, ts_mode, definition)
     (layout / "docs" / "README.md").write_text(readme)
@@ -236,10 +240,17 @@ def _verify_net_in_out(layout: Path) -> None:
                       config_file=str(configs / "inference.json"), device="cpu", bundle_root=str(layout))
 
 
-def _export_torchscript(layout: Path, network: nn.Module, definition: dict[str, Any], run: RunInfo) -> str:
-    """``models/model.ts`` through ``monai.bundle.ckpt_export``: MONAI's networks scripted (else
-    traced), others traced on one window; checked against the eager network on a window and on a
-    batch of ``eval.sw_batch_size`` windows."""
+def _export_torchscript(layout: Path, network: nn.Module, definition: dict[str, Any], run: RunInfo,
+                        modes: tuple[str, ...]) -> tuple[str, bool]:
+    """``models/model.ts`` through ``monai.bundle.ckpt_export``, trying ``modes`` (``script``,
+    ``trace``) in order; checked against the eager network on a window and on a batch of
+    ``eval.sw_batch_size`` windows.
+
+    Returns:
+        ``(mode, cpu_only)``: the mode that worked, and whether the TorchScript code creates
+        tensors on a fixed CPU device (tracing records ``device=x.device`` as a constant), so that
+        it runs on the CPU only.
+    """
     import warnings
 
     from monai.bundle import ckpt_export
@@ -247,8 +258,6 @@ def _export_torchscript(layout: Path, network: nn.Module, definition: dict[str, 
     configs = layout / "configs"
     window = [1, run.spec.num_channels, *run.roi]
     errors = []
-    # MONAI's networks are written to script (any batch and window size); other networks are traced
-    modes = ("script", "trace") if not needs_medcontext(run.cfg.model.name) else ("trace",)
     for mode in modes:
         try:
             with warnings.catch_warnings():
@@ -267,10 +276,36 @@ def _export_torchscript(layout: Path, network: nn.Module, definition: dict[str, 
         difference = max(_max_logit_difference(network, scripted, tuple(window)),
                          _max_logit_difference(network, scripted, tuple(batch)))
         if difference <= _TS_TOLERANCE:
-            return {"script": "scripted", "trace": "traced"}[mode]
+            codes = [module.code for _, module in scripted.named_modules() if hasattr(module, "code")]
+            return mode, any('torch.device("cpu")' in code for code in codes)
         errors.append(f"{mode}: logits differ from the eager network by up to {difference:.3g}")
     raise BundleExportError(f"TorchScript export of {run.cfg.model.name} failed ({'; '.join(errors)}); "
                             "export without --torchscript")
+
+
+def _torchscript(layout: Path, run: RunInfo, network: nn.Module, definition: dict[str, Any],
+                 inference: dict[str, Any]) -> str:
+    """Write ``models/model.ts``; returns how (``scripted``, ``traced``, ``traced, CPU only``).
+
+    MONAI's networks are written to script (any batch and window size); other networks are
+    traced. A TorchScript network that creates tensors on the CPU gets ``device: cpu`` in
+    ``inference.json``; the config is settled before the export that embeds it in ``model.ts``
+    (traced networks are first exported assuming CPU only, as tracing records ``x.device``).
+    """
+    modes = ("script", "trace") if not needs_medcontext(run.cfg.model.name) else ("trace",)
+    auto_device = inference["device"]
+    assumed_cpu = modes == ("trace",)
+
+    def set_device(cpu_only: bool) -> None:
+        inference["device"] = "$torch.device('cpu')" if cpu_only else auto_device
+        (layout / "configs" / "inference.json").write_text(json.dumps(inference, indent=4))
+
+    set_device(assumed_cpu)
+    mode, cpu_only = _quiet_monai(_export_torchscript, layout, network, definition, run, modes)
+    if cpu_only != assumed_cpu:
+        set_device(cpu_only)
+        _quiet_monai(_export_torchscript, layout, network, definition, run, (mode,))
+    return {"script": "scripted", "trace": "traced"}[mode] + (", CPU only" if cpu_only else "")
 
 
 def _metadata(run: RunInfo, info: dict, use: str, torchscript: bool) -> dict[str, Any]:
@@ -325,7 +360,7 @@ def _license_text(run: RunInfo) -> str:
     )
 
 
-def _bundle_readme(run: RunInfo, info: dict, use: str, decision: PostProcessingDecision | None,
+def _bundle_readme(run: RunInfo, info: dict, use: str, decision: PostProcessing | None,
                    ts_mode: str | None, definition: dict[str, Any]) -> str:
     """docs/README.md: training, inputs/outputs, how to run, what the network needs."""
     import medcontext
@@ -335,6 +370,10 @@ def _bundle_readme(run: RunInfo, info: dict, use: str, decision: PostProcessingD
         network_note = (f"`inference.json` runs `models/model.ts` (TorchScript, {ts_mode}): it needs MONAI and "
                         "PyTorch only. `models/model.pt` holds the same weights for the Python class "
                         f"`{definition['_target_']}`.")
+        if "CPU only" in ts_mode:
+            network_note += (" The traced network creates some tensors on the CPU, so `inference.json` runs it on "
+                             "the CPU (`device`); to run on a GPU, export without `--torchscript` and install "
+                             "medcontext.")
     elif needs_medcontext(cfg.model.name):
         network_note = (f"The network is built by `{definition['_target_']}`: install "
                         f"`medcontext=={medcontext.__version__}` (`pip install medcontext`) next to MONAI, or "

@@ -18,18 +18,15 @@ Everything here is plain JSON-ready data (``dict``/``list``), no files and no we
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from medcontext.data import PreprocessConfig
 from medcontext.engine.inference import region_paint_order
+from medcontext.evaluation.postprocessing import PostProcessing
 
 __all__ = [
     "METADATA_SCHEMA_URL",
-    "POSTPROCESSING_FILE",
-    "PostProcessingDecision",
-    "read_postprocessing_decision",
+    "check_postprocessing",
     "network_definition",
     "needs_medcontext",
     "preprocessing_transforms",
@@ -43,7 +40,6 @@ __all__ = [
 METADATA_SCHEMA_URL = (
     "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 )
-POSTPROCESSING_FILE = "postprocessing.json"
 _RAS_LABELS = [["L", "R"], ["P", "A"], ["I", "S"]]  # as medcontext.data.transforms reorients
 _PURE_MONAI = ("unet3d", "unetr", "swin_unetr")
 
@@ -152,84 +148,28 @@ def preprocessing_transforms(cfg: PreprocessConfig) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- post-processing
-@dataclass(frozen=True)
-class PostProcessingDecision:
-    """A run's ``postprocessing.json`` (format version 1), as the bundle applies it.
-
-    Attributes:
-        foreground_largest_component: keep the largest component of the whole foreground.
-        foreground_labels: what that step unites: label values (``target="labels"``) or
-            region channels (``target="regions"``).
-        largest_component_labels: then keep the largest component of each of these on its own.
-        target: ``labels`` (softmax label map) or ``regions`` (sigmoid region channels).
-    """
-
-    foreground_largest_component: bool
-    foreground_labels: tuple[int, ...]
-    largest_component_labels: tuple[int, ...]
-    target: str
-
-    @property
-    def changes_anything(self) -> bool:
-        return self.foreground_largest_component or bool(self.largest_component_labels)
-
-    def describe(self) -> str:
-        """One line: what is applied."""
-        what = "region channel" if self.target == "regions" else "label"
-        parts = []
-        if self.foreground_largest_component:
-            parts.append("largest connected component of the whole foreground")
-        if self.largest_component_labels:
-            parts.append(f"largest connected component per {what} "
-                         + ", ".join(str(v) for v in self.largest_component_labels))
-        return " then ".join(parts) if parts else "none"
-
-
-def _int_list(value: Any, key: str, path: Path) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise ValueError(f"{path}: {key!r} must be a list of integers, got {value!r}")
-    return tuple(value)
-
-
-def read_postprocessing_decision(run_dir: str | Path, output_mode: str, labels: Sequence[int],
-                                 num_regions: int = 0) -> PostProcessingDecision | None:
-    """The run's ``postprocessing.json``, checked against the run's outputs; ``None`` without one.
+def check_postprocessing(decision: PostProcessing, output_mode: str, labels: Sequence[int], num_regions: int,
+                         source: str) -> None:
+    """Refuse a decision that does not fit the run's outputs (another target, an unknown label).
 
     Args:
-        run_dir: the run folder.
+        decision: the run's ``postprocessing.json`` (:func:`medcontext.evaluation.postprocessing.read_postprocessing`).
         output_mode: ``softmax`` (labels are label values) or ``sigmoid`` (region channels).
         labels: the dataset's label values (incl. 0).
         num_regions: sigmoid outputs: the number of region channels.
+        source: the file, for the message.
 
     Raises:
-        ValueError: the file is not valid JSON, has another format version, a field of the
-            wrong type, or a label the run does not predict (names the file and field).
+        ValueError: names the file, the field and the labels the run predicts.
     """
-    path = Path(run_dir) / POSTPROCESSING_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not readable JSON: {err}") from err
-    if not isinstance(data, dict) or data.get("version") != 1:
-        raise ValueError(f"{path}: expected a JSON object with \"version\": 1 (post-processing format 1), "
-                         f"got version {data.get('version') if isinstance(data, dict) else None!r}")
-    target = data.get("target", "regions" if output_mode == "sigmoid" else "labels")
-    expected_target = "regions" if output_mode == "sigmoid" else "labels"
-    if target != expected_target:
-        raise ValueError(f"{path}: \"target\" is {target!r} but the run's {output_mode} outputs need {expected_target!r}")
-    if not isinstance(data.get("foreground_largest_component"), bool):
-        raise ValueError(f"{path}: \"foreground_largest_component\" must be true or false, "
-                         f"got {data.get('foreground_largest_component')!r}")
+    target = "regions" if output_mode == "sigmoid" else "labels"
+    if decision.target != target:
+        raise ValueError(f"{source}: target is {decision.target!r} but the run's {output_mode} outputs need {target!r}")
     allowed = list(range(num_regions)) if target == "regions" else [v for v in sorted(labels) if v != 0]
-    per_class = _int_list(data.get("largest_component_labels", []), "largest_component_labels", path)
-    foreground = _int_list(data.get("foreground_labels", allowed), "foreground_labels", path)
-    unknown = sorted(set(per_class + foreground) - set(allowed))
+    unknown = sorted(set(decision.largest_component_labels + decision.foreground_labels) - set(allowed))
     if unknown:
         kind = "region channels" if target == "regions" else "foreground label values"
-        raise ValueError(f"{path}: labels {unknown} are not among the run's {kind} {allowed}")
-    return PostProcessingDecision(data["foreground_largest_component"], foreground, per_class, target)
+        raise ValueError(f"{source}: labels {unknown} are not among the run's {kind} {allowed}")
 
 
 def _keep_largest(labels: Sequence[int], *, independent: bool, onehot: bool) -> dict[str, Any]:
@@ -246,7 +186,7 @@ def _paint_expression(regions: Mapping[str, Sequence[int]]) -> str:
     return f"$lambda x: {expression}"
 
 
-def postprocessing_transforms(cfg: PreprocessConfig, decision: PostProcessingDecision | None,
+def postprocessing_transforms(cfg: PreprocessConfig, decision: PostProcessing | None,
                               output_dtype: str) -> list[dict[str, Any]]:
     """Logits ``pred`` (K, H, W, D) -> a label map in each input's geometry, written as NIfTI.
 
