@@ -1,4 +1,4 @@
-"""The ``medcontext`` command line: train, evaluate, predict, demo, experiment, report, data, nnunet.
+"""The ``medcontext`` command line: train, pretrain, evaluate, predict, demo, experiment, report, data, nnunet.
 
 Every command is a thin layer over a library function (``medcontext.engine.train``,
 ``medcontext.run_scoring.evaluate_run``, ``predict_run``, ``medcontext.demo.run_demo``, ``medcontext.data``).
@@ -6,7 +6,7 @@ Expected failures (bad configuration, dataset problems, missing files) end with 
 and a one-paragraph message; ``--debug`` shows the traceback instead. A command stopped by
 SIGINT/SIGTERM exits with 130/143 (a training run after saving ``last.pt``; the demo and a
 study without evaluating or reporting unfinished training) and says how to continue.
-``train``, ``demo`` and ``experiment`` re-execute themselves once with tcmalloc preloaded where
+``train``, ``pretrain``, ``demo`` and ``experiment`` re-execute themselves once with tcmalloc preloaded where
 it is installed (:mod:`medcontext.engine.host.tcmalloc`; ``MEDCONTEXT_TCMALLOC=0`` turns it off).
 """
 
@@ -17,7 +17,9 @@ import fnmatch
 import sys
 import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
+
+from medcontext.method.settings import VARIANTS
 
 __all__ = ["main", "build_parser"]
 
@@ -50,6 +52,12 @@ def _add_renamed(parser: argparse.ArgumentParser, old: str, new: str, dest: str)
     parser.add_argument(old, dest=dest, action=_RenamedOption, new_name=new, default=argparse.SUPPRESS)
 
 
+def _or_list(names: Iterable[str]) -> str:
+    """``"a, b or c"``."""
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``medcontext`` (all sub-commands)."""
     from medcontext import __version__
@@ -64,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train_parser(sub)
+    _add_pretrain_parser(sub)
     _add_evaluate_parser(sub)
     _add_predict_parser(sub)
     _add_demo_parser(sub)
@@ -99,12 +108,17 @@ def _add_train_parser(sub) -> None:
     _add_common(train)
     train.add_argument("--out", metavar="RUN_DIR", help="run folder (checkpoints, logs, split); required to train")
     train.add_argument("--data", metavar="DATASET_DIR", help="dataset folder (MSD layout, datalist JSON, folders)")
+    train.add_argument("--unlabeled", nargs="+", metavar="SOURCE",
+                       help="unlabelled volumes for a semi-supervised --variant: a folder of images (any layout --data "
+                            "reads, or NIfTI files; labels ignored), 'pool' (the training cases the split leaves over, "
+                            "used without their labels) or 'imagesTs' (the dataset's images without labels); several "
+                            "combine (data.unlabeled; data.unlabeled_batch_size: crops per step)")
     train.add_argument("--config", metavar="FILE", help="YAML configuration: a file or a shipped name (configs/, e.g. cpu_phantom)")
     train.add_argument("--model", help="network name: unetr, swin_unetr, unet3d, nnformer, pcrlv2 (model.name)")
     train.add_argument("--model-size", dest="model_size", metavar="SIZE",
                        help="network size: paper, small or tiny (model.options.size)")
     _add_renamed(train, "--size", "--model-size", "model_size")
-    train.add_argument("--variant", help="baseline, medcontext, no_teacher, msl_only or cl_only (method.variant)")
+    train.add_argument("--variant", help=f"{_or_list(VARIANTS)} (method.variant)")
     train.add_argument("--train-cases", type=int, metavar="K", help="number of training cases drawn by seed (data.train_cases)")
     train.add_argument("--seed", type=int, help="seed of weights, split, data order, augmentation and masks (train.seed)")
     train.add_argument("--steps", type=int, metavar="N", help="optimizer steps of the run (train.steps)")
@@ -130,6 +144,56 @@ def _add_train_parser(sub) -> None:
     train.add_argument("--print-config", action="store_true",
                        help="print the resolved configuration and every valid --set key, then exit")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in batch jobs)")
+
+
+def _add_pretrain_parser(sub) -> None:
+    pretrain = sub.add_parser(
+        "pretrain", formatter_class=_Formatter,
+        help="self-supervised pretraining on unlabelled volumes (masked volume modelling)",
+        description=textwrap.dedent("""\
+            Pretrain a registered network without labels: masked cubes (or tubes) of random crops are
+            reconstructed by the network, L1 on the masked voxels (SimMIM style). Label files are never
+            opened. RUN_DIR/pretrained.pt then starts a supervised run:
+              medcontext pretrain --data Task04_Hippocampus --unlabeled imagesTs --model unet3d \\
+                  --roi 32 48 32 --steps 2000 --out runs/pretrain
+              medcontext train --data Task04_Hippocampus --model unet3d --roi 32 48 32 \\
+                  --init-checkpoint runs/pretrain/pretrained.pt --out runs/finetune
+            With --resume, unset options keep the run's saved values."""),
+    )
+    _add_common(pretrain)
+    add = pretrain.add_argument
+    add("--out", metavar="RUN_DIR", required=True, help="run folder (pretrained.pt, last.pt, metrics, loss curve)")
+    add("--data", metavar="DATASET_DIR", help="dataset whose preprocessing, channels and split apply (labels not read)")
+    add("--config", metavar="FILE", help="a `train` configuration (file or shipped name): its dataset, split, "
+        "preprocessing, network, crop and seed, so that pool is what that run leaves unlabelled")
+    add("--data-preset", help="dataset preset (default auto)")
+    add("--unlabeled", action="append", metavar="SOURCE",
+        help="volumes: pool (cases a --train-cases split leaves over), imagesTs, or a folder (repeatable)")
+    add("--train-cases", type=int, metavar="K", help="for pool: the k-shot split of the train runs to come")
+    add("--val-cases", type=int, metavar="N", help="for pool: validation cases of that split (default 1)")
+    add("--test-cases", type=float, metavar="N", help="for pool: test cases of that split, a count or a fraction (default 0.2)")
+    add("--split-seed", type=int, help="for pool: seed of that split (default --seed)")
+    add("--model", help="network name (default unet3d)")
+    add("--model-size", metavar="SIZE", help="network size: paper, small or tiny (default small)")
+    add("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="crop in voxels (default: the dataset preset's)")
+    add("--mask-ratio", type=float, help="fraction of cells masked (default 0.6)")
+    add("--mask-cell", type=int, nargs="+", metavar="N", help="voxels per mask cell: 1 or 3 sizes (default 16, smaller for small crops)")
+    add("--mask-shape", choices=["cube", "tube"], help="cube: random 3D cells; tube: through every slice (default cube)")
+    add("--mask-space", choices=["auto", "token", "input"], help="where masked cells are replaced (default auto)")
+    add("--steps", type=int, metavar="N", help="optimizer steps (default 1000)")
+    add("--batch-size", type=int, metavar="B", help="crops per step (default 2)")
+    add("--lr", type=float, help="AdamW peak learning rate (default 1e-3)")
+    add("--weight-decay", type=float, help="AdamW weight decay (default 0.05)")
+    add("--warmup-steps", type=int, metavar="N", help="linear warmup steps (default 10%% of the steps, at most 100)")
+    add("--seed", type=int, help="seed of weights, crops and masks (default 0)")
+    add("--device", help="auto, cpu, cuda, cuda:N (default auto)")
+    add("--save-every", type=int, metavar="N", help="steps between checkpoints (default 100)")
+    add("--cache-dir", help="persistent cache of preprocessed volumes (default: memory)")
+    add("--no-tensorboard", action="store_true", help="no TensorBoard events")
+    add("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    add("--stop-after", type=int, metavar="N", help="stop after N steps of this invocation with a checkpoint")
+    _add_trust_checkpoint(pretrain)
+    add("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_evaluate_parser(sub) -> None:
@@ -279,6 +343,11 @@ def _train_config(args: argparse.Namespace):
     overrides: dict = {k: v for k, v in flags.items() if v is not None}
     if args.data is not None:
         overrides["data.path"] = str(Path(args.data).resolve())
+    if args.unlabeled:
+        from medcontext.data.unlabeled import LISTED, POOL
+
+        sources = [item if item in (POOL, LISTED) else str(Path(item).resolve()) for item in args.unlabeled]
+        overrides["data.unlabeled"] = sources[0] if len(sources) == 1 else sources
     if args.init_prefix_map:
         mapping = {}
         for item in args.init_prefix_map:
@@ -351,6 +420,63 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"run finished: {Path(args.out) / 'last.pt'}")
     return 0
+
+
+def _pretrain_config(args: argparse.Namespace):
+    import json
+
+    from medcontext.engine.pretraining import PretrainConfig
+
+    saved = Path(args.out) / "config.json"
+    if args.resume and saved.is_file():
+        base = json.loads(saved.read_text())
+    elif args.config:
+        from medcontext.engine.config import load_config
+
+        base = PretrainConfig.from_train_config(load_config(_config_file(args.config))).to_dict()
+    else:
+        base = PretrainConfig().to_dict()
+    test_cases = args.test_cases
+    if test_cases is not None and float(test_cases).is_integer():
+        test_cases = int(test_cases)
+    flags = {
+        "data": args.data, "data_preset": args.data_preset, "unlabeled": args.unlabeled,
+        "train_cases": args.train_cases, "val_cases": args.val_cases, "test_cases": test_cases,
+        "split_seed": args.split_seed, "model": args.model, "roi": list(args.roi) if args.roi else None,
+        "mask_ratio": args.mask_ratio, "mask_shape": args.mask_shape, "mask_space": args.mask_space,
+        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+        "warmup_steps": args.warmup_steps, "seed": args.seed, "device": args.device,
+        "save_every": args.save_every, "cache_dir": args.cache_dir,
+    }
+    if args.mask_cell is not None:
+        if len(args.mask_cell) not in (1, 3):
+            raise ValueError(f"--mask-cell takes 1 or 3 sizes, got {len(args.mask_cell)}")
+        flags["mask_cell"] = args.mask_cell[0] if len(args.mask_cell) == 1 else list(args.mask_cell)
+    if args.data:
+        flags["data"] = str(Path(args.data).resolve())
+    base.update({k: v for k, v in flags.items() if v is not None})
+    if args.model_size is not None:
+        base["model_options"] = {**base.get("model_options", {}), "size": args.model_size}
+    if args.no_tensorboard:
+        base["tensorboard"] = False
+    return PretrainConfig.from_dict(base, source="medcontext pretrain")
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from medcontext.engine.pretraining import pretrain
+
+    result = pretrain(_pretrain_config(args), args.out, resume=args.resume, stop_after=args.stop_after,
+                      progress=not args.no_progress, trust_checkpoint=args.trust_checkpoint)
+    loss = f", last loss {result.loss:.4f}" if result.loss is not None else ""
+    if result.stopped_by in ("SIGINT", "SIGTERM") and not result.finished:
+        print(f"stopped by {result.stopped_by} after step {result.step}{loss}; continue with --resume", file=sys.stderr)
+        return result.exit_code
+    if result.stopped_by == "stop_after":
+        print(f"stopped after step {result.step} (--stop-after){loss}; continue with --resume")
+    else:
+        print(f"pretraining finished at step {result.step}{loss}: start a run from it with "
+              f"`medcontext train --init-checkpoint {result.weights}`")
+    return result.exit_code if result.stopped_by in ("SIGINT", "SIGTERM") else 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -455,6 +581,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "train": _cmd_train,
+    "pretrain": _cmd_pretrain,
     "evaluate": _cmd_evaluate,
     "predict": _cmd_predict,
     "demo": _cmd_demo,
@@ -466,7 +593,7 @@ _COMMANDS = {
 }
 
 
-_TRAINING_COMMANDS = ("train", "demo", "experiment")
+_TRAINING_COMMANDS = ("train", "pretrain", "demo", "experiment")
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:

@@ -161,7 +161,8 @@ def test_strict_checkpoint_loading_names_differing_keys(phantom_dir, train_argv,
     assert main(train_argv(phantom_dir, out, steps=1)) == 0
     ckpt = read_checkpoint(out / "last.pt")
     from medcontext.engine.checkpoint import load_model_state
-    from medcontext.engine.run_folder import load_run, build_network, build_medcontext
+    from medcontext.engine.builder import build_medcontext, build_network
+    from medcontext.engine.run_folder import load_run
 
     info = load_run(out)
     cfg = info.cfg

@@ -293,6 +293,23 @@ def test_report_also_compares_with_another_method_per_seed(tmp_path, capsys):
     assert "--also-against momentum: no such method among the runs" in capsys.readouterr().err
 
 
+def test_method_table_says_how_many_unlabelled_volumes_a_method_trained_on(tmp_path):
+    from medcontext.study.comparison_report import _method_table, _unlabeled_count
+
+    cases = {f"c{i}": 0.5 for i in range(3)}
+    labelled = [_run("baseline", 0, cases)]
+    assert "unlabelled" not in _method_table(labelled)[0]  # labelled-only reports keep their columns
+    semi = [_run("mean_teacher", seed, cases) for seed in (0, 1)]
+    semi[0].unlabeled, semi[1].unlabeled = 98, 100
+    table = _method_table(labelled + semi)
+    assert table[0].startswith("| method | seeds | unlabelled volumes | Dice a")
+    assert table[1].count("---") == table[0].count("|") - 1
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[2] for line in table[2:]}
+    assert rows == {"baseline": "0", "mean_teacher": "98-100"}
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["a"], "unlabeled": ["b", "c"]}))
+    assert _unlabeled_count(tmp_path) == 2 and _unlabeled_count(tmp_path / "missing") == 0
+
+
 def test_report_shows_raw_and_post_processed_scores_also_from_collected_records(tmp_path, capsys):
     from medcontext.cli import main
     from medcontext.evaluation.postprocessing import PostProcessing, write_postprocessing

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from medcontext.engine.builder import build_medcontext, build_network
 from medcontext.engine.config import ConfigError, TrainConfig
 from medcontext.engine.host.precision import resolve_device, resolve_precision
 
@@ -41,19 +42,22 @@ def check_run_settings(
     cfg: TrainConfig,
     *,
     in_channels: int,
+    out_channels: int,
+    output_mode: str,
     roi: Sequence[int],
-    build_network: Callable[[], nn.Module],
-    build_medcontext: Callable[[nn.Module], nn.Module],
     preprocess: Callable[[], object] | None = None,
 ) -> None:
     """Check the settings that need the network or the dataset description; no data is read.
 
+    The network and the wrapper are built as training builds them
+    (:mod:`medcontext.engine.builder`), on the ``meta`` device.
+
     Args:
         cfg: the validated configuration (``model.roi`` resolved).
         in_channels: image channels C of the dataset.
+        out_channels: network outputs of the dataset (classes or regions).
+        output_mode: ``"softmax"`` or ``"sigmoid"`` (the dataset's).
         roi: the training crop (H, W, D) in voxels.
-        build_network: builds the student network from ``cfg`` (e.g. ``run.build_network``).
-        build_medcontext: wraps a network as ``cfg.method`` says (``run.build_medcontext``).
         preprocess: builds the preprocessing from ``data.preprocess`` (its errors are named).
 
     Raises:
@@ -74,10 +78,10 @@ def check_run_settings(
     init = cfg.model.init_checkpoint
     if init and not Path(init).is_file():
         raise ConfigError(f"model.init_checkpoint={init!r}: the file does not exist (--init-checkpoint)")
-    network = _meta_network(cfg, roi, build_network)
+    network = _meta_network(cfg, roi, lambda: build_network(cfg, in_channels, out_channels, roi))
     try:
         with torch.device("meta"):
-            mc = build_medcontext(network)
+            mc = build_medcontext(cfg, network, roi, output_mode)
     except (TypeError, ValueError) as err:
         m = cfg.method
         settings = (f"method.variant={m.variant!r}, method.mask_space={m.mask_space!r}, method.mask_cell={m.mask_cell!r}, "
@@ -92,17 +96,17 @@ def _model_settings(cfg: TrainConfig, roi: Sequence[int]) -> str:
     return f"model.name={cfg.model.name!r}, model.options={cfg.model.options!r}, model.roi={list(roi)}"
 
 
-def _meta_network(cfg: TrainConfig, roi: Sequence[int], build_network: Callable[[], nn.Module]) -> nn.Module:
+def _meta_network(cfg: TrainConfig, roi: Sequence[int], build: Callable[[], nn.Module]) -> nn.Module:
     """The student network on the ``meta`` device; construction errors named by setting."""
     try:
         try:
             with torch.device("meta"):
-                return build_network()
+                return build()
         except Exception as err:  # a constructor that computes with tensors (e.g. .item()) cannot run on meta
             if not _meta_unsupported(err):
                 raise
         with torch.random.fork_rng(devices=[]):  # the CPU build draws initial weights: keep the run's stream
-            return build_network().to("meta")
+            return build().to("meta")
     except TypeError as err:
         unknown = _UNKNOWN_KEYWORD.search(str(err))
         if unknown and unknown.group("key") in cfg.model.options:

@@ -6,7 +6,8 @@ to use the run later is written into ``run_dir`` before the first step:
 
 ========================  =====================================================
 ``config.yaml``           the resolved :class:`TrainConfig`
-``split.json``            the train / val / test case ids actually used
+``split.json``            the train / val / test case ids actually used (+ unlabelled ones)
+``unlabeled.json``        semi-supervised runs: the unlabelled volumes' files and sources
 ``dataset.json``          the dataset description (cases, labels, regions, ...)
 ``preprocess.json``       the :class:`~medcontext.data.PreprocessConfig`
 ``plan.json``             the plan: spacing, crop, batch, mask cell, memory and time
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from medcontext.io.atomic import remove_stale_temporaries, write_text_atomic
+from medcontext.engine.builder import build_medcontext, build_network, class_map, resolve_roi
 from medcontext.engine.checkpoint import CheckpointError, load_model_state, read_checkpoint
 from medcontext.engine.config import ConfigError, TrainConfig, load_config, resolve_batch_scaling, save_config
 from medcontext.engine.host.cpu_threads import CpuShare
@@ -43,74 +45,19 @@ from medcontext.engine.resume import check_resume_settings
 from medcontext.engine.host.precision import Precision, resolve_precision
 from medcontext.engine.host.precision_check import fall_back_if_wrong, reduced_precision_errors
 from medcontext.engine.trainer import TrainResult, Trainer, ValidationCase, run_device
+from medcontext.engine.unlabeled_data import (
+    check_unlabeled_settings, prepare_split, read_unlabeled, save_unlabeled, unlabeled_batch_size, unlabeled_line,
+    unlabeled_sources,
+)
 
 __all__ = [
     "RunInfo",
-    "class_map",
-    "resolve_roi",
-    "build_network",
-    "build_medcontext",
     "seed_everything",
     "train",
     "load_run",
     "load_model",
     "checkpoint_path",
 ]
-
-
-def class_map(spec) -> dict[str, tuple[int, ...]]:
-    """Evaluated classes of a dataset as ``name -> label values``.
-
-    Softmax datasets: one label value per class (Synapse: 8 of 13 organs). Sigmoid region
-    datasets: each evaluated region unites its label values (BraTS WT/TC/ET).
-    """
-    names = list(spec.eval_class_names)
-    if spec.output_mode == "sigmoid":
-        region_names = list(spec.regions)
-        return {names[i]: tuple(spec.regions[region_names[c]]) for i, c in enumerate(spec.eval_classes)}
-    return {names[i]: (int(c),) for i, c in enumerate(spec.eval_classes)}
-
-
-def resolve_roi(cfg: TrainConfig, spec) -> tuple[int, int, int]:
-    """The training crop: ``model.roi``, else the dataset preset's default crop."""
-    roi = cfg.model.roi if cfg.model.roi is not None else spec.default_roi
-    if roi is None:
-        raise ConfigError(
-            f"no training crop for dataset {spec.name!r} (its preset {spec.preset!r} has no default): "
-            "pass --roi X Y Z or set model.roi, e.g. --roi 32 48 32"
-        )
-    return tuple(int(r) for r in roi)  # type: ignore[return-value]
-
-
-def build_network(cfg: TrainConfig, in_channels: int, out_channels: int, roi: Sequence[int]) -> nn.Module:
-    """The student network from the model registry."""
-    from medcontext.models import create_model
-
-    return create_model(cfg.model.name, in_channels, out_channels, tuple(roi), **cfg.model.options)
-
-
-def build_medcontext(cfg: TrainConfig, network: nn.Module, roi: Sequence[int], output_mode: str) -> nn.Module:
-    """The MedContext wrapper configured by ``cfg.method`` (``variant: baseline`` included)."""
-    from medcontext.method import MedContext
-
-    m = cfg.method
-    return MedContext(
-        network,
-        variant=m.variant,
-        mask_ratio=m.mask_ratio,
-        beta=m.beta,
-        momentum=m.momentum,
-        momentum_horizon=m.momentum_horizon,
-        total_steps=cfg.train.steps,
-        mask_space=m.mask_space,
-        depth_axis=m.depth_axis,
-        mask_cell=m.mask_cell,
-        roi_size=tuple(roi),
-        mask_mode=m.mask_mode,
-        output_mode=output_mode,
-        student_passes=m.student_passes,
-        seed=cfg.train.seed,
-    )
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -238,6 +185,7 @@ def train(
     """
     run_dir = Path(run_dir)
     cfg = TrainConfig.from_dict(cfg.to_dict()).validate()
+    check_unlabeled_settings(cfg)
     owned = world is None
     if world is None:
         world = init_distributed(cfg.train.device, timeout_min=cfg.train.dist_timeout_min)
@@ -293,6 +241,7 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
     mc = _build_model(cfg, spec, roi, resume=resume, trust_checkpoint=trust_checkpoint, network_hook=network_hook,
                       echo=echo)
     train_data, val_cases = _prepare_data(cfg, spec, split, preprocess, roi, world, progress=progress)
+    extra = _unlabeled_data(cfg, run_dir, preprocess, roi, progress=progress, echo=echo)
     trainer = trainer_class(
         mc, cfg, run_dir, train_data, val_cases,
         classes=class_map(spec),
@@ -308,6 +257,7 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
         },
         val_sharded=True,
         precision=precision,
+        **extra,
     )
     _echo_setup(trainer, cfg, roi, cpu_share, echo)
     trainer.cpu_share = cpu_share
@@ -320,7 +270,10 @@ def _load_spec(cfg: TrainConfig):
 
     if not cfg.data.path:
         raise ConfigError("no dataset: pass --data DATASET_DIR (or set data.path in the config)")
-    spec = load_dataset(cfg.data.path, preset=cfg.data.preset, group_by=cfg.data.group_by)
+    from medcontext.data.unlabeled import POOL
+
+    spec = load_dataset(cfg.data.path, preset=cfg.data.preset, group_by=cfg.data.group_by,
+                        missing_labels_ok=POOL in unlabeled_sources(cfg))
     cfg.data.path = str(Path(cfg.data.path).resolve())
     cfg.data.preset = spec.preset
     return spec
@@ -331,9 +284,7 @@ def _preflight(cfg: TrainConfig, spec, roi: tuple[int, ...]) -> None:
     from medcontext.data import PreprocessConfig
 
     check_run_settings(
-        cfg, in_channels=spec.num_channels, roi=roi,
-        build_network=lambda: build_network(cfg, spec.num_channels, spec.num_outputs, roi),
-        build_medcontext=lambda network: build_medcontext(cfg, network, roi, spec.output_mode),
+        cfg, in_channels=spec.num_channels, out_channels=spec.num_outputs, output_mode=spec.output_mode, roi=roi,
         preprocess=lambda: PreprocessConfig.from_spec(spec, **cfg.data.preprocess),
     )
 
@@ -360,9 +311,11 @@ def _prepare_run_folder(cfg: TrainConfig, spec, plan, preprocess, run_dir: Path,
     if resume:
         split = Split.load(run_dir / "split.json")
     else:
-        split = _check_data_and_split(cfg, spec, progress=progress, echo=echo)
+        split, unlabeled = _check_data_and_split(cfg, spec, progress=progress, echo=echo)
         run_dir.mkdir(parents=True, exist_ok=True)
         split.save(run_dir / "split.json")
+        if unlabeled is not None:
+            save_unlabeled(run_dir, unlabeled)
     save_config(cfg, run_dir / "config.yaml")
     _write_json(run_dir / "dataset.json", spec.to_dict())
     _write_json(run_dir / "preprocess.json", preprocess.to_dict())
@@ -371,24 +324,30 @@ def _prepare_run_folder(cfg: TrainConfig, spec, plan, preprocess, run_dir: Path,
 
 
 def _check_data_and_split(cfg: TrainConfig, spec, *, progress: bool, echo: Callable[[str], None]):
-    """Validate every case of a new run's dataset, then draw its split."""
+    """Validate every case of a new run's dataset, then draw its split; ``(split, None)``.
+
+    With ``data.unlabeled``: draw the split, check the cases it uses, choose and check the
+    unlabelled volumes (:func:`medcontext.engine.unlabeled_data.prepare_split`);
+    ``(split, UnlabeledSet)``."""
     from medcontext.data import split_for_spec, validate_dataset
 
+    split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.train.seed
+
+    def draw():
+        return split_for_spec(
+            spec, train_cases=cfg.data.train_cases, train_case_ids=cfg.data.train_case_ids,
+            val_cases=cfg.data.val_cases, test_cases=cfg.data.test_cases,
+            use_official_test=cfg.data.use_official_test, seed=split_seed,
+        )
+
+    if unlabeled_sources(cfg):
+        return prepare_split(cfg, spec, draw, progress=progress, echo=echo)
     echo(f"checking dataset {spec.name!r} ({len(spec.cases)} labelled cases) in {spec.root} ...")
     if spec.source_note:
         echo(f"note: {spec.source_note}")
     summary = validate_dataset(spec, progress=progress)
     echo(f"dataset OK: {len(summary.cases)} cases, {spec.num_channels} channel(s), {spec.num_outputs} outputs ({spec.output_mode})")
-    split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.train.seed
-    return split_for_spec(
-        spec,
-        train_cases=cfg.data.train_cases,
-        train_case_ids=cfg.data.train_case_ids,
-        val_cases=cfg.data.val_cases,
-        test_cases=cfg.data.test_cases,
-        use_official_test=cfg.data.use_official_test,
-        seed=split_seed,
-    )
+    return draw(), None
 
 
 def _build_model(cfg: TrainConfig, spec, roi: tuple[int, ...], *, resume: bool, trust_checkpoint: bool,
@@ -445,6 +404,20 @@ def _prepare_data(cfg: TrainConfig, spec, split, preprocess, roi: tuple[int, ...
     # each rank loads only the cases it validates (rank r: cases r, r + N, ...)
     val_cases = _validation_cases(spec, val_ids[world.rank :: world.world_size], preprocess)
     return train_data, val_cases
+
+
+def _unlabeled_data(cfg: TrainConfig, run_dir: Path, preprocess, roi: tuple[int, ...], *, progress: bool,
+                    echo: Callable[[str], None]) -> dict:
+    """``{"unlabeled_dataset": crops}`` for a run with unlabelled volumes (from ``unlabeled.json``), else ``{}``."""
+    from medcontext.data.unlabeled import make_unlabeled_dataset
+
+    chosen = read_unlabeled(run_dir)
+    if chosen is None:
+        return {}
+    echo(f"{unlabeled_line(chosen)}; {unlabeled_batch_size(cfg)} unlabelled crop(s) per step")
+    crops = make_unlabeled_dataset(chosen.cases, preprocess, roi, cache_dir=cfg.data.cache_dir, seed=cfg.train.seed,
+                                   progress=progress)
+    return {"unlabeled_dataset": crops}
 
 
 def _echo_setup(trainer: Trainer, cfg: TrainConfig, roi: tuple[int, ...], cpu_share: CpuShare | None,

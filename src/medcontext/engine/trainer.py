@@ -183,6 +183,10 @@ class Trainer:
         precision: the precision to train in, already resolved (e.g. checked by
             :mod:`medcontext.engine.host.precision_check`); default: ``train.precision`` resolved
             for the device.
+        unlabeled_dataset: random crops of unlabelled volumes (``{"image"}`` items, e.g.
+            :func:`~medcontext.data.unlabeled.make_unlabeled_dataset`): every step then also
+            draws ``data.unlabeled_batch_size`` of them, passed to the model as ``unlabeled``
+            (:mod:`medcontext.engine.unlabeled_data`).
     """
 
     def __init__(
@@ -204,6 +208,7 @@ class Trainer:
         collate_fn: Callable | None = None,
         val_sharded: bool = False,
         precision: Precision | None = None,
+        unlabeled_dataset: Any = None,
     ):
         self.world = world or World()
         self.cfg = resolve_batch_scaling(TrainConfig.from_dict(cfg.to_dict()), self.world.world_size)
@@ -217,6 +222,7 @@ class Trainer:
         self._mc = mc.to(self.device)
         self.model: nn.Module = self._mc  # the DDP wrapper replaces it below; self.mc stays unwrapped
         self.train_dataset = train_dataset
+        self.unlabeled_dataset = unlabeled_dataset
         if val_sharded:
             self.val_cases = list(val_cases)
             self.val_total = sum(self.world.all_gather_object(len(self.val_cases)))
@@ -370,8 +376,11 @@ class Trainer:
         lr = learning_rate(step, self.total_steps, self.cfg.optim) * self.lr_scale
         set_learning_rate(self.optimizer, lr)
         self.model.train()
+        extra = {}
+        if "unlabeled" in batch:
+            extra["unlabeled"] = batch["unlabeled"].to(self.device, non_blocking=True)
         with self.precision.autocast():
-            losses = self.model(images, labels)
+            losses = self.model(images, labels, **extra)
         terms, bad_ranks = self._agree_on_losses(losses.as_floats())
         if bad_ranks:
             raise NonFiniteLossError(
@@ -565,8 +574,9 @@ class Trainer:
         )
 
     def _step_loader(self, start_step: int):
-        """Batches as a pure function of ``(seed, step, rank)``, from ``start_step`` on."""
-        return make_step_loader(
+        """Batches as a pure function of ``(seed, step, rank)``, from ``start_step`` on (with the
+        step's unlabelled crops as ``batch["unlabeled"]`` when the run has unlabelled volumes)."""
+        loader = make_step_loader(
             self.train_dataset,
             seed=self.cfg.train.seed,
             start_step=start_step,
@@ -578,6 +588,14 @@ class Trainer:
             rank=self.world.rank,
             pin_memory=self.device.type == "cuda",
         )
+        if self.unlabeled_dataset is None:
+            return loader
+        from medcontext.engine.unlabeled_data import WithUnlabeled, make_unlabeled_loader
+
+        unlabeled = make_unlabeled_loader(self.unlabeled_dataset, self.cfg, start_step=start_step,
+                                          world_size=self.world.world_size, rank=self.world.rank,
+                                          pin_memory=self.device.type == "cuda")
+        return WithUnlabeled(loader, unlabeled)
 
     def _timed_step(self, batches) -> None:
         """Fetch a batch, run :meth:`train_step`, count the step, log it with its timing, call the hook."""

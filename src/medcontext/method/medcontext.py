@@ -1,6 +1,6 @@
 """The MedContext wrapper: adds the masked-view and teacher terms to any segmentation network.
 
-One training step (SPEC 1, paper Algorithm 1)::
+One training step (docs/method.md, paper Algorithm 1)::
 
     losses = mc.losses(images, labels)   # student on X and X_M, teacher on X
     losses.total.backward()
@@ -10,7 +10,6 @@ One training step (SPEC 1, paper Algorithm 1)::
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
@@ -23,6 +22,7 @@ from .adapters import TokenAdapter, find_token_adapter
 from .losses import SegmentationLoss, consistency_loss, first_head
 from .masking import InputMasker, as_triple, default_cell_size, tube_mask
 from .schedules import momentum_at, momentum_for_horizon
+from .settings import DEFAULTS, MASK_MODES, MASK_SPACES, OUTPUT_MODES, STUDENT_PASSES, VARIANTS, check_choice
 from .teacher import copy_into_teacher, ema_update, make_teacher, max_teacher_difference, unwrap_model
 from .token_masking import TokenMasker
 
@@ -30,30 +30,8 @@ __all__ = ["MedContext", "LossBreakdown", "VARIANTS", "TeacherOutOfSyncWarning"]
 
 
 class TeacherOutOfSyncWarning(UserWarning):
-    """The teacher differs from the student before the first teacher update (SPEC 1.7 wants
-    an exact copy): weights were most likely loaded into the network after wrapping it."""
-
-
-@dataclass(frozen=True)
-class _Variant:
-    masked_pass: bool
-    msl: bool
-    cl: bool
-    teacher: bool
-
-
-VARIANTS: dict[str, _Variant] = {
-    # supervised DiceCE on X only: no teacher, no mask token, no extra pass
-    "baseline": _Variant(masked_pass=False, msl=False, cl=False, teacher=False),
-    # the full step of SPEC 1: sup + MSL + beta * CL
-    "medcontext": _Variant(masked_pass=True, msl=True, cl=True, teacher=True),
-    # paper Fig. 4 left: one model, DiceCE on X and X_M, no teacher
-    "no_teacher": _Variant(masked_pass=True, msl=True, cl=False, teacher=False),
-    # paper Table 8: MSL without CL; the teacher is still kept (selectable at inference)
-    "msl_only": _Variant(masked_pass=True, msl=True, cl=False, teacher=True),
-    # paper Table 8: CL without MSL
-    "cl_only": _Variant(masked_pass=True, msl=False, cl=True, teacher=True),
-}
+    """The teacher differs from the student before the first teacher update (the teacher starts as
+    an exact copy, docs/method.md): weights were most likely loaded into the network after wrapping it."""
 
 
 @dataclass
@@ -69,14 +47,6 @@ class LossBreakdown:
         """The terms as Python floats (one device sync), for logging."""
         values = torch.stack([self.total, self.sup, self.msl, self.cl]).detach().float().cpu().tolist()
         return dict(zip(("total", "sup", "msl", "cl"), values))
-
-
-def _choose(name: str, value: str, options: Sequence[str]) -> str:
-    if value not in options:
-        close = difflib.get_close_matches(str(value), list(options), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}.{hint}")
-    return value
 
 
 def _first_conv_in_channels(network: nn.Module) -> int | None:
@@ -116,9 +86,10 @@ class MedContext(nn.Module):
     Args:
         network: the student, mapping (B, C, H, W, D) to logits (B, K, H, W, D) or a list of
             deep-supervision heads (full resolution first).
-        variant: ``"baseline"``, ``"medcontext"``, ``"no_teacher"``, ``"msl_only"``, ``"cl_only"``.
+        variant: a name of :data:`~medcontext.method.settings.VARIANTS` (``"baseline"``,
+            ``"medcontext"``, ``"no_teacher"``, ``"msl_only"``, ``"cl_only"``, ...).
         mask_ratio: fraction of in-plane mask positions masked (paper: 0.4).
-        beta: weight of the consistency loss (SPEC default 0.5).
+        beta: weight of the consistency loss (default 0.5).
         momentum: EMA momentum at step 0 (0.996), cosine to 1.0 at the last step.
         momentum_horizon: instead of ``momentum``, the teacher's EMA time constant as a
             fraction of ``total_steps`` (:func:`~medcontext.method.schedules.momentum_for_horizon`);
@@ -127,7 +98,7 @@ class MedContext(nn.Module):
         mask_space: ``"token"`` (after the patch embedding, needs a registered adapter),
             ``"input"`` (voxel cubes, any network) or ``"auto"`` (token where possible).
         depth_axis: spatial axis the mask tubes run along (default: last, axial in RAS).
-        mask_cell: voxels per mask cell (int or triple); ``None`` = SPEC 2 defaults.
+        mask_cell: voxels per mask cell (int or triple); ``None`` = the defaults of docs/method.md.
         roi_size: training crop (H, W, D), used to pick the default input-space cell size.
         mask_mode: ``"exact"`` (round(ratio*N) masked) or ``"bernoulli"``.
         output_mode: ``"softmax"`` (labels (B, 1, ...) int) or ``"sigmoid"`` (regions (B, R, ...)).
@@ -144,27 +115,27 @@ class MedContext(nn.Module):
     def __init__(
         self,
         network: nn.Module,
-        variant: str = "medcontext",
-        mask_ratio: float = 0.4,
-        beta: float = 0.5,
-        momentum: float = 0.996,
+        variant: str = DEFAULTS.variant,
+        mask_ratio: float = DEFAULTS.mask_ratio,
+        beta: float = DEFAULTS.beta,
+        momentum: float = DEFAULTS.momentum,
         total_steps: int | None = None,
-        momentum_horizon: float | None = None,
-        mask_space: str = "auto",
-        depth_axis: int = -1,
+        momentum_horizon: float | None = DEFAULTS.momentum_horizon,
+        mask_space: str = DEFAULTS.mask_space,
+        depth_axis: int = DEFAULTS.depth_axis,
         mask_cell: int | Sequence[int] | None = None,
         roi_size: Sequence[int] | None = None,
-        mask_mode: str = "exact",
+        mask_mode: str = DEFAULTS.mask_mode,
         output_mode: str = "softmax",
         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         head_weights: Sequence[float] | None = None,
-        student_passes: str = "auto",
+        student_passes: str = DEFAULTS.student_passes,
         seed: int | None = None,
         in_channels: int | None = None,
         adapter: TokenAdapter | None = None,
     ):
         super().__init__()
-        self.variant = _choose("variant", variant, list(VARIANTS))
+        self.variant = check_choice("variant", variant, list(VARIANTS))
         self.config = VARIANTS[variant]
         if not 0.0 <= mask_ratio <= 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1], got {mask_ratio}")
@@ -189,9 +160,9 @@ class MedContext(nn.Module):
         self.base_momentum = float(momentum)
         self.total_steps = total_steps
         self.depth_axis = depth_axis
-        self.mask_mode = _choose("mask_mode", mask_mode, ["exact", "bernoulli"])
-        self.output_mode = _choose("output_mode", output_mode, ["softmax", "sigmoid"])
-        self.student_passes = _choose("student_passes", student_passes, ["auto", "separate", "concat"])
+        self.mask_mode = check_choice("mask_mode", mask_mode, MASK_MODES)
+        self.output_mode = check_choice("output_mode", output_mode, OUTPUT_MODES)
+        self.student_passes = check_choice("student_passes", student_passes, STUDENT_PASSES)
         if self.student_passes == "concat" and _has_training_batchnorm(network):
             raise ValueError(
                 "student_passes='concat' runs the clean and masked views as one batch, which couples them "
@@ -218,7 +189,7 @@ class MedContext(nn.Module):
 
     # ------------------------------------------------------------------ construction
     def _build_masker(self, network, mask_space, mask_cell, roi_size, in_channels, adapter):
-        mask_space = _choose("mask_space", mask_space, ["auto", "token", "input"])
+        mask_space = check_choice("mask_space", mask_space, MASK_SPACES)
         adapter = adapter or find_token_adapter(unwrap_model(network))
         if mask_space == "token" and adapter is None:
             raise ValueError(
@@ -345,7 +316,7 @@ class MedContext(nn.Module):
     # ------------------------------------------------------------------ teacher
     @torch.no_grad()
     def sync_teacher(self) -> None:
-        """Copy the student's current weights and buffers into the teacher (SPEC 1.7).
+        """Copy the student's current weights and buffers into the teacher (docs/method.md).
 
         Call it after loading pretrained weights into the network once ``MedContext`` wraps
         it: the teacher was copied at construction, from the weights the network had then.
@@ -364,7 +335,7 @@ class MedContext(nn.Module):
                 f"the MedContext teacher differs from the student before the first teacher update (largest "
                 f"difference {difference:.3g}): it was copied when MedContext(...) wrapped the network, so weights "
                 "loaded into the network afterwards are not in the teacher. Call mc.sync_teacher() after loading "
-                "(or load before wrapping); SPEC 1.7 starts the teacher as an exact copy of the student.",
+                "(or load before wrapping); the teacher starts as an exact copy of the student (docs/method.md).",
                 TeacherOutOfSyncWarning,
                 stacklevel=3,
             )
@@ -387,7 +358,7 @@ class MedContext(nn.Module):
     # ------------------------------------------------------------------ inference
     def inference_network(self, use: str = "student") -> nn.Module:
         """The network to run at inference: the student (default) or the teacher."""
-        _choose("use", use, ["student", "teacher"])
+        check_choice("use", use, ["student", "teacher"])
         if use == "teacher":
             if self.teacher is None:
                 raise ValueError(f"variant {self.variant!r} has no teacher; use='student'")

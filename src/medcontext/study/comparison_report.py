@@ -28,12 +28,13 @@ from ..engine.training_log import read_metrics
 from ..evaluation import figures, read_csv
 from ..evaluation.statistics import hierarchical_bootstrap, paired_bootstrap, summarize
 from ..io.atomic import write_text_atomic
+from ..method.settings import DEFAULTS, VARIANTS
 
 __all__ = ["RunResult", "collect_runs", "run_machine", "write_report"]
 
-DEFAULT_RATIO = 0.4
-DEFAULT_MOMENTUM = 0.996
-DEFAULT_BETA = 0.5
+DEFAULT_RATIO = DEFAULTS.mask_ratio
+DEFAULT_MOMENTUM = DEFAULTS.momentum
+DEFAULT_BETA = DEFAULTS.beta
 #: :func:`run_machine`'s answer (or its ending) for a log without ``start`` records
 UNRECORDED_MACHINE = "machine not recorded"
 
@@ -52,6 +53,7 @@ class RunResult:
     train_log: list[dict] = field(default_factory=list)
     val_log: list[dict] = field(default_factory=list)
     machine: str = UNRECORDED_MACHINE  # where it trained (:func:`run_machine`)
+    unlabeled: int = 0  # unlabelled volumes it trained on (``split.json``)
     # scores without post-processing when evaluate applied one (dice/hd95 are then post-processed)
     raw_dice: dict[str, dict[str, float]] | None = None
     raw_hd95: dict[str, dict[str, float]] | None = None
@@ -64,14 +66,19 @@ class RunResult:
 
 def _method_label(variant: str, ratio: float, momentum: float, beta: float = DEFAULT_BETA,
                   horizon: float | None = None) -> str:
+    """The variant's name, with each setting it uses that differs from the defaults in brackets."""
+    known = VARIANTS.get(variant)  # a variant this version does not know: every setting may matter
+    uses_ratio, uses_momentum, uses_beta = (
+        (known.uses_mask_ratio, known.uses_momentum, known.uses_beta) if known else (True, True, True)
+    )
     notes = []
-    if variant != "baseline" and not math.isclose(ratio, DEFAULT_RATIO):
+    if uses_ratio and not math.isclose(ratio, DEFAULT_RATIO):
         notes.append(f"ratio {ratio:g}")
-    if variant not in ("baseline", "no_teacher") and horizon is not None:
+    if uses_momentum and horizon is not None:
         notes.append(f"EMA horizon {horizon:g} of the run")
-    elif variant not in ("baseline", "no_teacher") and not math.isclose(momentum, DEFAULT_MOMENTUM):
+    elif uses_momentum and not math.isclose(momentum, DEFAULT_MOMENTUM):
         notes.append(f"momentum {momentum:g}")
-    if variant in ("medcontext", "cl_only") and not math.isclose(beta, DEFAULT_BETA):
+    if uses_beta and not math.isclose(beta, DEFAULT_BETA):
         notes.append(f"beta {beta:g}")
     return f"{variant} ({', '.join(notes)})" if notes else variant
 
@@ -117,12 +124,21 @@ def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> 
                 train_log=[r for r in log if r.get("kind") == "train"],
                 val_log=[r for r in log if r.get("kind") == "val"],
                 machine=run_machine(log, cfg.train.precision),
+                unlabeled=_unlabeled_count(run_dir),
                 raw_dice=raw_dice,
                 raw_hd95=raw_hd95,
                 postprocessing=_postprocessing_text(run_dir),
             )
         )
     return results
+
+
+def _unlabeled_count(run_dir: Path) -> int:
+    """How many unlabelled volumes a run trained on (its ``split.json``'s ``unlabeled`` list; 0 without)."""
+    path = run_dir / "split.json"
+    if not path.is_file():
+        return 0
+    return len(json.loads(path.read_text(encoding="utf-8")).get("unlabeled", []))
 
 
 def _case_metrics(table) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
@@ -216,21 +232,26 @@ def _run_summary(run: RunResult) -> dict[str, float]:
 def _method_table(runs: list[RunResult]) -> list[str]:
     classes = runs[0].classes
     by_method: dict[str, list[dict]] = defaultdict(list)
+    unlabeled: dict[str, set[int]] = defaultdict(set)
     for run in runs:
         by_method[run.method].append(_run_summary(run))
+        unlabeled[run.method].add(run.unlabeled)
+    semi = any(n for counts in unlabeled.values() for n in counts)  # the column only where a run used some
     header = (
-        "| method | seeds | " + " | ".join(f"Dice {k}" for k in classes) + " | **mean Dice** | "
-        + " | ".join(f"HD95 {k} (mm)" for k in classes) + " | mean HD95 (mm) | HD95 missing |"
+        "| method | seeds | " + ("unlabelled volumes | " if semi else "") + " | ".join(f"Dice {k}" for k in classes)
+        + " | **mean Dice** | " + " | ".join(f"HD95 {k} (mm)" for k in classes) + " | mean HD95 (mm) | HD95 missing |"
     )
-    lines = [header, "|" + "---|" * (4 + 2 * len(classes) + 1)]
+    lines = [header, "|" + "---|" * (4 + 2 * len(classes) + 1 + semi)]
     for method, summaries in sorted(by_method.items(), key=lambda item: _method_order(item[0])):
         def stat(key, scale=100.0, digits=1):
             over_seeds = summarize((s[key] for s in summaries), finite_only=True)
             return _fmt(over_seeds.mean, over_seeds.std, scale, digits)
 
         missing = sum(s[f"missing:{k}"] for s in summaries for k in classes)
+        counts = sorted(unlabeled[method])
+        column = (f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}") + " | " if semi else ""
         lines.append(
-            f"| {method} | {len(summaries)} | " + " | ".join(stat(f"dice:{k}") for k in classes)
+            f"| {method} | {len(summaries)} | {column}" + " | ".join(stat(f"dice:{k}") for k in classes)
             + f" | **{stat('dice:mean')}** | " + " | ".join(stat(f"hd95:{k}", 1.0, 2) for k in classes)
             + f" | {stat('hd95:mean', 1.0, 2)} | {missing} |"
         )

@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from medcontext.method.settings import MASK_MODES, MASK_SPACES, STUDENT_PASSES, VARIANTS, closest
 
 if TYPE_CHECKING:
     from .schema import TrainConfig
@@ -56,8 +57,8 @@ class Check:
         requirement = self.requirement() if callable(self.requirement) else self.requirement
         text = f"{self.key} must be {requirement}, got {value!r}"
         choices = self.choices() if callable(self.choices) else self.choices
-        close = difflib.get_close_matches(value, list(choices), n=1) if isinstance(value, str) and choices else []
-        return text + (f" (did you mean {close[0]!r}?)" if close else "")
+        guess = closest(value, choices) if isinstance(value, str) and choices else None
+        return text + (f" (did you mean {guess!r}?)" if guess else "")
 
 
 def _listing(options: Sequence[str]) -> str:
@@ -100,14 +101,10 @@ def _cell(value: Any) -> bool:
 
 
 def _variants() -> list[str]:
-    from medcontext.method import VARIANTS
-
     return list(VARIANTS)
 
 
 def _has_teacher(variant: str) -> bool:
-    from medcontext.method import VARIANTS
-
     return variant in VARIANTS and VARIANTS[variant].teacher
 
 
@@ -150,6 +147,9 @@ CHECKS: list[Check] = [
     Check("data.num_workers", ">= 0", lambda v, c: _int(v, 0)),
     Check("data.cache_dir", "a folder path or null", lambda v, c: _text_or_none(v)),
     Check("data.preprocess", "a mapping of preprocessing settings", lambda v, c: isinstance(v, dict)),
+    Check("data.unlabeled", "pool, imagesTs, a folder or file path, a list of them, or null",
+          lambda v, c: v is None or _text_or_none(v) or (isinstance(v, list) and all(_text_or_none(x) and x for x in v))),
+    Check("data.unlabeled_batch_size", ">= 1 or null (as many as labelled crops)", lambda v, c: v is None or _int(v, 1)),
     # model
     Check.one_of("model.name", _models),
     Check("model.options", "a mapping of option names to values", lambda v, c: _str_keys(v)),
@@ -163,11 +163,11 @@ CHECKS: list[Check] = [
     Check("method.momentum", "in [0, 1]", lambda v, c: _number(v, 0, 1)),
     Check("method.momentum_horizon", "in (0, 1] (a fraction of train.steps) or null",
           lambda v, c: v is None or _number(v, 0, 1, low_open=True)),
-    Check.one_of("method.mask_space", ("auto", "token", "input")),
+    Check.one_of("method.mask_space", MASK_SPACES),
     Check("method.depth_axis", "a spatial axis in [-3, 2]", lambda v, c: _int(v, -3) and v <= 2),
     Check("method.mask_cell", "a positive int, 3 positive ints or null", lambda v, c: v is None or _cell(v)),
-    Check.one_of("method.mask_mode", ("exact", "bernoulli")),
-    Check.one_of("method.student_passes", ("auto", "separate", "concat")),
+    Check.one_of("method.mask_mode", MASK_MODES),
+    Check.one_of("method.student_passes", STUDENT_PASSES),
     # optim
     Check.one_of("optim.name", ("adamw", "sgd")),
     Check("optim.lr", "a finite number > 0", lambda v, c: _number(v, 0, low_open=True)),

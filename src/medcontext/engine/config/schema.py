@@ -22,6 +22,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from medcontext.method.settings import DEFAULTS
+
 __all__ = [
     "DataConfig",
     "ModelConfig",
@@ -67,6 +69,13 @@ class DataConfig:
         cache_dir: folder for a persistent cache of preprocessed volumes (``None`` = memory).
         preprocess: overrides for ``PreprocessConfig.from_spec`` (e.g. ``target_spacing``,
             ``ct_window``).
+        unlabeled: unlabelled volumes for a semi-supervised ``method.variant`` (CLI
+            ``--unlabeled``): ``pool`` (the cases the split leaves over, labels never read),
+            ``imagesTs`` (the images the dataset lists without labels), a folder or JSON in any
+            layout ``data.path`` reads (labels ignored), or a list of them
+            (:mod:`medcontext.data.unlabeled`); ``null``: none.
+        unlabeled_batch_size: unlabelled crops per step per process; ``null`` = as many as
+            labelled crops (``train.batch_size x data.num_samples``).
     """
 
     path: str | None = None
@@ -84,6 +93,8 @@ class DataConfig:
     num_workers: int = 0
     cache_dir: str | None = None
     preprocess: dict = field(default_factory=dict)
+    unlabeled: str | list[str] | None = None
+    unlabeled_batch_size: int | None = None
 
 
 @dataclass
@@ -110,10 +121,13 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """MedContext settings (SPEC 1 and 2); ``variant: baseline`` trains without it.
+    """MedContext settings (docs/method.md); ``variant: baseline`` trains without it.
+
+    The defaults are :data:`medcontext.method.settings.DEFAULTS`.
 
     Attributes:
-        variant: ``baseline`` | ``medcontext`` | ``no_teacher`` | ``msl_only`` | ``cl_only``.
+        variant: a name of :data:`medcontext.method.settings.VARIANTS` (``baseline``,
+            ``medcontext``, ``no_teacher``, ``msl_only``, ``cl_only``, ...).
         mask_ratio: fraction of in-plane mask positions replaced by the mask token.
         beta: weight of the consistency loss.
         momentum: teacher EMA momentum at step 0 (cosine to 1.0 at the last step).
@@ -122,21 +136,22 @@ class MethodConfig:
             ``null`` = the paper's fixed ``momentum``.
         mask_space: ``auto`` | ``token`` | ``input``.
         depth_axis: spatial axis along which masks are repeated (tube masking).
-        mask_cell: voxels per mask cell (int or ``[x, y, z]``); ``None`` = SPEC 2 defaults.
+        mask_cell: voxels per mask cell (int or ``[x, y, z]``); ``None`` = the defaults of
+            docs/method.md (the model's token patch, or 16 voxels in input space).
         mask_mode: ``exact`` (``round(ratio * N)`` cells) or ``bernoulli``.
         student_passes: ``auto`` | ``separate`` | ``concat``.
     """
 
-    variant: str = "medcontext"
-    mask_ratio: float = 0.4
-    beta: float = 0.5
-    momentum: float = 0.996
-    momentum_horizon: float | None = None
-    mask_space: str = "auto"
-    depth_axis: int = -1
+    variant: str = DEFAULTS.variant
+    mask_ratio: float = DEFAULTS.mask_ratio
+    beta: float = DEFAULTS.beta
+    momentum: float = DEFAULTS.momentum
+    momentum_horizon: float | None = DEFAULTS.momentum_horizon
+    mask_space: str = DEFAULTS.mask_space
+    depth_axis: int = DEFAULTS.depth_axis
     mask_cell: int | list[int] | None = None
-    mask_mode: str = "exact"
-    student_passes: str = "auto"
+    mask_mode: str = DEFAULTS.mask_mode
+    student_passes: str = DEFAULTS.student_passes
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 
 from medcontext.data.fingerprint import DatasetFingerprint, thick_slice_axis
+from medcontext.engine.builder import build_medcontext, build_network
 from medcontext.engine.config import TrainConfig
 from medcontext.engine.host.precision import resolve_device, resolve_precision
 from medcontext.engine.planning.training_plan import (
@@ -48,22 +49,14 @@ def read_plan(run_dir: str | Path) -> TrainingPlan | None:
 
 def _mask_cell_reporter(cfg: TrainConfig, spec, in_channels: int, out_channels: int):
     """``roi -> (cell or None, space, reason)``: the mask cell the MedContext wrapper will use."""
-    from medcontext.method import MedContext
-    from medcontext.models import create_model
-
     m = cfg.method
     _units, graphs, _teacher = variant_cost(m.variant)
 
     def report(roi: Sequence[int]) -> tuple[tuple[int, int, int] | None, str, str]:
         if graphs == 1:
             return None, "none", f"no masked view (variant {m.variant})"
-        network = build_on_meta(
-            lambda: create_model(cfg.model.name, in_channels, out_channels, tuple(roi), **cfg.model.options)
-        )
-        mc = MedContext(
-            network, variant=m.variant, mask_space=m.mask_space, depth_axis=m.depth_axis, mask_cell=m.mask_cell,
-            roi_size=tuple(roi), total_steps=1, output_mode=spec.output_mode,
-        )
+        network = build_on_meta(lambda: build_network(cfg, in_channels, out_channels, roi))
+        mc = build_medcontext(cfg, network, roi, spec.output_mode)
         cell = tuple(int(c) for c in mc.masker.cell_size)
         if m.mask_cell is not None:
             return cell, mc.mask_space, f"set by method.mask_cell ({mc.mask_space} space)"
@@ -71,12 +64,12 @@ def _mask_cell_reporter(cfg: TrainConfig, spec, in_channels: int, out_channels: 
             patch = tuple(mc.masker.token_patch)
             tokens = "x".join(str(c // p) for c, p in zip(cell, patch))
             return cell, "token", (
-                f"token space, SPEC 2 default of {cfg.model.name}: {tokens} tokens of {'x'.join(map(str, patch))} voxels"
+                f"token space, default of {cfg.model.name}: {tokens} tokens of {'x'.join(map(str, patch))} voxels"
             )
         if cell == (16, 16, 16):
-            return cell, "input", "input space, SPEC 2 default 16^3"
+            return cell, "input", "input space, default 16^3 (docs/method.md)"
         return cell, "input", (
-            "input space: SPEC 2's 16 voxels halved on axes where the crop would hold fewer than 4 cells "
+            "input space: the default 16 voxels halved on axes where the crop would hold fewer than 4 cells "
             "(smaller for small crops)"
         )
 
@@ -104,7 +97,6 @@ def plan_run(
     Raises:
         PlanError: the crop and batch do not fit the device's memory budget.
     """
-    from medcontext.models import create_model
     from medcontext.models.registry import roi_requirements
 
     in_channels, out_channels = spec.num_channels, spec.num_outputs
@@ -140,7 +132,7 @@ def plan_run(
         budget, budget_source = memory_budget(device)
 
     def build(crop: Sequence[int]):
-        return create_model(cfg.model.name, in_channels, out_channels, tuple(crop), **cfg.model.options)
+        return build_network(cfg, in_channels, out_channels, crop)
 
     plan = plan_training(
         fingerprint,

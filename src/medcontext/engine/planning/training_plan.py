@@ -19,15 +19,15 @@ budget for the device. Explicit settings always win, then the preset's, then the
 - **batch**: ``train.batch_size x data.num_samples`` crops as configured (nnU-Net's 3D batch
   of 2 by default); the crop shrinks to fit it, and a batch that does not fit the budget even
   at the smallest crop is refused;
-- **mask cell**: what the MedContext wrapper will use for that crop (SPEC 2), reported, with
+- **mask cell**: what the MedContext wrapper will use for that crop (docs/method.md), reported, with
   the crop kept a multiple of it.
 
 Memory is estimated without allocating: the network runs once on PyTorch's ``meta`` device and
 the tensors autograd saves for the backward pass are summed (fp32), then multiplied by the
 passes of the variant (MedContext keeps two student graphs), plus weights, gradients, optimizer
 state and the teacher. Time per step is measured: one forward and backward of the real network
-on a single crop, scaled by the crops per step and the variant's cost (SPEC 3: 7 units per
-MedContext step, 3 per baseline step).
+on a single crop, scaled by the crops per step and the variant's cost (docs/method.md: 7 units per
+MedContext step, 3 per baseline step; :attr:`medcontext.method.settings.Variant.cost_units`).
 
 Data enters as a :class:`~medcontext.data.DatasetSpec` and settings; it leaves as a
 :class:`TrainingPlan` (printable with reasons, saved as ``plan.json`` in the run folder).
@@ -54,6 +54,7 @@ from medcontext.data.fingerprint import (
     plan_spacing,
     thick_slice_axis,
 )
+from medcontext.method.settings import get_variant
 
 __all__ = [
     "DatasetFingerprint",
@@ -79,11 +80,6 @@ Triple = tuple[int, int, int]
 MAX_CROP_VOXELS = 128**3
 """Largest planned crop (voxels): nnU-Net's usual 3D full-resolution crop volume."""
 
-#: forward-pass units of one training step per variant (a backward = 2 forwards, SPEC 3):
-#: baseline 1 + 2; two student passes 2 x 3; plus the teacher's forward where it has one.
-_VARIANT_UNITS = {"baseline": 3, "medcontext": 7, "no_teacher": 6, "msl_only": 7, "cl_only": 7}
-#: student graphs alive at the backward pass
-_VARIANT_GRAPHS = {"baseline": 1, "medcontext": 2, "no_teacher": 2, "msl_only": 2, "cl_only": 2}
 #: optimizer state tensors per parameter
 _OPTIMIZER_STATES = {"adamw": 2, "sgd": 1}
 
@@ -93,10 +89,13 @@ class PlanError(ValueError):
 
 
 def variant_cost(variant: str) -> tuple[int, int, bool]:
-    """``(forward units per step, student graphs alive, has a teacher)`` of a method variant."""
-    if variant not in _VARIANT_UNITS:
-        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(_VARIANT_UNITS)}")
-    return _VARIANT_UNITS[variant], _VARIANT_GRAPHS[variant], variant not in ("baseline", "no_teacher")
+    """``(forward units per step, student graphs alive, has a teacher)`` of a method variant.
+
+    Read from :data:`medcontext.method.settings.VARIANTS` (the cost model of docs/method.md:
+    a forward 1 unit, a backward 2).
+    """
+    settings = get_variant(variant)
+    return settings.cost_units, settings.student_passes, settings.teacher
 
 
 # ---------------------------------------------------------------------------------- memory

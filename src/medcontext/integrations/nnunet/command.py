@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from medcontext.method.settings import DEFAULTS, VARIANTS
+
 __all__ = ["add_parser", "run"]
 
 
@@ -25,11 +27,10 @@ def add_parser(sub, formatter) -> None:
                               help="put the trainer file into nnU-Net's own trainer folder")
     install.add_argument("--remove", action="store_true", help="remove it instead")
     name = nsub.add_parser("trainer-name", formatter_class=formatter, help="trainer name for MedContext settings")
-    name.add_argument("--variant", default="medcontext",
-                      choices=["medcontext", "baseline", "no_teacher", "msl_only", "cl_only"])
-    name.add_argument("--mask-ratio", type=float, default=0.4, help="fraction of in-plane positions masked")
-    name.add_argument("--beta", type=float, default=0.5, help="consistency-loss weight")
-    name.add_argument("--momentum", type=float, default=0.996, help="EMA momentum at step 0")
+    name.add_argument("--variant", default=DEFAULTS.variant, choices=list(VARIANTS))
+    name.add_argument("--mask-ratio", type=float, default=DEFAULTS.mask_ratio, help="fraction of in-plane positions masked")
+    name.add_argument("--beta", type=float, default=DEFAULTS.beta, help="consistency-loss weight")
+    name.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="EMA momentum at step 0")
     name.add_argument("--mask-cell", type=int, nargs="+", metavar="N", help="voxels per mask cell (1 or 3 values, z y x)")
     name.add_argument("--epochs", type=int, help="nnU-Net epochs (default 1000)")
     name.add_argument("--iterations", type=int, help="training iterations per epoch (default 250)")

@@ -22,24 +22,34 @@ token                     setting
 ``<N>valiters``           validation iterations per epoch (default 50)
 ========================  ==================================================================
 
-This module is pure Python: it imports neither torch nor nnunetv2.
+The variant tokens are those of :data:`medcontext.method.settings.VARIANTS`, the defaults its
+``DEFAULTS``. This module is pure Python: it imports neither torch nor nnunetv2.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import asdict, dataclass
+
+from medcontext.method.settings import DEFAULTS, VARIANTS, check_choice
 
 __all__ = ["BASE_TRAINER_NAME", "MedContextSettings", "parse_trainer_name", "trainer_name"]
 
 BASE_TRAINER_NAME = "nnUNetTrainerMedContext"
 
-_VARIANT_TOKENS = {"baseline": "baseline", "noTeacher": "no_teacher", "mslOnly": "msl_only", "clOnly": "cl_only"}
-_TOKEN_HELP = (
-    "tokens: baseline | noTeacher | mslOnly | clOnly | ratio<percent> | beta<X> | m<X> | cell<N> | cell<A>x<B>x<C> "
-    "| <N>epochs | <N>iters | <N>valiters (X with 'p' as the decimal point, e.g. beta0p5)"
-)
+
+
+def _variant_tokens() -> dict[str, str]:
+    """``{trainer-name token: variant}`` of every variant but the default (which needs no token)."""
+    return {v.nnunet_token: v.name for v in VARIANTS.values() if v.nnunet_token}
+
+
+def _token_help() -> str:
+    return (
+        f"tokens: {' | '.join(_variant_tokens())} | ratio<percent> | beta<X> | m<X> | cell<N> | cell<A>x<B>x<C> "
+        "| <N>epochs | <N>iters | <N>valiters (X with 'p' as the decimal point, e.g. beta0p5)"
+    )
+
 _NUMBER = r"(\d+(?:p\d+)?)"
 
 
@@ -48,9 +58,10 @@ class MedContextSettings:
     """What a MedContext nnU-Net trainer does besides nnU-Net's own step.
 
     Attributes:
-        variant: ``"medcontext"``, ``"baseline"``, ``"no_teacher"``, ``"msl_only"`` or ``"cl_only"``.
+        variant: a name of :data:`medcontext.method.settings.VARIANTS` (``"medcontext"``,
+            ``"baseline"``, ``"no_teacher"``, ``"msl_only"``, ``"cl_only"``, ...).
         mask_ratio: fraction of the in-plane mask positions masked, in [0, 1] (paper: 0.4).
-        beta: weight of the consistency loss, >= 0 (SPEC default 0.5).
+        beta: weight of the consistency loss, >= 0 (default 0.5).
         momentum: EMA momentum at step 0, in [0, 1]; cosine schedule to 1.0 at the last step.
         mask_cell: voxels per mask cell along (z, y, x) of nnU-Net's patch; ``None`` = 16 per
             axis, halved while the patch holds fewer than 4 cells along that axis.
@@ -59,10 +70,10 @@ class MedContextSettings:
         val_iterations_per_epoch: validation iterations per epoch; ``None`` keeps nnU-Net's 50.
     """
 
-    variant: str = "medcontext"
-    mask_ratio: float = 0.4
-    beta: float = 0.5
-    momentum: float = 0.996
+    variant: str = DEFAULTS.variant
+    mask_ratio: float = DEFAULTS.mask_ratio
+    beta: float = DEFAULTS.beta
+    momentum: float = DEFAULTS.momentum
     mask_cell: tuple[int, int, int] | None = None
     num_epochs: int | None = None
     iterations_per_epoch: int | None = None
@@ -70,11 +81,7 @@ class MedContextSettings:
 
     def validate(self, source: str = "MedContext settings") -> "MedContextSettings":
         """Raise ``ValueError`` naming ``source`` and the bad value; returns ``self``."""
-        variants = ("medcontext", *_VARIANT_TOKENS.values())
-        if self.variant not in variants:
-            close = difflib.get_close_matches(str(self.variant), variants, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"{source}: variant must be one of {', '.join(variants)}, got {self.variant!r}.{hint}")
+        check_choice("variant", self.variant, list(VARIANTS), source=source)
         if not 0.0 <= self.mask_ratio <= 1.0:
             raise ValueError(f"{source}: mask_ratio must be in [0, 1], got {self.mask_ratio}")
         if self.beta < 0:
@@ -147,8 +154,8 @@ def parse_trainer_name(name: str) -> MedContextSettings:
         (re.compile(r"(\d+)valiters"), "val_iterations_per_epoch", lambda m: int(m.group(1))),
     ]
     for token in tokens:
-        if token in _VARIANT_TOKENS:
-            put("variant", _VARIANT_TOKENS[token], token)
+        if token in _variant_tokens():
+            put("variant", _variant_tokens()[token], token)
             continue
         for pattern, key, convert in patterns:
             match = pattern.fullmatch(token)
@@ -156,7 +163,7 @@ def parse_trainer_name(name: str) -> MedContextSettings:
                 put(key, convert(match), token)
                 break
         else:
-            raise ValueError(f"trainer name {name!r}: unknown token {token!r}; {_TOKEN_HELP}")
+            raise ValueError(f"trainer name {name!r}: unknown token {token!r}; {_token_help()}")
     return MedContextSettings(**values).validate(source=f"trainer name {name!r}")
 
 
@@ -167,7 +174,7 @@ def trainer_name(settings: MedContextSettings) -> str:
     default = MedContextSettings()
     tokens = []
     if settings.variant != default.variant:
-        tokens.append({v: k for k, v in _VARIANT_TOKENS.items()}[settings.variant])
+        tokens.append(VARIANTS[settings.variant].nnunet_token)
     if settings.mask_ratio != default.mask_ratio:
         percent = settings.mask_ratio * 100
         if abs(percent - round(percent)) > 1e-9:

@@ -1,0 +1,131 @@
+"""``medcontext pretrain``: weights that ``train --init-checkpoint`` takes, labels never read, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from medcontext.cli import main
+from medcontext.engine.pretraining import PRETRAINED_FILE, output_layer_keys, save_pretrained_weights
+from medcontext.engine.training_log import read_metrics
+from medcontext.models import create_model, get_model_spec, list_models
+from medcontext.models.pretrained import load_pretrained
+
+# pool = the 2 cases a 2-shot split of the 6 phantom cases (1 validation, 1 test) leaves over
+TINY_PRETRAIN = [
+    "--unlabeled", "pool", "--train-cases", "2", "--val-cases", "1", "--test-cases", "1",
+    "--model", "unet3d", "--model-size", "tiny", "--roi", "16", "16", "16", "--batch-size", "2",
+    "--no-tensorboard", "--no-progress",
+]
+
+
+def _pretrain(data, out, *extra) -> int:
+    return main(["pretrain", "--data", str(data), "--out", str(out), *TINY_PRETRAIN, *extra])
+
+
+def _losses(run) -> list[float]:
+    return [r["total"] for r in read_metrics(run / "metrics.jsonl", kind="train")]
+
+
+def test_pretrain_writes_weights_that_train_takes_without_a_prefix_map(tmp_path, phantom_dir, capsys):
+    run = tmp_path / "pretrain"
+    assert _pretrain(phantom_dir, run, "--steps", "3") == 0
+    assert len(_losses(run)) == 3 and all(loss > 0 for loss in _losses(run))
+    assert (run / "loss_curve.png").stat().st_size > 0 and (run / "last.pt").is_file()
+    assert json.loads((run / "volumes.json").read_text())["count"] == 2
+    capsys.readouterr()
+    finetune = tmp_path / "finetune"
+    assert main(["train", "--data", str(phantom_dir), "--out", str(finetune), "--model", "unet3d", "--model-size",
+                 "tiny", "--roi", "16", "16", "16", "--steps", "1", "--train-cases", "2", "--seed", "0",
+                 "--set", "data.val_cases=1", "--set", "data.test_cases=1", "--set", "data.num_samples=1",
+                 "--set", "train.tensorboard=false", "--no-progress",
+                 "--init-checkpoint", str(run / PRETRAINED_FILE)]) == 0
+    out = capsys.readouterr().out
+    # every weight but the output layer (2 tensors, its shape depends on the classes) is loaded
+    assert "missing 2, unexpected 0, shape-mismatched 0" in out
+    assert "missing (kept at initialisation): output_block.conv.conv.bias, output_block.conv.conv.weight" in out
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_pretrained_weights_load_into_every_registered_model(tmp_path, name):
+    """The file pretrain writes loads, with no prefix map and no skipped shapes, into the model
+    built for another number of classes: only the output layer stays at its initialisation."""
+    spec = get_model_spec(name)
+    torch.manual_seed(0)
+    pretrained = create_model(name, 1, 1, spec.test_roi, **spec.test_options)  # 1 output: the reconstruction
+    head = output_layer_keys(name, 1, spec.test_roi, spec.test_options)
+    assert head, f"{name}: no output-layer key found"
+    path = save_pretrained_weights(tmp_path / PRETRAINED_FILE, pretrained, head, {"model": name})
+    torch.manual_seed(1)
+    network = create_model(name, 1, 4, spec.test_roi, **spec.test_options)
+    report = load_pretrained(network, path)
+    assert not report.unexpected and not report.mismatched
+    assert set(report.missing) == set(head) & set(network.state_dict())
+    assert set(report.loaded) == set(pretrained.state_dict()) - set(head)
+    source = pretrained.state_dict()
+    assert all(torch.equal(network.state_dict()[k], source[k]) for k in report.loaded)
+
+
+def test_labels_are_never_read(tmp_path, phantom_dir, monkeypatch):
+    data = tmp_path / "Phantom"
+    shutil.copytree(phantom_dir, data)
+    labels = sorted((data / "labelsTr").glob("*.nii.gz"))
+    for i, label in enumerate(labels):  # half the label files gone, the other half not NIfTI at all
+        label.unlink() if i % 2 else label.write_bytes(b"not a label")
+    import nibabel
+
+    opened = []
+    original = nibabel.load
+    monkeypatch.setattr(nibabel, "load", lambda path, *a, **k: opened.append(str(path)) or original(path, *a, **k))
+    run = tmp_path / "pretrain"
+    assert _pretrain(data, run, "--steps", "2") == 0
+    assert len(_losses(run)) == 2
+    assert opened and not [p for p in opened if "labelsTr" in p]
+
+
+def test_resume_repeats_the_uninterrupted_losses(tmp_path, phantom_dir, capsys):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert _pretrain(phantom_dir, straight, "--steps", "4") == 0
+    assert _pretrain(phantom_dir, resumed, "--steps", "4", "--stop-after", "2") == 0
+    assert len(_losses(resumed)) == 2
+    assert main(["pretrain", "--out", str(resumed), "--resume", "--no-progress"]) == 0  # the saved settings
+    assert _losses(resumed) == pytest.approx(_losses(straight), rel=1e-5, abs=1e-6)
+    weights = [torch.load(run / PRETRAINED_FILE, weights_only=True)["state_dict"] for run in (straight, resumed)]
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-5) for k in weights[0])
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(resumed), "--resume", "--mask-ratio", "0.3", "--no-progress"]) == 2
+    assert "mask_ratio: 0.6 -> 0.3" in capsys.readouterr().err
+
+
+def test_bad_settings_fail_before_any_image_is_read(tmp_path, phantom_dir, capsys, monkeypatch):
+    import nibabel
+
+    monkeypatch.setattr(nibabel, "load", lambda *a, **k: pytest.fail("an image was read"))
+    assert main(["pretrain", "--data", str(phantom_dir), "--out", str(tmp_path / "a"), "--no-progress"]) == 2
+    assert "pass --unlabeled SOURCE" in capsys.readouterr().err
+    assert _pretrain(phantom_dir, tmp_path / "b", "--roi", "18", "16", "16") == 2
+    assert "multiples of 4, got (18, 16, 16)" in capsys.readouterr().err
+    assert _pretrain(phantom_dir, tmp_path / "c", "--mask-cell", "16", "--mask-ratio", "0.4") == 2
+    assert "masks nothing" in capsys.readouterr().err
+
+
+def test_a_train_config_gives_the_pool_that_its_run_leaves_unlabelled(tmp_path, phantom_dir):
+    config = tmp_path / "train.yaml"
+    config.write_text("data: {train_cases: 2, val_cases: 1, test_cases: 2, split_seed: 3, num_samples: 1}\n"
+                      "model: {name: unet3d, options: {size: tiny}, roi: [16, 16, 16]}\n"
+                      "train: {seed: 5, tensorboard: false}\n")
+    run, pre = tmp_path / "train", tmp_path / "pretrain"
+    assert main(["train", "--config", str(config), "--data", str(phantom_dir), "--out", str(run), "--steps", "1",
+                 "--no-progress"]) == 0
+    split = json.loads((run / "split.json").read_text())
+    assert main(["pretrain", "--config", str(config), "--data", str(phantom_dir), "--unlabeled", "pool",
+                 "--steps", "1", "--out", str(pre), "--no-tensorboard", "--no-progress"]) == 0
+    saved = json.loads((pre / "config.json").read_text())
+    assert (saved["model"], saved["model_options"], saved["roi"], saved["seed"]) == ("unet3d", {"size": "tiny"},
+                                                                                       [16, 16, 16], 5)
+    pooled = {case["case_id"] for case in json.loads((pre / "volumes.json").read_text())["cases"]}
+    everything = {f"phantom_{i:03d}" for i in range(6)}
+    assert pooled and pooled == everything - set(split["train"]) - set(split["val"]) - set(split["test"])
