@@ -53,7 +53,8 @@ def _readme_commands() -> list[str]:
         for line in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"\s+#.*$", "", line)
             for match in re.finditer(r"(?:^|-m |\$\()medcontext ([^)]*)", line.strip()):
-                found.append(" ".join(match.group(1).split(" && ")[0].split()))
+                command = match.group(1).split(" && ")[0].replace("[", " ").replace("]", " ")  # [--opt] given
+                found.append(" ".join(command.split()))
     for span in re.findall(r"`(?:torchrun [^`]*?-m )?medcontext ([^`]+)`", text):
         span = " ".join(span.replace("[", " ").replace("]", " ").split())  # optional parts [--use teacher] given
         words = span.split()
