@@ -272,9 +272,9 @@ def predict_run(
     run = load_run(run_dir)
     cases = find_input_cases(input_path, run.spec.num_channels)
     check_outputs(cases, output_dir, probabilities=probabilities)  # before any work: never overwrite an input
-    check_writable_folder(output_dir, "--output")
     predictor = Predictor(run, checkpoint=checkpoint, use=use, device=device, trust_checkpoint=trust_checkpoint,
                           postprocess=postprocess)
+    check_writable_folder(output_dir, "--output")  # after the checkpoint is accepted: a refusal leaves no folder
     echo(
         f"predicting {len(cases)} case(s) with {predictor.checkpoint['path']} (step {predictor.checkpoint['step']}, "
         f"{use} weights) on {predictor.device}"
