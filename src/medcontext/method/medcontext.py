@@ -1,6 +1,6 @@
 """The MedContext wrapper: adds the masked-view and teacher terms to any segmentation network.
 
-One training step (SPEC 1, paper Algorithm 1)::
+One training step (docs/method.md, paper Algorithm 1)::
 
     losses = mc.losses(images, labels)   # student on X and X_M, teacher on X
     losses.total.backward()
@@ -30,8 +30,8 @@ __all__ = ["MedContext", "LossBreakdown", "VARIANTS", "TeacherOutOfSyncWarning"]
 
 
 class TeacherOutOfSyncWarning(UserWarning):
-    """The teacher differs from the student before the first teacher update (SPEC 1.7 wants
-    an exact copy): weights were most likely loaded into the network after wrapping it."""
+    """The teacher differs from the student before the first teacher update (the teacher starts as
+    an exact copy, docs/method.md): weights were most likely loaded into the network after wrapping it."""
 
 
 @dataclass
@@ -89,7 +89,7 @@ class MedContext(nn.Module):
         variant: a name of :data:`~medcontext.method.settings.VARIANTS` (``"baseline"``,
             ``"medcontext"``, ``"no_teacher"``, ``"msl_only"``, ``"cl_only"``, ...).
         mask_ratio: fraction of in-plane mask positions masked (paper: 0.4).
-        beta: weight of the consistency loss (SPEC default 0.5).
+        beta: weight of the consistency loss (default 0.5).
         momentum: EMA momentum at step 0 (0.996), cosine to 1.0 at the last step.
         momentum_horizon: instead of ``momentum``, the teacher's EMA time constant as a
             fraction of ``total_steps`` (:func:`~medcontext.method.schedules.momentum_for_horizon`);
@@ -98,7 +98,7 @@ class MedContext(nn.Module):
         mask_space: ``"token"`` (after the patch embedding, needs a registered adapter),
             ``"input"`` (voxel cubes, any network) or ``"auto"`` (token where possible).
         depth_axis: spatial axis the mask tubes run along (default: last, axial in RAS).
-        mask_cell: voxels per mask cell (int or triple); ``None`` = SPEC 2 defaults.
+        mask_cell: voxels per mask cell (int or triple); ``None`` = the defaults of docs/method.md.
         roi_size: training crop (H, W, D), used to pick the default input-space cell size.
         mask_mode: ``"exact"`` (round(ratio*N) masked) or ``"bernoulli"``.
         output_mode: ``"softmax"`` (labels (B, 1, ...) int) or ``"sigmoid"`` (regions (B, R, ...)).
@@ -316,7 +316,7 @@ class MedContext(nn.Module):
     # ------------------------------------------------------------------ teacher
     @torch.no_grad()
     def sync_teacher(self) -> None:
-        """Copy the student's current weights and buffers into the teacher (SPEC 1.7).
+        """Copy the student's current weights and buffers into the teacher (docs/method.md).
 
         Call it after loading pretrained weights into the network once ``MedContext`` wraps
         it: the teacher was copied at construction, from the weights the network had then.
@@ -335,7 +335,7 @@ class MedContext(nn.Module):
                 f"the MedContext teacher differs from the student before the first teacher update (largest "
                 f"difference {difference:.3g}): it was copied when MedContext(...) wrapped the network, so weights "
                 "loaded into the network afterwards are not in the teacher. Call mc.sync_teacher() after loading "
-                "(or load before wrapping); SPEC 1.7 starts the teacher as an exact copy of the student.",
+                "(or load before wrapping); the teacher starts as an exact copy of the student (docs/method.md).",
                 TeacherOutOfSyncWarning,
                 stacklevel=3,
             )

@@ -35,7 +35,7 @@ def cosine_schedule(step: int, total_steps: int, start: float, end: float) -> fl
 
 
 def momentum_at(step: int, total_steps: int, base: float = 0.996) -> float:
-    """EMA teacher momentum (SPEC 1.6): ``base`` at step 0, cosine up to 1.0 at the last step.
+    """EMA teacher momentum (docs/method.md): ``base`` at step 0, cosine up to 1.0 at the last step.
 
     ``m(k) = 1 - (1 - base) * (cos(pi * k / K) + 1) / 2`` with ``K = total_steps - 1``.
     """
