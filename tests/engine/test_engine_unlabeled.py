@@ -107,3 +107,12 @@ def test_a_semi_supervised_variant_trains_on_the_pool_through_the_cli(phantom_di
     assert json.loads((out / "unlabeled.json").read_text())["count"] == 1
     with pytest.raises(ConfigError, match="trains on unlabelled volumes too.*--unlabeled pool"):
         check_unlabeled_settings(load_config(None, {**TINY, "method.variant": "medcontext_semi"}))
+
+
+@pytest.mark.parametrize("variant, masked", [("mean_teacher", False), ("bcp", False), ("medcontext_bcp", True)])
+def test_the_plan_gives_a_mask_cell_only_to_variants_with_a_masked_view(eight_cases, variant, masked):
+    from medcontext.engine.planning.run_planner import plan_run
+
+    cfg = load_config(None, {**TINY, "data.path": str(eight_cases), "method.variant": variant, "data.unlabeled": "pool"})
+    plan = plan_run(cfg, load_dataset(eight_cases), measure_time=False)
+    assert (plan.mask_cell.value is not None) == masked  # mean_teacher / bcp: two student graphs, no mask
