@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_parser(sub)
     _add_report_parser(sub)
     _add_data_parser(sub)
+    from medcontext.export import command as export_command
+
+    export_command.add_parser(sub, _Formatter)
     from medcontext.integrations.nnunet import command as nnunet_command
 
     nnunet_command.add_parser(sub, _Formatter)
@@ -575,6 +578,12 @@ def _cmd_nnunet(args: argparse.Namespace) -> int:
     return command.run(args)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from medcontext.export import command as export_command
+
+    return export_command.run(args)
+
+
 _COMMANDS = {
     "train": _cmd_train,
     "pretrain": _cmd_pretrain,
@@ -585,6 +594,7 @@ _COMMANDS = {
     "report": _cmd_report,
     "data": _cmd_data,
     "nnunet": _cmd_nnunet,
+    "export": _cmd_export,
 }
 
 
