@@ -269,3 +269,33 @@ def test_bad_run_folders_get_clear_errors(runs, tmp_path, capsys):
     (bad_post / "postprocessing.json").write_text(json.dumps({"version": 2}))
     assert "version" in export_error(bad_post, tmp_path / "b4")
     assert not any(p.name.startswith(("b1", "b2", "b3", "b4", ".b")) for p in tmp_path.iterdir())  # nothing left behind
+
+
+def _registered_models() -> list[str]:
+    from medcontext.models import list_models
+
+    return list_models()
+
+
+@pytest.mark.parametrize("name", _registered_models())
+def test_every_registered_model_has_a_bundle_definition_with_its_weights(name):
+    """A new model exports without new code: the bundle's definition (MONAI's class, else
+    create_model) takes the registry network's weights (less deep-supervision heads) and, at crops
+    up to 32^3 (SwinUNETR needs 64^3: weights only, its logits are checked at every export), gives
+    the same logits."""
+    from medcontext.export.bundle import _max_logit_difference, _transfer_weights, bundle_network
+    from medcontext.export.bundle_config import network_definition
+    from medcontext.models import create_model, get_model_spec
+
+    spec = get_model_spec(name)
+    options = dict(spec.test_options or {})
+    if spec.deep_supervision is True:
+        options["deep_supervision"] = True  # trained with heads; the bundle leaves them out
+    torch.manual_seed(0)
+    network = create_model(name, 1, 3, spec.test_roi, **options)
+    definition = network_definition(name, 1, 3, spec.test_roi, options)
+    json.dumps(definition)  # plain JSON
+    exported = bundle_network(definition)
+    _transfer_weights(network, exported, name)
+    if max(spec.test_roi) <= 32:
+        assert _max_logit_difference(network, exported, (1, 1, *spec.test_roi)) == 0.0
