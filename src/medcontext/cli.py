@@ -361,6 +361,9 @@ def _train_config(args: argparse.Namespace):
     cfg = TrainConfig.from_dict(base.to_dict()) if base is not None else TrainConfig()
     if args.config:
         cfg.update(read_yaml(_config_file(args.config)), source=str(args.config))
+    if args.model_size is not None and args.model_preset is not None and args.model_size != args.model_preset:
+        raise ValueError(f"--model-size {args.model_size} and --model-preset {args.model_preset} both choose the "
+                         "network's size; give one of them")
     if args.model_size is not None:
         cfg.model.options = {**cfg.model.options, "size": args.model_size}
     if args.model_preset is not None:
@@ -558,6 +561,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
         spec = data.load_dataset(args.path, preset=args.data_preset)
         summary = data.validate_dataset(spec)
         print(summary.format(max_rows=args.rows))
+        from medcontext.data.input_checks import dataset_warnings
+
+        for warning in dataset_warnings(summary):
+            print(f"warning: {warning}", file=sys.stderr)
         return 0
     if args.data_command == "phantom":
         out = data.generate_phantom(args.out, num_cases=args.cases, shape=tuple(args.shape), seed=args.seed,
@@ -604,6 +611,7 @@ _TRAINING_COMMANDS = ("train", "pretrain", "demo", "experiment")
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from medcontext.data import DatasetError
     from medcontext.io.atomic import DiskFullError
+    from medcontext.io.run_lock import RunFolderError
     from medcontext.engine.checkpoint import CheckpointError
     from medcontext.engine.host.distributed import DistributedError
     from medcontext.engine.predict import PredictionFailedError
@@ -612,7 +620,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [DatasetError, CheckpointError, DistributedError, NonFiniteLossError, PretrainedLoadError,
                                          ValueError, FileNotFoundError, NotADirectoryError, PermissionError, DiskFullError,
-                                         PredictionFailedError]
+                                         PredictionFailedError, RunFolderError]
     try:
         from medcontext.data import DownloadError
 
