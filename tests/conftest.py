@@ -96,3 +96,14 @@ def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
+
+
+@pytest.fixture(autouse=True)
+def _no_cpu_step_time_bound(monkeypatch):
+    """The planner's CPU step-time bound (``train.max_step_s=auto``) acts on the step time it
+    MEASURES, so under load (several test processes on 2 cores) it would shrink crops that tests
+    assert; every test plans without it, except ``tests/engine/test_engine_time_fit.py``, which
+    restores it and measures with a deterministic clock."""
+    from medcontext.engine.planning import time_fit
+
+    monkeypatch.setattr(time_fit, "DEFAULT_CPU_STEP_BOUND_S", None)
