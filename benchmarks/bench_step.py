@@ -1,4 +1,4 @@
-"""Step time of baseline vs MedContext training steps, per model (issue: cost bound of SPEC 3).
+"""Step time of baseline vs MedContext training steps, per model (the cost bound of docs/method.md).
 
 A MedContext step runs two student forward/backward passes and one teacher forward: 7 units
 against 3 for a baseline step (ratio bound 2.33). The script times full optimizer steps

@@ -137,7 +137,9 @@ def test_the_cost_units_count_the_passes_a_step_runs(name):
                     student_passes="separate", total_steps=4, seed=0)
     student = _forward_counter(mc.network)
     teacher = _forward_counter(mc.teacher) if mc.teacher is not None else {"n": 0}
-    out = mc.losses(torch.randn(2, 1, 8, 8, 8), torch.randint(0, 2, (2, 1, 8, 8, 8)))
+    # a semi-supervised variant also takes unlabelled crops (one per labelled crop) and the step
+    extra = {"unlabeled": torch.randn(2, 1, 8, 8, 8), "step": 3} if variant.unlabeled else {}
+    out = mc.losses(torch.randn(2, 1, 8, 8, 8), torch.randint(0, 2, (2, 1, 8, 8, 8)), **extra)
     assert student["n"] == variant.student_passes and teacher["n"] == variant.teacher_forwards
     assert variant.cost_units == 3 * student["n"] + teacher["n"]
     assert [t for t in ("msl", "cl") if getattr(out, t).item() > 0] == [t for t in variant.loss_terms if t != "sup"]
@@ -160,3 +162,19 @@ def test_the_settings_module_imports_no_torch():
               f"sys.modules['s'] = m; spec.loader.exec_module(m); print(m.VARIANTS['medcontext'].cost_units)")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "7"
+
+
+def test_the_variant_table_of_docs_method_md_is_the_settings_table():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text()
+    rows = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[0].startswith("`") and cells[0].strip("`") in VARIANTS:
+            rows[cells[0].strip("`")] = cells
+    assert set(rows) == set(VARIANTS), "docs/method.md's variant table lists other variants than VARIANTS"
+    for name, cells in rows.items():
+        variant = VARIANTS[name]
+        assert int(cells[5]) == variant.cost_units, name
+        assert (cells[1] == "yes") == variant.masked_pass and (cells[2] == "yes") == variant.msl, name
+        assert (cells[3] == "yes") == variant.cl and (cells[4] != "no") == variant.teacher, name
+        assert (cells[6].strip("`") if variant.nnunet_token else "") == variant.nnunet_token, name

@@ -35,3 +35,15 @@ def test_plugin_example_trains_and_reports_all_loss_terms():
     first = dict(re.findall(r"(total|sup|msl|cl) ([0-9.]+)", lines[0]))
     assert set(first) == {"total", "sup", "msl", "cl"} and float(first["cl"]) > 0
     assert abs(float(first["total"]) - (float(first["sup"]) + float(first["msl"]) + 0.5 * float(first["cl"]))) < 1e-3
+
+
+def test_semi_supervised_snippet_runs_and_reports_the_unlabelled_terms():
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Unlabelled crops (semi-supervised)", 1)[1].split("\n### ", 1)[0]
+    (snippet,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    for name in ("'cl_unlabeled'", "'pseudo'", "'ramp'", "'confident'"):
+        assert name in lines[-1]

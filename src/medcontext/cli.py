@@ -164,6 +164,8 @@ def _add_pretrain_parser(sub) -> None:
     add = pretrain.add_argument
     add("--out", metavar="RUN_DIR", required=True, help="run folder (pretrained.pt, last.pt, metrics, loss curve)")
     add("--data", metavar="DATASET_DIR", help="dataset whose preprocessing, channels and split apply (labels not read)")
+    add("--config", metavar="FILE", help="a `train` configuration (file or shipped name): its dataset, split, "
+        "preprocessing, network, crop and seed, so that pool is what that run leaves unlabelled")
     add("--data-preset", help="dataset preset (default auto)")
     add("--unlabeled", action="append", metavar="SOURCE",
         help="volumes: pool (cases a --train-cases split leaves over), imagesTs, or a folder (repeatable)")
@@ -428,7 +430,14 @@ def _pretrain_config(args: argparse.Namespace):
     from medcontext.engine.pretraining import PretrainConfig
 
     saved = Path(args.out) / "config.json"
-    base = json.loads(saved.read_text()) if args.resume and saved.is_file() else PretrainConfig().to_dict()
+    if args.resume and saved.is_file():
+        base = json.loads(saved.read_text())
+    elif args.config:
+        from medcontext.engine.config import load_config
+
+        base = PretrainConfig.from_train_config(load_config(_config_file(args.config))).to_dict()
+    else:
+        base = PretrainConfig().to_dict()
     test_cases = args.test_cases
     if test_cases is not None and float(test_cases).is_integer():
         test_cases = int(test_cases)

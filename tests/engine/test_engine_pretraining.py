@@ -110,3 +110,22 @@ def test_bad_settings_fail_before_any_image_is_read(tmp_path, phantom_dir, capsy
     assert "multiples of 4, got (18, 16, 16)" in capsys.readouterr().err
     assert _pretrain(phantom_dir, tmp_path / "c", "--mask-cell", "16", "--mask-ratio", "0.4") == 2
     assert "masks nothing" in capsys.readouterr().err
+
+
+def test_a_train_config_gives_the_pool_that_its_run_leaves_unlabelled(tmp_path, phantom_dir):
+    config = tmp_path / "train.yaml"
+    config.write_text("data: {train_cases: 2, val_cases: 1, test_cases: 2, split_seed: 3, num_samples: 1}\n"
+                      "model: {name: unet3d, options: {size: tiny}, roi: [16, 16, 16]}\n"
+                      "train: {seed: 5, tensorboard: false}\n")
+    run, pre = tmp_path / "train", tmp_path / "pretrain"
+    assert main(["train", "--config", str(config), "--data", str(phantom_dir), "--out", str(run), "--steps", "1",
+                 "--no-progress"]) == 0
+    split = json.loads((run / "split.json").read_text())
+    assert main(["pretrain", "--config", str(config), "--data", str(phantom_dir), "--unlabeled", "pool",
+                 "--steps", "1", "--out", str(pre), "--no-tensorboard", "--no-progress"]) == 0
+    saved = json.loads((pre / "config.json").read_text())
+    assert (saved["model"], saved["model_options"], saved["roi"], saved["seed"]) == ("unet3d", {"size": "tiny"},
+                                                                                       [16, 16, 16], 5)
+    pooled = {case["case_id"] for case in json.loads((pre / "volumes.json").read_text())["cases"]}
+    everything = {f"phantom_{i:03d}" for i in range(6)}
+    assert pooled and pooled == everything - set(split["train"]) - set(split["val"]) - set(split["test"])

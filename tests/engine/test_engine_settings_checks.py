@@ -56,12 +56,20 @@ def test_all_problems_are_listed_at_once():
 
 
 def test_valid_edge_values_pass():
-    load_config(overrides=["optim.final_lr=0", "eval.max_val_cases=1", "optim.betas=[0, 0.999]", "method.mask_cell=8",
-                           "train.device=cuda:1", "data.test_cases=[a, b]", "optim.grad_clip=null",
-                           "method.variant=msl_only", "eval.use=teacher"])
-    load_config(overrides=["data.test_cases=[]", "data.train_case_ids=[x, y]", "data.test_cases=0.25"])
-    load_config(overrides=["data.group_by=none", "method.momentum_horizon=0.05"])
-    load_config(overrides=["data.group_by=metadata:patient", "method.momentum_horizon=1"])
+    """Each value at the edge of its range is accepted and kept as given (not clamped or replaced)."""
+    cfg = load_config(overrides=["optim.final_lr=0", "eval.max_val_cases=1", "optim.betas=[0, 0.999]",
+                                 "method.mask_cell=8", "train.device=cuda:1", "data.test_cases=[a, b]",
+                                 "optim.grad_clip=null", "method.variant=msl_only", "eval.use=teacher"])
+    assert (cfg.optim.final_lr, cfg.eval.max_val_cases, cfg.optim.betas, cfg.method.mask_cell) == (0.0, 1, [0.0, 0.999], 8)
+    assert (cfg.train.device, cfg.data.test_cases, cfg.optim.grad_clip) == ("cuda:1", ["a", "b"], None)
+    assert (cfg.method.variant, cfg.eval.use) == ("msl_only", "teacher")
+    cfg = load_config(overrides=["data.test_cases=[]", "data.train_case_ids=[x, y]", "data.test_cases=0.25"])
+    assert (cfg.data.test_cases, cfg.data.train_case_ids) == (0.25, ["x", "y"])  # the later override wins
+    cfg = load_config(overrides=["data.group_by=none", "method.momentum_horizon=0.05"])
+    assert (cfg.data.group_by, cfg.method.momentum_horizon) == ("none", 0.05)
+    cfg = load_config(overrides=["data.group_by=metadata:patient", "method.momentum_horizon=1"])
+    assert (cfg.data.group_by, cfg.method.momentum_horizon) == ("metadata:patient", 1.0)
+    assert load_config(overrides=["data.test_cases=[]"]).data.test_cases == []
 
 
 def test_every_setting_has_a_check():

@@ -166,3 +166,10 @@ def test_unknown_model_lists_known_ones():
 def test_roi_multiple_is_checked():
     with pytest.raises(ValueError, match="multiple of"):
         create_model("unetr", 1, 2, (40, 32, 32), size="tiny")
+
+
+def test_the_contract_tests_run_over_the_registered_models():
+    """Guard: an empty registry (a broken import) would make every parametrized test above vanish."""
+    names = list_models()
+    assert {"unet3d", "unetr", "swin_unetr", "nnformer"} <= set(names), names
+    assert any(get_model_spec(n).deep_supervision is True for n in names), "no model tests deep supervision"

@@ -1,4 +1,4 @@
-"""Registry-wide: every model's default mask cell, mask space and tube axis are SPEC 2's."""
+"""Registry-wide: every model's default mask cell, mask space and tube axis are those of docs/method.md."""
 
 import pytest
 import torch
@@ -21,7 +21,7 @@ SPEC_DEFAULTS = {
 
 @pytest.mark.parametrize("name", list_models())
 def test_default_mask_cell_and_tube_axis_follow_spec(name):
-    assert name in SPEC_DEFAULTS, f"model {name!r} has no SPEC 2 default in this table: add one (and to SPEC 2)"
+    assert name in SPEC_DEFAULTS, f"model {name!r} has no default mask cell in this table: add one (and to docs/method.md)"
     spec = get_model_spec(name)
     torch.manual_seed(0)
     network = create_model(name, 1, 2, spec.test_roi, **spec.test_options)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from medcontext.data.nifti_names import nifti_suffix
 from medcontext.io.atomic import atomic_path
 
 __all__ = ["save_nifti", "as_numpy"]
@@ -43,8 +44,8 @@ def save_nifti(array: np.ndarray | torch.Tensor, affine: np.ndarray, path: str |
         header: a header to start from (e.g. the original image's); its scaling is reset.
     """
     path = Path(path)
-    name = path.name
-    if not name.endswith((".nii", ".nii.gz")):
+    suffix = nifti_suffix(path.name)
+    if suffix is None:
         raise ValueError(f"{path}: NIfTI file names end in .nii or .nii.gz")
     data = as_numpy(array)
     if dtype is not None:
@@ -65,7 +66,6 @@ def save_nifti(array: np.ndarray | torch.Tensor, affine: np.ndarray, path: str |
         img.set_qform(affine, code=1)
     except Exception:  # a sheared affine has no qform
         img.set_qform(None, code=0)
-    suffix = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
     with atomic_path(path, suffix=suffix) as tmp:
         nib.save(img, str(tmp))
     return path

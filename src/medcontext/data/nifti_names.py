@@ -2,7 +2,8 @@
 
 The one place that knows these naming conventions; the dataset layouts
 (:mod:`medcontext.data.layouts`) and the folder evaluation
-(:mod:`medcontext.evaluation.folder`) both read names through it.
+(:mod:`medcontext.evaluation.folder`), the NIfTI writer (:mod:`medcontext.data.nifti_io`) and
+prediction's input folders (:mod:`medcontext.engine.predict`) read names through it.
 
 * A NIfTI file ends in ``.nii.gz`` or ``.nii`` (:data:`NIFTI_SUFFIXES`); its case id is the
   name without that extension and without an optional suffix such as ``_pred``
@@ -19,7 +20,16 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["NIFTI_SUFFIXES", "CHANNEL_SUFFIX", "TRAILING_NUMBER", "case_id_from_path", "is_nifti_file", "find_nifti"]
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "CHANNEL_SUFFIX",
+    "TRAILING_NUMBER",
+    "nifti_suffix",
+    "split_channel",
+    "case_id_from_path",
+    "is_nifti_file",
+    "find_nifti",
+]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -27,6 +37,25 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 CHANNEL_SUFFIX = re.compile(r"^(.*)_(\d{4})$")
 #: ``img0001`` -> (``img``, ``0001``): the number that matches BTCV images, labels and published ids.
 TRAILING_NUMBER = re.compile(r"^(.*?)(\d+)$")
+
+
+def nifti_suffix(name: str) -> str | None:
+    """The NIfTI extension a file name ends in (``".nii.gz"`` or ``".nii"``), or ``None``.
+
+    A name that is only the extension (``".nii.gz"``) has none: there is no case id before it.
+    """
+    for ext in NIFTI_SUFFIXES:
+        if name.endswith(ext) and len(name) > len(ext):
+            return ext
+    return None
+
+
+def split_channel(stem: str) -> tuple[str, int | None]:
+    """``"case_0001" -> ("case", 1)``: nnU-Net's channel number; ``(stem, None)`` without one."""
+    match = CHANNEL_SUFFIX.match(stem)
+    if match is None or not match.group(1):
+        return stem, None
+    return match.group(1), int(match.group(2))
 
 
 def case_id_from_path(path: str | os.PathLike, suffix: str = "", *, lenient: bool = False) -> str:
@@ -46,10 +75,9 @@ def case_id_from_path(path: str | os.PathLike, suffix: str = "", *, lenient: boo
             with ``suffix``.
     """
     name = Path(path).name
-    for ext in NIFTI_SUFFIXES:
-        if name.endswith(ext):
-            stem = name[: -len(ext)]
-            break
+    ext = nifti_suffix(name)
+    if ext is not None:
+        stem = name[: -len(ext)]
     else:
         if not lenient:
             raise ValueError(f"{path}: not a NIfTI file (expected a name ending in .nii.gz or .nii)")

@@ -1,4 +1,4 @@
-"""Conventions of the datasets in the paper (SPEC section 5) and of generic MSD tasks.
+"""Conventions of the datasets in the paper (paper Appendix B) and of generic MSD tasks.
 
 A :class:`Preset` fills in what the files cannot say: label names, which classes are
 evaluated, sigmoid regions, the CT window, the resampling grid and crop of the paper's
@@ -13,7 +13,7 @@ from typing import Mapping
 
 __all__ = ["Preset", "PRESETS", "SYNAPSE_CT_WINDOWS", "MSD_CT_WINDOWS", "DEFAULT_CT_WINDOW"]
 
-#: The two CT windows of the Synapse setting (SPEC 5): the UNETR/SwinUNETR code's window
+#: The two CT windows of the Synapse setting (paper Appendix B): the UNETR/SwinUNETR code's window
 #: (default) and the window the paper's text states.
 SYNAPSE_CT_WINDOWS: dict[str, tuple[float, float]] = {"code": (-175.0, 250.0), "paper": (-1000.0, 1000.0)}
 
@@ -40,7 +40,7 @@ _SYNAPSE_FEW_SHOT = [6, 7, 9, 10, 21]
 
 @dataclass(frozen=True)
 class Preset:
-    """Conventions of a known dataset (SPEC 5); ``None`` fields come from the files."""
+    """Conventions of a known dataset (paper Appendix B); ``None`` fields come from the files."""
 
     name: str
     description: str
@@ -85,7 +85,7 @@ PRESETS: dict[str, Preset] = {
         few_shot=tuple(f"img{n:04d}" for n in _SYNAPSE_FEW_SHOT),
         normalization="ct",
     ),
-    # ACDC (SPEC 5): short-axis cine MRI, 5-10 mm between slices (12% of patients 5 mm, the rest
+    # ACDC (paper Appendix B): short-axis cine MRI, 5-10 mm between slices (12% of patients 5 mm, the rest
     # 10 mm), 0.7-1.9 mm in-plane (median 1.48), 6-21 slices, hearts about 105 x 98 x 80 mm
     # (median foreground extent; at most 152 x 138 x 110 mm).
     # - Spacing 1.5 x 1.5 x 5.0 mm: in-plane near the median (nothing is thrown away on the

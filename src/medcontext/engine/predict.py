@@ -14,7 +14,6 @@ Inputs: one NIfTI file, or a folder of them. Multi-channel cases are one 4D file
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from medcontext.data.nifti_names import case_id_from_path, nifti_suffix, split_channel
 from medcontext.engine.host.cpu_threads import CpuShare
 from medcontext.engine.inference import logits_to_labels, logits_to_probabilities, sliding_window_logits
 from medcontext.engine.host.precision import resolve_device, resolve_precision
@@ -30,7 +30,6 @@ from medcontext.engine.run_folder import RunInfo, load_model, load_run
 
 __all__ = ["InputCase", "find_input_cases", "Predictor", "PredictionFailedError", "failure_reason", "predict_run"]
 
-_NIFTI = re.compile(r"^(?P<stem>.+?)(?:_(?P<channel>\d{4}))?\.nii(?:\.gz)?$")
 
 
 @dataclass
@@ -51,20 +50,19 @@ def find_input_cases(path: str | Path, num_channels: int) -> list[InputCase]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input {path} does not exist")
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and _NIFTI.match(p.name))
-    if path.is_file() and not _NIFTI.match(path.name):
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and nifti_suffix(p.name))
+    if path.is_file() and not nifti_suffix(path.name):
         raise ValueError(f"input {path} is not a NIfTI file (.nii or .nii.gz)")
     if not files:
         raise FileNotFoundError(f"input folder {path} holds no .nii/.nii.gz files")
     grouped: dict[str, list[tuple[int, Path]]] = {}
     cases: list[InputCase] = []
     for file in files:
-        match = _NIFTI.match(file.name)
-        assert match is not None
-        if num_channels > 1 and match.group("channel") is not None:
-            grouped.setdefault(match.group("stem"), []).append((int(match.group("channel")), file))
+        stem = case_id_from_path(file)
+        case_id, channel = split_channel(stem)
+        if num_channels > 1 and channel is not None:
+            grouped.setdefault(case_id, []).append((channel, file))
         else:  # one file per case (3D, or 4D with channels last)
-            stem = file.name[: -len(".nii.gz")] if file.name.endswith(".nii.gz") else file.name[: -len(".nii")]
             cases.append(InputCase(stem, [file]))
     for stem, channels in grouped.items():
         channels.sort()

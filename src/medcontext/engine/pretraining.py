@@ -67,9 +67,12 @@ class PretrainConfig:
         data_preset: dataset preset (``auto`` detects it).
         unlabeled: the volumes: ``pool`` (the cases a ``train`` split with the split settings
             below leaves over), ``imagesTs`` (the dataset's unlabelled images) and/or folders.
-        train_cases, val_cases, test_cases, split_seed: the split of ``data`` that decides
-            ``pool`` (the same values as the ``train`` runs that will use the weights; its
-            validation and test cases are never pretrained on). ``split_seed`` ``None``: ``seed``.
+        train_cases, train_case_ids, val_cases, test_cases, use_official_test, split_seed,
+            group_by: the split of ``data`` that decides ``pool``, as ``data.*`` of ``train``
+            (the same values as the ``train`` runs that will use the weights; their validation
+            and test cases are never pretrained on). ``split_seed`` ``None``: ``seed``.
+        preprocess: overrides of the dataset's preprocessing (``data.preprocess`` of ``train``,
+            e.g. ``target_spacing``): the crops are preprocessed as the fine-tuning's.
         model, model_options, roi: the network (registry name, builder options) and the crop.
         mask_ratio: fraction of mask cells (cubes) or in-plane positions (tubes) masked.
         mask_cell: voxels per mask cell; ``None``: 16 (smaller for small crops), in token space
@@ -89,9 +92,13 @@ class PretrainConfig:
     data_preset: str = "auto"
     unlabeled: list[str] = field(default_factory=list)
     train_cases: int | None = None
+    train_case_ids: list[str] | None = None
     val_cases: int = 1
     test_cases: int | float | list[str] | None = 0.2
+    use_official_test: bool = True
     split_seed: int | None = None
+    group_by: str | None = None
+    preprocess: dict = field(default_factory=dict)
     model: str = "unet3d"
     model_options: dict = field(default_factory=lambda: {"size": "small"})
     roi: list[int] | None = None
@@ -118,8 +125,27 @@ class PretrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown pretraining setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ValueError(f"{source}: unknown pretraining setting(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
         return cls(**dict(data))
+
+    @classmethod
+    def from_train_config(cls, train: Any, **settings: Any) -> "PretrainConfig":
+        """The pretraining of the volumes a ``train`` run with ``train`` (a :class:`TrainConfig`)
+        would leave unlabelled: its dataset, split, preprocessing, network, crop, seed, device and
+        unlabelled sources (where it sets them); ``settings`` set the rest (``steps``, ...)."""
+        data, model = train.data, train.model
+        taken = dict(
+            data=data.path, data_preset=data.preset, train_cases=data.train_cases, train_case_ids=data.train_case_ids,
+            val_cases=data.val_cases, test_cases=data.test_cases, use_official_test=data.use_official_test,
+            split_seed=data.split_seed, group_by=data.group_by, preprocess=dict(data.preprocess),
+            cache_dir=data.cache_dir, model=model.name, model_options=dict(model.options),
+            roi=list(model.roi) if model.roi is not None else None, seed=train.train.seed, device=train.train.device,
+        )
+        sources = getattr(data, "unlabeled", None)  # data.unlabeled of semi-supervised runs, where it is set
+        if sources:
+            taken["unlabeled"] = [sources] if isinstance(sources, str) else list(sources)
+        return cls.from_dict({**cls().to_dict(), **taken, **settings}, source="pretraining settings")
 
     @property
     def warmup(self) -> int:
@@ -201,7 +227,9 @@ def _on_meta_if_possible(build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
-def save_pretrained_weights(path: str | Path, network: nn.Module, head_keys: Sequence[str], info: Mapping[str, Any]) -> Path:
+def save_pretrained_weights(
+    path: str | Path, network: nn.Module, head_keys: Sequence[str], info: Mapping[str, Any]
+) -> Path:
     """Write ``network``'s weights without ``head_keys`` to ``path`` atomically, under
     ``"state_dict"`` (what ``--init-checkpoint`` reads), with ``info`` (model, options, pretext)."""
     skipped = set(head_keys)
@@ -283,7 +311,14 @@ def pretrain(
     write_text_atomic(run_dir / "volumes.json", json.dumps(volumes.describe_dict(), indent=2) + "\n")
     echo(f"pretraining {cfg.model} on {volumes.summary}, crop {tuple(volumes.roi)}, {cfg.steps} steps of "
          f"batch {cfg.batch_size}, masking {cfg.mask_ratio:g} of {cfg.mask_shape}s")
-    return _PretrainLoop(cfg, run_dir, volumes, state, echo=echo, progress=progress).run(stop_after)
+    from medcontext.engine.host.cpu_threads import CpuShare
+
+    with CpuShare() as cpu_share:  # threads: this process's share of the cores, as in `train`
+        loop = _PretrainLoop(cfg, run_dir, volumes, state, echo=echo, progress=progress)
+        if loop.device.type == "cpu":
+            echo(f"threads: {cpu_share.threads} ({cpu_share.reason}; adjusted when other runs start or end)")
+        loop.cpu_share = cpu_share
+        return loop.run(stop_after)
 
 
 def _check_network(cfg: PretrainConfig, channels: int, roi: Sequence[int]) -> None:
@@ -341,6 +376,7 @@ class _PretrainLoop:
         ).to(self.device)
         self.optimizer = torch.optim.AdamW(self.mvm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step = 0
+        self.cpu_share = None  # a CpuShare: threads re-counted after every step
         if state is not None:
             self._restore(state)
 
@@ -411,6 +447,8 @@ class _PretrainLoop:
                 loss, data_time, lr = self.train_step()
                 log.train_step(self.step, {"total": loss, "lr": lr, "data_time": data_time,
                                            "step_time": time.perf_counter() - began})
+                if self.cpu_share is not None:
+                    self.cpu_share.refresh()
                 done = self.step >= self.cfg.steps
                 halt = stop.requested or (stop_after is not None and self.step - start >= stop_after)
                 if done or halt or self.step % self.cfg.save_every == 0:

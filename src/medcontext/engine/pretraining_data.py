@@ -71,7 +71,8 @@ def _unlabeled_cases(cfg: "PretrainConfig", spec) -> tuple[list, str]:
     from medcontext.data.unlabeled import select_unlabeled
 
     split = split_for_spec(
-        spec, train_cases=cfg.train_cases, val_cases=cfg.val_cases, test_cases=cfg.test_cases,
+        spec, train_cases=cfg.train_cases, train_case_ids=cfg.train_case_ids, val_cases=cfg.val_cases,
+        test_cases=cfg.test_cases, use_official_test=cfg.use_official_test,
         seed=cfg.split_seed if cfg.split_seed is not None else cfg.seed,
     )
     _, unlabeled = select_unlabeled(spec, split, cfg.unlabeled)
@@ -102,7 +103,8 @@ def pretraining_volumes(
     from medcontext.data.unlabeled import check_unlabeled_images, make_unlabeled_dataset
     from medcontext.engine.config import ConfigError
 
-    spec = load_dataset(cfg.data, preset=cfg.data_preset, missing_labels_ok=True)  # labels are never read
+    # label files are never opened: they may even be missing
+    spec = load_dataset(cfg.data, preset=cfg.data_preset, group_by=cfg.group_by, missing_labels_ok=True)
     roi = cfg.roi if cfg.roi is not None else spec.default_roi
     if roi is None:
         raise ConfigError(f"no crop for dataset {spec.name!r} (its preset {spec.preset!r} has none): pass --roi X Y Z")
@@ -115,6 +117,6 @@ def pretraining_volumes(
                            "`pool` needs --train-cases K (the cases a k-shot split leaves over)")
     echo(f"checking {len(cases)} unlabelled volume(s) ...")
     check_unlabeled_images(cases, spec.channel_names, progress=progress)
-    crops = make_unlabeled_dataset(cases, PreprocessConfig.from_spec(spec), roi, cache_dir=cfg.cache_dir,
-                                   seed=cfg.seed, progress=progress)
+    preprocess = PreprocessConfig.from_spec(spec, **cfg.preprocess)
+    crops = make_unlabeled_dataset(cases, preprocess, roi, cache_dir=cfg.cache_dir, seed=cfg.seed, progress=progress)
     return PretrainingVolumes(cases, spec.num_channels, roi, crops, summary, cfg.seed)

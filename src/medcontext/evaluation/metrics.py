@@ -4,7 +4,7 @@ Data enters as boolean masks (or integer label maps for :func:`evaluate_case`) o
 ``(H, W, D)`` plus the voxel spacing in millimetres, read from the image header by the caller;
 it leaves as floats and :class:`CaseMetric` rows for :class:`~medcontext.evaluation.metric_table.MetricTable`.
 
-Conventions (SPEC section 4), stated on every report:
+Conventions (docs/method.md, "Evaluation conventions"), stated on every report:
 
 * Dice ``2|P and T| / (|P| + |T|)``; both masks empty -> 1.0; exactly one empty -> 0.0.
 * HD95 in millimetres; both empty -> 0.0; exactly one empty -> NaN (missing: counted and
@@ -24,7 +24,7 @@ and the paper's Eq. 8, ``HD95 = max(d95(P -> T), d95(T -> P))``:
 ``combine="union"`` instead takes the 95th percentile of both directed sets pooled, as
 ``medpy.metric.binary.hd95`` (used by nnFormer's evaluation) does; it is never larger than the
 default. Differences from MONAI: it returns NaN when both masks are empty and a non-finite
-value (NaN from infinite distances) when exactly one is, where we give 0.0 and NaN as the SPEC
+value (NaN from infinite distances) when exactly one is, where we give 0.0 and NaN as docs/method.md
 asks; it returns float32, we return float64 (agreement to about 1e-6 relative).
 """
 

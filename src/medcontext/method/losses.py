@@ -1,4 +1,4 @@
-"""Losses of the MedContext step (paper Eq. 2-4, SPEC 1.4).
+"""Losses of the MedContext step (paper Eq. 2-4, docs/method.md).
 
 * :class:`SegmentationLoss`: soft Dice + cross-entropy (softmax over classes with one-hot
   targets) or :class:`RegionLoss`, soft Dice on sigmoid outputs + per-channel binary
@@ -22,7 +22,7 @@ OutputMode = Literal["softmax", "sigmoid"]
 
 
 def consistency_loss(student_masked_logits: torch.Tensor, teacher_logits: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Relative squared error between masked-student and teacher logits (SPEC 1.4).
+    """Relative squared error between masked-student and teacher logits (docs/method.md).
 
     Args:
         student_masked_logits: ``F_s^M`` of shape (B, K, H, W, D).
@@ -71,7 +71,7 @@ def first_head(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 class RegionLoss(nn.Module):
-    """Soft Dice on sigmoid outputs plus per-channel binary cross-entropy (SPEC 1.4).
+    """Soft Dice on sigmoid outputs plus per-channel binary cross-entropy (docs/method.md).
 
     For nested multi-label regions (BraTS WT contains TC contains ET) every channel is its own
     binary problem. MONAI's ``DiceCELoss(sigmoid=True)`` is not this: its CE part is a softmax

@@ -1,4 +1,4 @@
-"""Tube masking (paper section 3.2, SPEC section 2).
+"""Tube masking (paper section 3.2, docs/method.md).
 
 A mask is a boolean tensor over a 3D grid of cells, ``True`` = masked. It is drawn over the 2D
 grid of the two in-plane axes and repeated along the depth axis, so a masked position stays
@@ -97,7 +97,7 @@ def upsample_mask(mask: torch.Tensor, factor: Sequence[int], size: Sequence[int]
 
 def default_cell_size(roi_size: Sequence[int] | None, preferred: int = 16, min_cells: int = 4) -> tuple[int, int, int]:
     """Input-space cell size: ``preferred`` voxels per axis, halved on an axis (down to 2)
-    while the ROI would hold fewer than ``min_cells`` cells along it (SPEC 2: smaller when the
+    while the ROI would hold fewer than ``min_cells`` cells along it (docs/method.md: smaller when the
     ROI is small)."""
     if roi_size is None:
         return (preferred,) * 3  # type: ignore[return-value]

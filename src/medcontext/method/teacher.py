@@ -1,4 +1,4 @@
-"""The EMA teacher (paper Eq. 6, SPEC 1.6-1.7).
+"""The EMA teacher (paper Eq. 6, docs/method.md).
 
 ``theta_t <- m * theta_t + (1 - m) * theta_s`` after every optimizer step, with the fused
 multi-tensor ``torch._foreach_*`` ops; floating-point buffers (norm statistics) are averaged the
@@ -29,7 +29,7 @@ def unwrap_model(module: nn.Module) -> nn.Module:
 
 
 def make_teacher(student: nn.Module) -> nn.Module:
-    """An exact, frozen, eval-mode copy of ``student`` (SPEC 1.7)."""
+    """An exact, frozen, eval-mode copy of ``student`` (docs/method.md)."""
     teacher = copy.deepcopy(unwrap_model(student))
     teacher.requires_grad_(False)
     return teacher.eval()

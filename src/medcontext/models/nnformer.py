@@ -681,7 +681,7 @@ register_token_adapter(
         embed_dim=lambda net: net.embed_dim,
         in_channels=lambda net: net.in_channels,
         layout="channels_first",
-        # SPEC 2: one mask cell per embedding patch, as the nnFormer authors' masking did
+        # docs/method.md: one mask cell per embedding patch, as the nnFormer authors' masking did
         default_mask_cell=lambda net: net.patch_size,
     ),
 )

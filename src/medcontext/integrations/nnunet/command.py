@@ -27,7 +27,8 @@ def add_parser(sub, formatter) -> None:
                               help="put the trainer file into nnU-Net's own trainer folder")
     install.add_argument("--remove", action="store_true", help="remove it instead")
     name = nsub.add_parser("trainer-name", formatter_class=formatter, help="trainer name for MedContext settings")
-    name.add_argument("--variant", default=DEFAULTS.variant, choices=list(VARIANTS))
+    name.add_argument("--variant", default=DEFAULTS.variant,
+                      choices=[n for n, v in VARIANTS.items() if v.unlabeled is None])  # labelled-only
     name.add_argument("--mask-ratio", type=float, default=DEFAULTS.mask_ratio, help="fraction of in-plane positions masked")
     name.add_argument("--beta", type=float, default=DEFAULTS.beta, help="consistency-loss weight")
     name.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="EMA momentum at step 0")

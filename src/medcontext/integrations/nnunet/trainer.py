@@ -1,7 +1,7 @@
 """``nnUNetTrainerMedContext``: nnU-Net v2's trainer with the MedContext training step.
 
 nnU-Net plans, builds, augments, validates and predicts as usual; only the step changes
-(SPEC 1): the student (nnU-Net's planned network) sees the clean patch and its tube-masked view,
+(docs/method.md): the student (nnU-Net's planned network) sees the clean patch and its tube-masked view,
 an EMA teacher sees the clean patch, and the loss is nnU-Net's own deep-supervision loss on both
 student outputs plus ``beta`` times the consistency loss on the full-resolution logits.
 
