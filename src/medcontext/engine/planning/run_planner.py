@@ -23,6 +23,7 @@ import torch
 from medcontext.data.fingerprint import DatasetFingerprint, thick_slice_axis
 from medcontext.engine.builder import build_medcontext, build_network
 from medcontext.engine.config import TrainConfig
+from medcontext.method.settings import get_variant
 from medcontext.engine.host.precision import resolve_device, resolve_precision
 from medcontext.engine.planning.training_plan import (
     MAX_CROP_VOXELS,
@@ -34,7 +35,6 @@ from medcontext.engine.planning.training_plan import (
     measure_step_time,
     memory_budget,
     plan_training,
-    variant_cost,
 )
 
 __all__ = ["plan_run", "apply_plan", "read_plan", "PlanError", "PLAN_FILE"]
@@ -53,10 +53,10 @@ def read_plan(run_dir: str | Path) -> TrainingPlan | None:
 def _mask_cell_reporter(cfg: TrainConfig, spec, in_channels: int, out_channels: int):
     """``roi -> (cell or None, space, reason)``: the mask cell the MedContext wrapper will use."""
     m = cfg.method
-    _units, graphs, _teacher = variant_cost(m.variant)
+    masked = get_variant(m.variant).masked_pass  # semi-supervised variants may run two unmasked graphs
 
     def report(roi: Sequence[int]) -> tuple[tuple[int, int, int] | None, str, str]:
-        if graphs == 1:
+        if not masked:
             return None, "none", f"no masked view (variant {m.variant})"
         network = build_on_meta(lambda: build_network(cfg, in_channels, out_channels, roi))
         mc = build_medcontext(cfg, network, roi, spec.output_mode)
@@ -158,7 +158,7 @@ def plan_run(
                          **common)
     thick = thick_slice_axis(fingerprint)
     depth = cfg.method.depth_axis % 3
-    if thick is not None and thick != depth and variant_cost(cfg.method.variant)[1] > 1:
+    if thick is not None and thick != depth and get_variant(cfg.method.variant).masked_pass:
         plan.warnings.append(
             f"axis {thick} is the dataset's thick-slice axis but the mask tubes run along axis {depth} "
             f"(method.depth_axis={cfg.method.depth_axis}); for tubes along the slices set method.depth_axis={thick}"
