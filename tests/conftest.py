@@ -112,6 +112,8 @@ def _no_cpu_step_time_bound(monkeypatch):
     from medcontext.engine.planning import time_fit
 
     monkeypatch.setattr(time_fit, "DEFAULT_CPU_STEP_BOUND_S", None)
+
+
 # ---------------------------------------------------------------------- tiny NIfTI writers (``helpers``)
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
     """Write ``data`` with ``affine`` (identity by default) as NIfTI."""
