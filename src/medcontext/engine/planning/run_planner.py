@@ -79,6 +79,36 @@ def _mask_cell_reporter(cfg: TrainConfig, spec, in_channels: int, out_channels: 
     return report
 
 
+def _fixed_spacing(cfg: TrainConfig, spec, previous: TrainingPlan | None) -> tuple[object, str | None]:
+    """``(spacing, source)`` when a setting, the resumed plan or the preset fixes it; ``(None, None)``: planned."""
+    preprocess = cfg.data.preprocess
+    if "spacing" in preprocess or "target_spacing" in preprocess:
+        return preprocess.get("spacing", preprocess.get("target_spacing")), "setting"
+    if previous is not None:
+        return previous.spacing.value, "run's plan.json"
+    if spec.target_spacing is not None:
+        return spec.target_spacing, "preset"
+    return None, None
+
+
+def _fixed_roi(cfg: TrainConfig, spec, previous: TrainingPlan | None) -> tuple[object, str]:
+    """``(crop, source)`` when ``model.roi``, the resumed plan or the preset fixes it; ``(None, "plan")``: planned."""
+    if cfg.model.roi is not None:
+        return cfg.model.roi, "setting"
+    if previous is not None:
+        return previous.roi.value, "run's plan.json"
+    if spec.default_roi is not None:
+        return spec.default_roi, "preset"
+    return None, "plan"
+
+
+def _memory_budget(cfg: TrainConfig, device) -> tuple[int, str]:
+    """``train.memory_budget_gb`` in bytes, else the device's budget, with where it comes from."""
+    if cfg.train.memory_budget_gb is not None:
+        return int(cfg.train.memory_budget_gb * 2**30), "train.memory_budget_gb"
+    return memory_budget(device)
+
+
 def plan_run(
     cfg: TrainConfig,
     spec,
@@ -104,24 +134,8 @@ def plan_run(
 
     in_channels, out_channels = spec.num_channels, spec.num_outputs
     fingerprint = DatasetFingerprint.from_spec(spec, orientation=str(cfg.data.preprocess.get("orientation", "RAS")))
-    preprocess = cfg.data.preprocess
-    if "spacing" in preprocess or "target_spacing" in preprocess:
-        spacing, spacing_source = preprocess.get("spacing", preprocess.get("target_spacing")), "setting"
-    elif previous is not None:
-        spacing, spacing_source = previous.spacing.value, "run's plan.json"
-    elif spec.target_spacing is not None:
-        spacing, spacing_source = spec.target_spacing, "preset"
-    else:
-        spacing, spacing_source = None, None
-    if cfg.model.roi is not None:
-        roi, roi_source = cfg.model.roi, "setting"
-    elif previous is not None:
-        roi, roi_source = previous.roi.value, "run's plan.json"
-    elif spec.default_roi is not None:
-        roi, roi_source = spec.default_roi, "preset"
-    else:
-        roi, roi_source = None, "plan"
-
+    spacing, spacing_source = _fixed_spacing(cfg, spec, previous)
+    roi, roi_source = _fixed_roi(cfg, spec, previous)
     multiple, minimum = roi_requirements(cfg.model.name, cfg.model.options)
     report = _mask_cell_reporter(cfg, spec, in_channels, out_channels)
     floor = tuple(max(a, b) for a, b in zip(multiple, minimum))
@@ -129,10 +143,7 @@ def plan_run(
     token_cell = first_cell if space == "token" or (first_cell is not None and cfg.method.mask_cell is not None) else None
     crops = cfg.train.batch_size * cfg.data.num_samples
     device = resolve_device(cfg.train.device)
-    if cfg.train.memory_budget_gb is not None:
-        budget, budget_source = int(cfg.train.memory_budget_gb * 2**30), "train.memory_budget_gb"
-    else:
-        budget, budget_source = memory_budget(device)
+    budget, budget_source = _memory_budget(cfg, device)
 
     def build(crop: Sequence[int]):
         return build_network(cfg, in_channels, out_channels, crop)
