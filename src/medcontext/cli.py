@@ -122,6 +122,9 @@ def _add_train_parser(sub) -> None:
     train.add_argument("--train-cases", type=int, metavar="K", help="number of training cases drawn by seed (data.train_cases)")
     train.add_argument("--seed", type=int, help="seed of weights, split, data order, augmentation and masks (train.seed)")
     train.add_argument("--steps", type=int, metavar="N", help="optimizer steps of the run (train.steps)")
+    train.add_argument("--time-budget", metavar="DURATION",
+                       help="wall-clock budget, e.g. 2h, 90m, 1h30m (train.time_budget): the plan's spacing and crop "
+                            "fit --steps into it; without --steps the steps are chosen to fill it")
     train.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="training crop in voxels (model.roi)")
     train.add_argument("--model-preset", dest="model_preset", metavar="PRESET",
                        help="network preset: nnformer synapse|acdc|tumor|small (model.options.preset); "
@@ -336,6 +339,8 @@ def _train_config(args: argparse.Namespace):
         "method.variant": args.variant,
         "train.seed": args.seed,
         "train.steps": args.steps,
+        "train.time_budget": args.time_budget,
+        "train.steps_from_budget": True if args.time_budget is not None and args.steps is None else None,
         "train.device": args.device,
         "train.precision": args.precision,
         "model.init_checkpoint": args.init_checkpoint,
