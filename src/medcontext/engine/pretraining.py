@@ -290,10 +290,16 @@ def pretrain(
         NonFiniteLossError: the loss became NaN/Inf (the last checkpoint is intact).
     """
     from medcontext.engine.checkpoint import CheckpointError
+    from medcontext.engine.host.cpu_threads import CpuShare
+    from medcontext.engine.host.precision import resolve_device
     from medcontext.engine.pretraining_data import pretraining_volumes
 
     run_dir = Path(run_dir)
     cfg = PretrainConfig.from_dict(cfg.to_dict()).validate()
+    try:  # a device this machine lacks fails here, before any data is read
+        resolve_device(cfg.device)
+    except ValueError as err:
+        raise ValueError(str(err).replace("train.device", "--device")) from err
     state = None
     if resume:
         if not (run_dir / "last.pt").is_file():
@@ -311,8 +317,6 @@ def pretrain(
     write_text_atomic(run_dir / "volumes.json", json.dumps(volumes.describe_dict(), indent=2) + "\n")
     echo(f"pretraining {cfg.model} on {volumes.summary}, crop {tuple(volumes.roi)}, {cfg.steps} steps of "
          f"batch {cfg.batch_size}, masking {cfg.mask_ratio:g} of {cfg.mask_shape}s")
-    from medcontext.engine.host.cpu_threads import CpuShare
-
     with CpuShare() as cpu_share:  # threads: this process's share of the cores, as in `train`
         loop = _PretrainLoop(cfg, run_dir, volumes, state, echo=echo, progress=progress)
         if loop.device.type == "cpu":
