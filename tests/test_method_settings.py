@@ -137,7 +137,9 @@ def test_the_cost_units_count_the_passes_a_step_runs(name):
                     student_passes="separate", total_steps=4, seed=0)
     student = _forward_counter(mc.network)
     teacher = _forward_counter(mc.teacher) if mc.teacher is not None else {"n": 0}
-    out = mc.losses(torch.randn(2, 1, 8, 8, 8), torch.randint(0, 2, (2, 1, 8, 8, 8)))
+    # a semi-supervised variant also takes unlabelled crops (one per labelled crop) and the step
+    extra = {"unlabeled": torch.randn(2, 1, 8, 8, 8), "step": 3} if variant.unlabeled else {}
+    out = mc.losses(torch.randn(2, 1, 8, 8, 8), torch.randint(0, 2, (2, 1, 8, 8, 8)), **extra)
     assert student["n"] == variant.student_passes and teacher["n"] == variant.teacher_forwards
     assert variant.cost_units == 3 * student["n"] + teacher["n"]
     assert [t for t in ("msl", "cl") if getattr(out, t).item() > 0] == [t for t in variant.loss_terms if t != "sup"]

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_parser(sub)
     _add_report_parser(sub)
     _add_data_parser(sub)
+    from medcontext.export import command as export_command
+
+    export_command.add_parser(sub, _Formatter)
     from medcontext.integrations.nnunet import command as nnunet_command
 
     nnunet_command.add_parser(sub, _Formatter)
@@ -358,6 +361,9 @@ def _train_config(args: argparse.Namespace):
     cfg = TrainConfig.from_dict(base.to_dict()) if base is not None else TrainConfig()
     if args.config:
         cfg.update(read_yaml(_config_file(args.config)), source=str(args.config))
+    if args.model_size is not None and args.model_preset is not None and args.model_size != args.model_preset:
+        raise ValueError(f"--model-size {args.model_size} and --model-preset {args.model_preset} both choose the "
+                         "network's size; give one of them")
     if args.model_size is not None:
         cfg.model.options = {**cfg.model.options, "size": args.model_size}
     if args.model_preset is not None:
@@ -550,6 +556,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
         spec = data.load_dataset(args.path, preset=args.data_preset)
         summary = data.validate_dataset(spec)
         print(summary.format(max_rows=args.rows))
+        from medcontext.data.input_checks import dataset_warnings
+
+        for warning in dataset_warnings(summary):
+            print(f"warning: {warning}", file=sys.stderr)
         return 0
     if args.data_command == "phantom":
         out = data.generate_phantom(args.out, num_cases=args.cases, shape=tuple(args.shape), seed=args.seed,
@@ -570,6 +580,12 @@ def _cmd_nnunet(args: argparse.Namespace) -> int:
     return command.run(args)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from medcontext.export import command as export_command
+
+    return export_command.run(args)
+
+
 _COMMANDS = {
     "train": _cmd_train,
     "pretrain": _cmd_pretrain,
@@ -580,6 +596,7 @@ _COMMANDS = {
     "report": _cmd_report,
     "data": _cmd_data,
     "nnunet": _cmd_nnunet,
+    "export": _cmd_export,
 }
 
 
@@ -589,6 +606,7 @@ _TRAINING_COMMANDS = ("train", "pretrain", "demo", "experiment")
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from medcontext.data import DatasetError
     from medcontext.io.atomic import DiskFullError
+    from medcontext.io.run_lock import RunFolderError
     from medcontext.engine.checkpoint import CheckpointError
     from medcontext.engine.host.distributed import DistributedError
     from medcontext.engine.predict import PredictionFailedError
@@ -597,7 +615,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [DatasetError, CheckpointError, DistributedError, NonFiniteLossError, PretrainedLoadError,
                                          ValueError, FileNotFoundError, NotADirectoryError, PermissionError, DiskFullError,
-                                         PredictionFailedError]
+                                         PredictionFailedError, RunFolderError]
     try:
         from medcontext.data import DownloadError
 

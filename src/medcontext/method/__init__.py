@@ -8,8 +8,11 @@ from .adapters import TokenAdapter, find_token_adapter, register_token_adapter
 from .losses import RegionLoss, SegmentationLoss, consistency_loss, deep_supervision_weights
 from .masking import InputMasker, default_cell_size, tube_mask, upsample_mask
 from .medcontext import LossBreakdown, MedContext, TeacherOutOfSyncWarning
-from .schedules import cosine_schedule, momentum_at
-from .settings import DEFAULTS, VARIANTS, Variant, get_variant, register_variant
+from .copy_paste import CopyPaste, box_mask, copy_paste
+from .schedules import cosine_schedule, mean_teacher_momentum, momentum_at, sigmoid_rampup
+from .semisupervised_losses import confident_pseudo_labels, pseudo_label_loss, region_dice_ce, softmax_mse
+from .settings import DEFAULTS, VARIANTS, SemiSupervision, Variant, get_variant, register_variant
+from .settings import semi_supervised_variants, semi_supervision
 from .teacher import ema_update, make_teacher, unwrap_model
 from .token_masking import TokenMasker
 
@@ -39,4 +42,16 @@ __all__ = [
     "ema_update",
     "make_teacher",
     "unwrap_model",
+    "SemiSupervision",
+    "semi_supervision",
+    "semi_supervised_variants",
+    "sigmoid_rampup",
+    "mean_teacher_momentum",
+    "box_mask",
+    "copy_paste",
+    "CopyPaste",
+    "softmax_mse",
+    "confident_pseudo_labels",
+    "pseudo_label_loss",
+    "region_dice_ce",
 ]

@@ -6,6 +6,9 @@ One training step (docs/method.md, paper Algorithm 1)::
     losses.total.backward()
     optimizer.step()                      # optimizer over mc.parameters(): student + mask tokens
     mc.update_teacher(step)               # EMA, momentum cosine 0.996 -> 1 over the global step
+
+With unlabelled crops ``U`` (a semi-supervised variant, :mod:`medcontext.method.semisupervised`)
+the step is the same with ``mc.losses(images, labels, unlabeled=U, step=step)``.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .adapters import TokenAdapter, find_token_adapter
 from .losses import SegmentationLoss, consistency_loss, first_head
 from .masking import InputMasker, as_triple, default_cell_size, tube_mask
-from .schedules import momentum_at, momentum_for_horizon
+from .schedules import mean_teacher_momentum, momentum_after_pretrain, momentum_at, momentum_for_horizon
+from .semisupervised import semi_supervised_losses
 from .settings import DEFAULTS, MASK_MODES, MASK_SPACES, OUTPUT_MODES, STUDENT_PASSES, VARIANTS, check_choice
+from .settings import SemiSupervision, semi_supervised_variants, semi_supervision
 from .teacher import copy_into_teacher, ema_update, make_teacher, max_teacher_difference, unwrap_model
 from .token_masking import TokenMasker
 
@@ -36,17 +41,40 @@ class TeacherOutOfSyncWarning(UserWarning):
 
 @dataclass
 class LossBreakdown:
-    """Loss terms of one step; absent terms are zero tensors. All are scalars."""
+    """Loss terms of one step; absent terms are zero tensors. All are scalars.
+
+    The terms of the unlabelled crops are ``None`` for the labelled-only variants; the
+    semi-supervised ones set ``cl_unlabeled`` (consistency on the unlabelled crops), ``pseudo``
+    (pseudo-label loss), ``ramp`` (the ramp-up weight at the step) and, with MIC's confidence
+    weighting, ``confident`` (mean fraction of confident teacher voxels).
+    """
 
     total: torch.Tensor
     sup: torch.Tensor
     msl: torch.Tensor
     cl: torch.Tensor
+    cl_unlabeled: torch.Tensor | None = None
+    pseudo: torch.Tensor | None = None
+    ramp: torch.Tensor | None = None
+    confident: torch.Tensor | None = None
 
     def as_floats(self) -> dict[str, float]:
-        """The terms as Python floats (one device sync), for logging."""
-        values = torch.stack([self.total, self.sup, self.msl, self.cl]).detach().float().cpu().tolist()
-        return dict(zip(("total", "sup", "msl", "cl"), values))
+        """The terms that are set, as Python floats (one device sync), for logging."""
+        names = ["total", "sup", "msl", "cl"] + [
+            n for n in ("cl_unlabeled", "pseudo", "ramp", "confident") if getattr(self, n) is not None
+        ]
+        values = torch.stack([getattr(self, n).float() for n in names]).detach().cpu().tolist()
+        return dict(zip(names, values))
+
+
+def _semi_settings(variant: str, semi: SemiSupervision | None, momentum: float | None):
+    """The unlabelled-term settings (``None`` for a labelled-only variant) and the momentum."""
+    if VARIANTS[variant].unlabeled is None:
+        if semi is not None:
+            raise ValueError(f"semi= sets the unlabelled terms of a semi-supervised variant; {variant!r} has none")
+        return None, DEFAULTS.momentum if momentum is None else momentum
+    semi = semi if semi is not None else semi_supervision(variant)
+    return semi, semi.momentum if momentum is None else momentum
 
 
 def _first_conv_in_channels(network: nn.Module) -> int | None:
@@ -87,10 +115,14 @@ class MedContext(nn.Module):
         network: the student, mapping (B, C, H, W, D) to logits (B, K, H, W, D) or a list of
             deep-supervision heads (full resolution first).
         variant: a name of :data:`~medcontext.method.settings.VARIANTS` (``"baseline"``,
-            ``"medcontext"``, ``"no_teacher"``, ``"msl_only"``, ``"cl_only"``, ...).
+            ``"medcontext"``, ``"no_teacher"``, ``"msl_only"``, ``"cl_only"``, ...), among them
+            the semi-supervised ones that also train on unlabelled crops (``"medcontext_semi"``,
+            ``"medcontext_semi_cl"``, ``"mean_teacher"``, ``"bcp"``, ``"medcontext_bcp"``).
         mask_ratio: fraction of in-plane mask positions masked (paper: 0.4).
         beta: weight of the consistency loss (default 0.5).
-        momentum: EMA momentum at step 0 (0.996), cosine to 1.0 at the last step.
+        momentum: EMA momentum at step 0, cosine to 1.0 at the last step; ``None`` = 0.996
+            (``DEFAULTS.momentum``), for a semi-supervised variant its ``semi.momentum`` (0.99,
+            constant, for ``mean_teacher`` and ``bcp``).
         momentum_horizon: instead of ``momentum``, the teacher's EMA time constant as a
             fraction of ``total_steps`` (:func:`~medcontext.method.schedules.momentum_for_horizon`);
             ``None`` (default) uses ``momentum`` as the paper does.
@@ -110,6 +142,8 @@ class MedContext(nn.Module):
         seed: seeds the mask generator (CPU ``torch.Generator``); ``None`` uses torch's global RNG.
         in_channels: image channels, when they cannot be read off the network.
         adapter: explicit token adapter, overriding the registered one.
+        semi: weights of the unlabelled terms of a semi-supervised variant; ``None`` = the
+            variant's defaults (:func:`~medcontext.method.settings.semi_supervision`).
     """
 
     def __init__(
@@ -118,7 +152,7 @@ class MedContext(nn.Module):
         variant: str = DEFAULTS.variant,
         mask_ratio: float = DEFAULTS.mask_ratio,
         beta: float = DEFAULTS.beta,
-        momentum: float = DEFAULTS.momentum,
+        momentum: float | None = None,
         total_steps: int | None = None,
         momentum_horizon: float | None = DEFAULTS.momentum_horizon,
         mask_space: str = DEFAULTS.mask_space,
@@ -133,10 +167,12 @@ class MedContext(nn.Module):
         seed: int | None = None,
         in_channels: int | None = None,
         adapter: TokenAdapter | None = None,
+        semi: SemiSupervision | None = None,
     ):
         super().__init__()
         self.variant = check_choice("variant", variant, list(VARIANTS))
         self.config = VARIANTS[variant]
+        self.semi, momentum = _semi_settings(variant, semi, momentum)
         if not 0.0 <= mask_ratio <= 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1], got {mask_ratio}")
         if beta < 0:
@@ -277,20 +313,36 @@ class MedContext(nn.Module):
             return [o[:batch] for o in output], [o[batch:] for o in output]
         return output[:batch], output[batch:]
 
-    def losses(self, images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> LossBreakdown:
+    def losses(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        unlabeled: torch.Tensor | None = None,
+        step: int | None = None,
+    ) -> LossBreakdown:
         """Loss terms of one training step.
 
         Args:
             images: clean crops (B, C, H, W, D).
             labels: (B, 1, H, W, D) integer classes (softmax) or (B, R, H, W, D) regions (sigmoid).
             mask: optional fixed mask (B, *grid); drawn from the mask generator when omitted.
+            unlabeled: unlabelled crops (B_u, C, H, W, D), images only; required by the
+                semi-supervised variants (``bcp`` needs ``B_u == B`` and the same crop size),
+                refused by the others.
+            step: the optimizer step (0-based), required with ``unlabeled``: the ramp-up of
+                the unlabelled terms and BCP's labelled-only phase follow it.
 
         Returns:
             :class:`LossBreakdown` with ``total = sup + msl + beta * cl`` (terms the variant
-            does not use are zero tensors).
+            does not use are zero tensors); the semi-supervised variants add their unlabelled
+            terms (:mod:`medcontext.method.semisupervised`).
         """
         if not self._teacher_checked:
             self._check_teacher_in_sync()
+        if self.semi is not None or unlabeled is not None:
+            self._check_unlabeled(unlabeled, step)
+            return semi_supervised_losses(self, images, labels, unlabeled, step, mask)
         zero = torch.zeros((), device=images.device)
         if not self.config.masked_pass:
             sup = self.criterion(self.network(images), labels)
@@ -309,9 +361,30 @@ class MedContext(nn.Module):
         cl = consistency_loss(first_head(masked_out), teacher_out) if teacher_out is not None else zero
         return LossBreakdown(total=sup + msl + self.beta * cl, sup=sup, msl=msl, cl=cl)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> LossBreakdown:
+    def _check_unlabeled(self, unlabeled: torch.Tensor | None, step: int | None) -> None:
+        if self.semi is None:
+            raise ValueError(
+                f"variant {self.variant!r} trains on labelled crops only; unlabelled crops need a semi-supervised "
+                f"variant ({', '.join(map(repr, semi_supervised_variants()))})"
+            )
+        if unlabeled is None:
+            raise ValueError(
+                f"variant {self.variant!r} is semi-supervised: pass unlabeled= (a batch of unlabelled crops) "
+                "and step= to mc.losses(...)"
+            )
+        if step is None:
+            raise ValueError(f"variant {self.variant!r} needs step= (the optimizer step) for its ramp-up and phases")
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        unlabeled: torch.Tensor | None = None,
+        step: int | None = None,
+    ) -> LossBreakdown:
         """Same as :meth:`losses` (so ``DistributedDataParallel`` can wrap the whole module)."""
-        return self.losses(images, labels, mask)
+        return self.losses(images, labels, mask, unlabeled, step)
 
     # ------------------------------------------------------------------ teacher
     @torch.no_grad()
@@ -341,7 +414,12 @@ class MedContext(nn.Module):
             )
 
     def momentum_at(self, step: int) -> float:
-        """Teacher momentum after optimizer step ``step`` (0-based)."""
+        """Teacher momentum after optimizer step ``step`` (0-based), by the variant's schedule."""
+        schedule = "cosine" if self.semi is None else self.config.unlabeled.teacher_schedule
+        if schedule == "mean_teacher":
+            return mean_teacher_momentum(step, self.base_momentum)
+        if schedule == "constant_after_pretrain":
+            return momentum_after_pretrain(step, self.total_steps, self.semi.pretrain, self.base_momentum)
         return momentum_at(step, self.total_steps, self.base_momentum)
 
     @torch.no_grad()

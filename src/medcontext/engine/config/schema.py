@@ -311,7 +311,16 @@ class TrainConfig:
         return getattr(getattr(self, section), name)
 
     def set(self, key: str, value: Any, *, source: str = "--set") -> None:
-        """Set a dotted key, checking the key exists and the value has the field's type."""
+        """Set a dotted key, checking the key exists and the value has the field's type.
+
+        A key below a mapping-valued setting reaches into it at any depth and keeps its other
+        entries: ``model.options.preset=small``, ``data.preprocess.target_spacing=[2, 2, 5]``.
+        """
+        parts = key.split(".")
+        if len(parts) > 2 and parts[0] in _SECTIONS and _field_types(_SECTIONS[parts[0]]).get(parts[1]) is dict:
+            mapping = getattr(getattr(self, parts[0]), parts[1])
+            value = _with_nested(mapping, parts[2:], value)
+            key = ".".join(parts[:2])
         section, name = self._split_key(key, source=source)
         section_obj = getattr(self, section)
         field_type = _field_types(type(section_obj))[name]
@@ -400,6 +409,14 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, A
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _with_nested(mapping: Mapping[str, Any] | None, path: list[str], value: Any) -> dict:
+    """A copy of ``mapping`` with ``value`` at the key path ``path`` (missing levels created)."""
+    out = dict(mapping or {})
+    head, rest = path[0], path[1:]
+    out[head] = _with_nested(out.get(head) if isinstance(out.get(head), Mapping) else None, rest, value) if rest else value
+    return out
 
 
 def _coerce(value: Any, tp: Any) -> Any:

@@ -27,7 +27,8 @@ def add_parser(sub, formatter) -> None:
                               help="put the trainer file into nnU-Net's own trainer folder")
     install.add_argument("--remove", action="store_true", help="remove it instead")
     name = nsub.add_parser("trainer-name", formatter_class=formatter, help="trainer name for MedContext settings")
-    name.add_argument("--variant", default=DEFAULTS.variant, choices=list(VARIANTS))
+    name.add_argument("--variant", default=DEFAULTS.variant,
+                      choices=[n for n, v in VARIANTS.items() if v.unlabeled is None])  # labelled-only
     name.add_argument("--mask-ratio", type=float, default=DEFAULTS.mask_ratio, help="fraction of in-plane positions masked")
     name.add_argument("--beta", type=float, default=DEFAULTS.beta, help="consistency-loss weight")
     name.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="EMA momentum at step 0")
@@ -42,6 +43,9 @@ def add_parser(sub, formatter) -> None:
     export.add_argument("--use", choices=["student", "teacher"], default="student", help="weights to export")
     export.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file of each fold")
     export.add_argument("--folds", nargs="+", help="folds to export (default: all fold_* folders)")
+    export.add_argument("--trust-checkpoint", action="store_true",
+                        help="read the checkpoints with full pickle instead of weights only: a crafted file can run "
+                             "code, so only for files you trust")
     for parser in (nnunet, *nsub.choices.values()):
         parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback on errors")
 
@@ -72,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         print(settings.trainer_name(chosen.validate(source="medcontext nnunet trainer-name")))
     elif command == "export":
         written = export.export_plain_model(args.model_folder, args.output, use=args.use,
-                                            checkpoint_name=args.checkpoint, folds=args.folds)
+                                            checkpoint_name=args.checkpoint, folds=args.folds,
+                                            trust=args.trust_checkpoint)
         for path in written:
             print(f"wrote {path}")
         print(f"predict with: nnUNetv2_predict_from_modelfolder -i INPUT -o OUTPUT -m {args.output}")

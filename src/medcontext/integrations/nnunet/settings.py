@@ -39,6 +39,12 @@ BASE_TRAINER_NAME = "nnUNetTrainerMedContext"
 
 
 
+def nnunet_variants() -> list[str]:
+    """The variants an nnU-Net trainer can run: the labelled-only ones (nnU-Net's data loader
+    brings no unlabelled crops for the semi-supervised variants)."""
+    return [name for name, v in VARIANTS.items() if v.unlabeled is None]
+
+
 def _variant_tokens() -> dict[str, str]:
     """``{trainer-name token: variant}`` of every variant but the default (which needs no token)."""
     return {v.nnunet_token: v.name for v in VARIANTS.values() if v.nnunet_token}
@@ -81,7 +87,7 @@ class MedContextSettings:
 
     def validate(self, source: str = "MedContext settings") -> "MedContextSettings":
         """Raise ``ValueError`` naming ``source`` and the bad value; returns ``self``."""
-        check_choice("variant", self.variant, list(VARIANTS), source=source)
+        check_choice("variant", self.variant, nnunet_variants(), source=source)
         if not 0.0 <= self.mask_ratio <= 1.0:
             raise ValueError(f"{source}: mask_ratio must be in [0, 1], got {self.mask_ratio}")
         if self.beta < 0:
