@@ -151,3 +151,12 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint(tmp_path, phantom_dir, m
     assert "stopped by SIGTERM after step 2" in capsys.readouterr().err
     state = torch.load(run / "last.pt", weights_only=True)
     assert state["step"] == 2 and len(_losses(run)) == 2 and (run / "loss_curve.png").is_file()
+
+
+def test_a_run_folder_held_by_another_writer_is_refused(tmp_path, phantom_dir, capsys):
+    from medcontext.io.run_lock import RunFolderLock
+
+    run = tmp_path / "pretrain"
+    with RunFolderLock(run, "medcontext train"):
+        assert _pretrain(phantom_dir, run, "--steps", "1") == 2
+    assert "medcontext train" in capsys.readouterr().err and not (run / "last.pt").exists()
