@@ -3,7 +3,7 @@
 The layers, bottom up (STYLE.md, "The shape of the house"):
 
     io, shipped (below everything)  <  method  <  models  <  data = evaluation  <  engine.host
-    <  engine  <  workflows (study, demo, run_scoring)  <  cli
+    <  engine  <  workflows (study, demo, run_scoring, export)  <  cli
 
 ``engine.host`` (precision, threads, memory, allocator, signals, machine, distributed) knows
 nothing of the rest of the engine: the config, planning and the training loop sit on it.
@@ -44,6 +44,7 @@ LAYERS: dict[str, int | str] = {
     "medcontext.study": WORKFLOWS,
     "medcontext.demo": WORKFLOWS,
     "medcontext.run_scoring": WORKFLOWS,
+    "medcontext.export": WORKFLOWS,
     "medcontext.cli": CLI,
     "medcontext.__main__": CLI,
 }

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_parser(sub)
     _add_report_parser(sub)
     _add_data_parser(sub)
+    from medcontext.export import command as export_command
+
+    export_command.add_parser(sub, _Formatter)
     from medcontext.integrations.nnunet import command as nnunet_command
 
     nnunet_command.add_parser(sub, _Formatter)
@@ -119,6 +122,9 @@ def _add_train_parser(sub) -> None:
     train.add_argument("--train-cases", type=int, metavar="K", help="number of training cases drawn by seed (data.train_cases)")
     train.add_argument("--seed", type=int, help="seed of weights, split, data order, augmentation and masks (train.seed)")
     train.add_argument("--steps", type=int, metavar="N", help="optimizer steps of the run (train.steps)")
+    train.add_argument("--time-budget", metavar="DURATION",
+                       help="wall-clock budget, e.g. 2h, 90m, 1h30m (train.time_budget): the plan's spacing and crop "
+                            "fit --steps into it; without --steps the steps are chosen to fill it")
     train.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="training crop in voxels (model.roi)")
     train.add_argument("--model-preset", dest="model_preset", metavar="PRESET",
                        help="network preset: nnformer synapse|acdc|tumor|small (model.options.preset); "
@@ -333,6 +339,8 @@ def _train_config(args: argparse.Namespace):
         "method.variant": args.variant,
         "train.seed": args.seed,
         "train.steps": args.steps,
+        "train.time_budget": args.time_budget,
+        "train.steps_from_budget": True if args.time_budget is not None and args.steps is None else None,
         "train.device": args.device,
         "train.precision": args.precision,
         "model.init_checkpoint": args.init_checkpoint,
@@ -358,6 +366,9 @@ def _train_config(args: argparse.Namespace):
     cfg = TrainConfig.from_dict(base.to_dict()) if base is not None else TrainConfig()
     if args.config:
         cfg.update(read_yaml(_config_file(args.config)), source=str(args.config))
+    if args.model_size is not None and args.model_preset is not None and args.model_size != args.model_preset:
+        raise ValueError(f"--model-size {args.model_size} and --model-preset {args.model_preset} both choose the "
+                         "network's size; give one of them")
     if args.model_size is not None:
         cfg.model.options = {**cfg.model.options, "size": args.model_size}
     if args.model_preset is not None:
@@ -504,7 +515,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from medcontext.shipped import find_split
     from medcontext.study import STUDIES, collect_runs, load_test_split, run_study, write_report
-    from medcontext.study.execution import DONE_MARKER, format_status, study_status
+    from medcontext.study.execution import DONE_MARKER, LAST_STEP_EVAL, format_status, study_status
 
     study = STUDIES[args.study]
     plan = study.plan()
@@ -520,12 +531,17 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         raise ValueError("medcontext experiment needs --data DATASET_DIR to train (only --status works without it)")
     test_ids = load_test_split(find_split(args.test_split or study.test_split))
     run_study(runs, args.data, args.out, test_ids, max_runs=args.max_runs, progress=not args.no_progress,
-              trust_checkpoint=args.trust_checkpoint)
+              trust_checkpoint=args.trust_checkpoint, last_step=study.last_step)
     finished = [Path(args.out) / r.name for r in plan if (Path(args.out) / r.name / DONE_MARKER).is_file()]
     if finished:
         out = Path(args.report) if args.report else Path(args.out) / "report" / "report.md"
         write_report(collect_runs(finished), out, title=study.title)
         print(f"wrote {out} ({len(finished)} of {len(plan)} runs)")
+        last = [run for run in finished if (run / LAST_STEP_EVAL / "metrics.csv").is_file()] if study.last_step else []
+        if last:  # its own folder: the figures beside a report have fixed names
+            out_last = out.parent / "last_step" / out.name
+            write_report(collect_runs(last, eval_name=LAST_STEP_EVAL), out_last, title=f"{study.title}, last step")
+            print(f"wrote {out_last} ({len(last)} runs at their last step)")
     return 0
 
 
@@ -550,6 +566,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
         spec = data.load_dataset(args.path, preset=args.data_preset)
         summary = data.validate_dataset(spec)
         print(summary.format(max_rows=args.rows))
+        from medcontext.data.input_checks import dataset_warnings
+
+        for warning in dataset_warnings(summary):
+            print(f"warning: {warning}", file=sys.stderr)
         return 0
     if args.data_command == "phantom":
         out = data.generate_phantom(args.out, num_cases=args.cases, shape=tuple(args.shape), seed=args.seed,
@@ -570,6 +590,12 @@ def _cmd_nnunet(args: argparse.Namespace) -> int:
     return command.run(args)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from medcontext.export import command as export_command
+
+    return export_command.run(args)
+
+
 _COMMANDS = {
     "train": _cmd_train,
     "pretrain": _cmd_pretrain,
@@ -580,6 +606,7 @@ _COMMANDS = {
     "report": _cmd_report,
     "data": _cmd_data,
     "nnunet": _cmd_nnunet,
+    "export": _cmd_export,
 }
 
 
@@ -589,6 +616,7 @@ _TRAINING_COMMANDS = ("train", "pretrain", "demo", "experiment")
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from medcontext.data import DatasetError
     from medcontext.io.atomic import DiskFullError
+    from medcontext.io.run_lock import RunFolderError
     from medcontext.engine.checkpoint import CheckpointError
     from medcontext.engine.host.distributed import DistributedError
     from medcontext.engine.predict import PredictionFailedError
@@ -597,7 +625,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [DatasetError, CheckpointError, DistributedError, NonFiniteLossError, PretrainedLoadError,
                                          ValueError, FileNotFoundError, NotADirectoryError, PermissionError, DiskFullError,
-                                         PredictionFailedError]
+                                         PredictionFailedError, RunFolderError]
     try:
         from medcontext.data import DownloadError
 

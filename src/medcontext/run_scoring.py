@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from medcontext.data.input_checks import check_evaluation_cases
 from medcontext.engine.config import ConfigError
 from medcontext.engine.host.cpu_threads import CpuShare
 from medcontext.engine.predict import InputCase, Predictor
 from medcontext.engine.run_folder import load_run
+from medcontext.io.run_lock import RunFolderLock
 from medcontext.evaluation import evaluate_folder, evaluate_region_folder, format_summary, write_csv, write_markdown
 from medcontext.evaluation.postprocessing import comparison_lines
 from medcontext.io.atomic import write_text_atomic
@@ -74,8 +76,13 @@ def evaluate_run(
         trust_checkpoint: read the checkpoint with full pickle instead of weights-only
             (only for a file you trust; CLI ``--trust-checkpoint``).
 
+    The cases are checked like ``train`` checks its dataset (same messages) before any
+    prediction, and the run folder is held against other writers (:mod:`medcontext.io.run_lock`)
+    while ``eval/`` is written.
+
     Raises:
-        ConfigError: the split has no case; DatasetError / FileNotFoundError: missing files.
+        ConfigError: the split has no case; DatasetError: a case's files fail the input checks;
+        RunFolderError: the run folder is in use by another writer or cannot be written.
     """
 
     run = load_run(run_dir, data=data)
@@ -92,6 +99,16 @@ def evaluate_run(
             f"the run's {split} split is empty ({run.run_dir / 'split.json'}); evaluate another split "
             "(--split val) or train with data.test_cases / data.val_cases > 0"
         )
+    # the inputs checked like `train` checks them, and the run folder taken for writing, before any prediction
+    with RunFolderLock(run.run_dir, "medcontext evaluate"):
+        check_evaluation_cases(run.spec, case_ids)
+        return _evaluate(run, case_ids, split=split, use=use, checkpoint=checkpoint, device=device, out_name=out_name,
+                         progress=progress, echo=echo, trust_checkpoint=trust_checkpoint)
+
+
+def _evaluate(run, case_ids: list[str], *, split: str, use: str, checkpoint: str, device: str, out_name: str,
+              progress: bool, echo: Callable[[str], None], trust_checkpoint: bool) -> EvaluationResult:
+    """Predict the checked cases, score them and write the tables (the caller holds the run folder's lock)."""
     predictor = Predictor(run, checkpoint=checkpoint, use=use, device=device, trust_checkpoint=trust_checkpoint)
     out = Path(run.run_dir) / out_name
     pred_dir = out / "predictions"

@@ -5,7 +5,6 @@ names work; a ``dataset.json`` without its ``training`` list says what was read 
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -13,100 +12,13 @@ import pytest
 from medcontext.cli import main
 
 
-def _truncated(root, h):
-    path = root / "imagesTr" / "case_001.nii.gz"
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    return "imagesTr/case_001.nii.gz", "truncated or corrupt"
-
-
-def _zero_bytes(root, h):
-    (root / "labelsTr" / "case_001.nii.gz").write_bytes(b"")
-    return "labelsTr/case_001.nii.gz", "Empty file"
-
-
-def _shape(root, h):
-    h.write_nifti(root / "labelsTr" / "case_001.nii.gz", np.zeros((12, 12, 11), np.uint8))
-    return "labelsTr/case_001.nii.gz", "has shape (12, 12, 11) but image"
-
-
-def _affine(root, h):
-    _, label = h.blob_case(seed=1)
-    affine = np.eye(4)
-    affine[:3, 3] = [5.0, 0.0, 0.0]
-    h.write_nifti(root / "labelsTr" / "case_001.nii.gz", label, affine)
-    return "labelsTr/case_001.nii.gz", "affine differs from image"
-
-
-def _spacing(root, h):
-    _, label = h.blob_case(seed=1)
-    h.write_nifti(root / "labelsTr" / "case_001.nii.gz", label, np.diag([2.0, 2.0, 2.0, 1.0]))
-    return "labelsTr/case_001.nii.gz", "affine differs from image"
-
-
-def _undeclared_label(root, h):
-    _, label = h.blob_case(seed=1)
-    label[0, 0, 0] = 7
-    h.write_nifti(root / "labelsTr" / "case_001.nii.gz", label)
-    return "labelsTr/case_001.nii.gz", "has values [7] not in the dataset's labels"
-
-
-def _nan_inf(root, h):
-    image, _ = h.blob_case(seed=1)
-    image[0, 0, 0], image[1, 1, 1] = np.nan, np.inf
-    h.write_nifti(root / "imagesTr" / "case_001.nii.gz", image)
-    return "imagesTr/case_001.nii.gz", "2 NaN/Inf voxels"
-
-
-def _four_d_for_3d(root, h):
-    image, _ = h.blob_case(seed=1)
-    h.write_nifti(root / "imagesTr" / "case_001.nii.gz", np.stack([image, image], -1))
-    return "imagesTr/case_001.nii.gz", "has 2 channel(s) but the dataset has 1"
-
-
-def _float_label(root, h):
-    _, label = h.blob_case(seed=1)
-    label = label.astype(np.float32)
-    label[0, 0, 0] = 0.5
-    h.write_nifti(root / "labelsTr" / "case_001.nii.gz", label)
-    return "labelsTr/case_001.nii.gz", "non-integer values [0.5]"
-
-
-def _broken_json(root, h):
-    (root / "dataset.json").write_text('{"name": "ds", "labels": ')
-    return "dataset.json", "is not valid JSON"
-
-
-def _incomplete_json(root, h):
-    meta = json.loads((root / "dataset.json").read_text())
-    del meta["labels"]
-    (root / "dataset.json").write_text(json.dumps(meta))
-    return "dataset.json", "missing key 'labels'"
-
-
-def _missing_file(root, h):
-    (root / "imagesTr" / "case_002.nii.gz").unlink()
-    return "imagesTr/case_002.nii.gz", "does not exist"
-
-
-def _symlink_loop(root, h):
-    path = root / "imagesTr" / "case_001.nii.gz"
-    path.unlink()
-    os.symlink("loop.nii.gz", path)
-    os.symlink("case_001.nii.gz", root / "imagesTr" / "loop.nii.gz")
-    return "imagesTr/case_001.nii.gz", "does not exist"
-
-
-PROBES = [_truncated, _zero_bytes, _shape, _affine, _spacing, _undeclared_label, _nan_inf, _four_d_for_3d,
-          _float_label, _broken_json, _incomplete_json, _missing_file, _symlink_loop]
-
-
-@pytest.mark.parametrize("break_it", PROBES, ids=[p.__name__.strip("_") for p in PROBES])
-def test_data_check_answers_broken_input_with_exit_code_2_and_a_message(tmp_path, helpers, capsys, break_it):
+def test_data_check_answers_broken_input_with_exit_code_2_and_a_message(tmp_path, helpers, capsys, broken_dataset):
+    """Every entry of the broken-dataset catalogue (tests/data/conftest.py)."""
     root = helpers.write_msd(tmp_path / "ds", n=3)
-    file, problem = break_it(root, helpers)
+    broken_dataset.break_it(root, helpers)
     assert main(["data", "check", str(root)]) == 2
     err = capsys.readouterr().err
-    assert f"{root}/{file}" in err and problem in err, err
+    assert f"{root}/{broken_dataset.file}" in err and broken_dataset.problem in err, err
     assert "Traceback" not in err and err.count("error:") == 1
 
 

@@ -161,8 +161,11 @@ def test_predict_goes_on_after_a_bad_case_and_names_it(trained_run, tmp_path, ca
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     assert "2 of 4 case(s) could not be predicted; the other 2 were written" in captured.err
-    assert f"b_truncated ({inputs / 'b_truncated.nii.gz'}): EOFError" in captured.err
-    assert f"d_two_channels ({inputs / 'd_two_channels.nii.gz'}): ValueError" in captured.err and "2 channel" in captured.err
+    # the messages of `data check`: the same input checks run for every command
+    assert (f"b_truncated ({inputs / 'b_truncated.nii.gz'}): DatasetError: case b_truncated: image file "
+            f"{inputs / 'b_truncated.nii.gz'} is truncated or corrupt: EOFError") in captured.err
+    assert (f"d_two_channels ({inputs / 'd_two_channels.nii.gz'}): DatasetError: case d_two_channels: image "
+            f"{inputs / 'd_two_channels.nii.gz'} has 2 channel(s) but the dataset has 1") in captured.err
     assert "b_truncated: FAILED" in captured.out
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["a_good.nii.gz", "c_good.nii.gz"]  # the case after the bad one was predicted too

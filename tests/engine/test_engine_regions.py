@@ -1,4 +1,5 @@
-"""A BraTS-like region task end to end: sigmoid regions trained, validated and evaluated per region."""
+"""A BraTS-like region task end to end through the engine's API: sigmoid regions trained, validated and
+evaluated per region."""
 
 import json
 
@@ -6,11 +7,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medcontext.cli import main
 from medcontext.data.tumour_phantom import generate_tumour_phantom
+from medcontext.engine import load_config, train
 from medcontext.engine.training_log import read_metrics
 from medcontext.evaluation import dice_score, label_masks
 from medcontext.evaluation.metric_table import read_csv
+from medcontext.run_scoring import evaluate_run
 
 
 @pytest.fixture(scope="module")
@@ -18,20 +20,19 @@ def tumour_dir(tmp_path_factory):
     return generate_tumour_phantom(tmp_path_factory.mktemp("tumour") / "Task01like", num_cases=5, shape=(24, 24, 24))
 
 
-def test_brats_like_phantom_trains_validates_and_evaluates_per_region(tumour_dir, tmp_path, capsys):
+def test_brats_like_phantom_trains_validates_and_evaluates_per_region(tumour_dir, tmp_path):
     out = tmp_path / "run"
-    argv = ["train", "--data", str(tumour_dir), "--data-preset", "brats17", "--out", str(out), "--variant", "medcontext",
-            "--steps", "3", "--seed", "0", "--model", "unet3d", "--model-size", "tiny", "--roi", "24", "24", "24",
-            "--set", "data.num_samples=1",
-            "--set", "data.val_cases=1", "--set", "data.test_cases=2", "--set", "eval.every=3",
-            "--set", "train.tensorboard=false", "--no-progress"]
-    assert main(argv) == 0
-    printed = capsys.readouterr().out
-    assert "4 channel(s), 3 outputs (sigmoid)" in printed, printed
+    cfg = load_config(None, [f"data.path={tumour_dir}", "data.preset=brats17", "method.variant=medcontext",
+                             "train.steps=3", "train.seed=0", "model.name=unet3d", "model.options={size: tiny}",
+                             "model.roi=[24, 24, 24]", "data.num_samples=1", "data.val_cases=1", "data.test_cases=2",
+                             "eval.every=3", "train.tensorboard=false"])
+    printed: list[str] = []
+    assert train(cfg, out, progress=False, echo=printed.append).finished
+    assert any("4 channel(s), 3 outputs (sigmoid)" in line for line in printed), printed
     val = read_metrics(out / "metrics.jsonl", "val")
     assert list(val[-1]["dice"]) == ["WT", "TC", "ET"]
 
-    assert main(["evaluate", "--run", str(out), "--no-progress"]) == 0
+    evaluate_run(out, progress=False, echo=lambda _: None)
     table = read_csv(out / "eval" / "metrics.csv")
     assert table.class_names == ["WT", "TC", "ET"] and len(table.case_ids) == 2
     # every row is the region channel's Dice against the region's ground truth

@@ -1,4 +1,7 @@
-"""End-to-end training through the CLI on a tiny phantom: run folder, resume, crash safety, signals."""
+"""End-to-end training on a tiny phantom: run folder, resume, crash safety, signals.
+
+Most tests call the engine (:func:`medcontext.engine.train`); the run-folder, refusal and SIGTERM
+tests go through ``medcontext train`` because what they check is what the command prints and returns."""
 
 from __future__ import annotations
 
@@ -59,14 +62,14 @@ def test_train_writes_a_complete_run_folder(phantom_dir, train_argv, tmp_path, c
     assert start["processor"] and start["isa"] and start["torch"] == torch.__version__
 
 
-def test_resume_reproduces_the_uninterrupted_losses_exactly(phantom_dir, train_argv, tmp_path, capsys):
+def test_resume_reproduces_the_uninterrupted_losses_exactly(phantom_dir, train_tiny, tmp_path, capsys):
     full, parts = tmp_path / "full", tmp_path / "parts"
-    extra = ("--set", "eval.every=3", "--set", "train.checkpoint_every=2")
-    assert main(train_argv(phantom_dir, full, *extra, steps=6, variant="medcontext")) == 0
-    assert main(train_argv(phantom_dir, parts, *extra, "--stop-after", "3", steps=6, variant="medcontext")) == 0
+    extra = ("eval.every=3", "train.checkpoint_every=2")
+    assert train_tiny(phantom_dir, full, *extra, steps=6, variant="medcontext").finished
+    assert not train_tiny(phantom_dir, parts, *extra, steps=6, variant="medcontext", stop_after=3).finished
     assert read_checkpoint(parts / "last.pt")["step"] == 3
     capsys.readouterr()
-    assert main(train_argv(phantom_dir, parts, *extra, "--resume", steps=6, variant="medcontext")) == 0
+    assert train_tiny(phantom_dir, parts, *extra, steps=6, variant="medcontext", resume=True).finished
     assert f"resuming at step 3 of 6 from {parts / 'last.pt'}" in capsys.readouterr().err
     assert _losses(parts) == _losses(full)  # bit-identical floats, all four terms
     assert [r["step"] for r in read_metrics(parts / "metrics.jsonl", "start")] == [0, 3]  # one per start
@@ -85,9 +88,9 @@ def test_resume_refuses_changed_settings_and_fresh_run_refuses_existing_folder(p
     assert "--resume" in capsys.readouterr().err
 
 
-def test_crash_during_checkpoint_save_keeps_previous_file(phantom_dir, train_argv, tmp_path, monkeypatch):
+def test_crash_during_checkpoint_save_keeps_previous_file(phantom_dir, train_tiny, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    assert main(train_argv(phantom_dir, out, "--stop-after", "2", steps=4)) == 0
+    assert train_tiny(phantom_dir, out, steps=4, stop_after=2).step == 2
     before = read_checkpoint(out / "last.pt")
     real_save = torch.save
 
@@ -156,9 +159,9 @@ def test_sigterm_finishes_the_step_saves_and_exits_143(phantom_dir, train_argv, 
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl", "train")] == [1, 2, 3]
 
 
-def test_strict_checkpoint_loading_names_differing_keys(phantom_dir, train_argv, tmp_path):
+def test_strict_checkpoint_loading_names_differing_keys(phantom_dir, train_tiny, tmp_path):
     out = tmp_path / "run"
-    assert main(train_argv(phantom_dir, out, steps=1)) == 0
+    assert train_tiny(phantom_dir, out, steps=1).finished
     ckpt = read_checkpoint(out / "last.pt")
     from medcontext.engine.checkpoint import load_model_state
     from medcontext.engine.builder import build_medcontext, build_network
@@ -176,12 +179,12 @@ def test_strict_checkpoint_loading_names_differing_keys(phantom_dir, train_argv,
         read_checkpoint(out / "broken.pt")
 
 
-def test_init_checkpoint_loads_student_and_teacher(phantom_dir, train_argv, tmp_path, capsys):
+def test_init_checkpoint_loads_student_and_teacher(phantom_dir, train_tiny, tmp_path, capsys):
     first, second = tmp_path / "first", tmp_path / "second"
-    assert main(train_argv(phantom_dir, first, steps=2)) == 0
+    assert train_tiny(phantom_dir, first, steps=2).finished
     capsys.readouterr()
-    assert main(train_argv(phantom_dir, second, "--init-checkpoint", str(first / "last.pt"), "--stop-after", "1",
-                           steps=2, variant="medcontext")) == 0
+    assert train_tiny(phantom_dir, second, f"model.init_checkpoint={first / 'last.pt'}", steps=2, variant="medcontext",
+                      stop_after=1).step == 1
     report = capsys.readouterr().out
     assert "loaded" in report and "missing 0" in report and "unexpected 0" in report
     # the teacher started as a copy of the initialised student: after one step at momentum

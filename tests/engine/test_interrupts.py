@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medcontext.engine.host.signals import RunInterrupted, StopOnSignal
+from medcontext.engine.host.signals import GracefulStop, RunInterrupted, StopOnSignal
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -137,3 +137,17 @@ def test_a_stopped_and_resumed_run_reaches_the_same_validation_dice_at_the_same_
 
     assert [s for s, _ in dice(full)] == [2, 4, 6]
     assert dice(parts) == dice(full)
+
+
+def test_graceful_stop_sets_flag_and_restores_handlers():
+    previous = signal.getsignal(signal.SIGTERM)
+    with GracefulStop() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.name == "SIGTERM" and stop.exit_code == 143
+        stop.signum = None
+        stop.handle(signal.SIGINT)
+        assert stop.exit_code == 130
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C aborts at once
+            stop.handle(signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is previous

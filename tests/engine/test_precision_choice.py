@@ -99,3 +99,13 @@ def test_the_demo_the_cpu_configs_and_the_study_use_auto(tmp_path):
         assert yaml.safe_load((REPO / "configs" / name).read_text())["train"]["precision"] == "auto"
     assert demo_config(tmp_path, "medcontext", BUDGETS["full"], train_cases=2, seed=0).train.precision == "auto"
     assert {r.settings("data", ["a"])["train.precision"] for r in hippocampus_plan()} == {"auto"}
+
+
+def test_precision_choices():
+    cpu = torch.device("cpu")
+    # auto on the CPU: bf16 exactly where it runs natively (the choice itself: test_precision_choice.py)
+    assert resolve_precision("auto", cpu).name == ("bf16" if cpu_bf16_support().native else "fp32")
+    assert resolve_precision("bf16", cpu).dtype is torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 needs a CUDA"):
+        resolve_precision("fp16", cpu)
+    assert not resolve_precision("bf16", cpu).grad_scaler().is_enabled()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-import medcontext.data
 import medcontext.engine.run_folder as run_module
 from medcontext.engine.config import ConfigError, load_config
 from medcontext.engine.resume import RESUME_MAY_CHANGE, check_resume_settings
@@ -55,7 +54,7 @@ def test_the_network_is_preflighted_once(phantom_dir, tmp_path, monkeypatch, roi
         raise _Stop
 
     monkeypatch.setattr(run_module, "check_run_settings", counting)
-    monkeypatch.setattr(medcontext.data, "validate_dataset", stop)
+    monkeypatch.setattr(run_module, "_checked_precision", stop)  # the step after the preflight of a planned crop
     cfg = load_config(None, [f"data.path={phantom_dir}", "model.options={size: tiny}", "train.steps=2",
                              "data.num_samples=1", "train.tensorboard=false",
                              *([r for r in roi if r != "--set"])])

@@ -156,3 +156,16 @@ def test_own_temporary_names_are_recognised_by_the_clean_up(tmp_path):
     atomic_write(tmp_path / "last.pt", writer)
     assert len(seen) == 1 and atomic._TEMP_NAME.match(seen[0])
     assert seen[0].startswith(f".last.pt.{os.getpid()}.")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "f.txt"
+    write_text_atomic(target, "old")
+
+    def fail(handle):
+        handle.write(b"partial")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, fail)
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["f.txt"]

@@ -93,12 +93,18 @@ def _groups_from_metadata(case_ids: Sequence[str], column: str, rule: str, root:
     path = Path(root) / METADATA_FILE
     if not path.is_file():
         raise GroupRuleError(f"group rule {rule!r}: {path} does not exist")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        fields = reader.fieldnames or []
-        if "case_id" not in fields or column not in fields:
-            raise GroupRuleError(f"group rule {rule!r}: {path} needs columns 'case_id' and {column!r}; it has {fields}")
-        table = {row["case_id"]: row[column] for row in reader}
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            fields = reader.fieldnames or []
+            if "case_id" not in fields or column not in fields:
+                raise GroupRuleError(f"group rule {rule!r}: {path} needs columns 'case_id' and {column!r}; it has {fields}")
+            table = {row["case_id"]: row[column] for row in reader}
+    except UnicodeDecodeError as err:
+        raise GroupRuleError(
+            f"group rule {rule!r}: {path} is not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset "
+            f"{err.start}); save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
     missing = [cid for cid in case_ids if not table.get(cid)]
     if missing:
         raise GroupRuleError(

@@ -19,7 +19,7 @@ import numpy as np
 from medcontext.data.dataset_spec import CaseRecord, DatasetError, DatasetSpec, format_problems
 from medcontext.data.dataset_summary import CaseSummary, DatasetSummary
 
-__all__ = ["validate_dataset"]
+__all__ = ["validate_dataset", "check_case"]
 
 AFFINE_RTOL = 1e-3
 
@@ -61,6 +61,13 @@ def _check_case(spec: DatasetSpec, case: CaseRecord, labelled: bool) -> tuple[Ca
     if problems:
         return None, problems
     return _case_summary(case, ref_img, channels, counts, intensity, labelled), problems
+
+
+def check_case(spec: DatasetSpec, case: CaseRecord, labelled: bool) -> tuple[CaseSummary | None, list[str]]:
+    """Every check of one case (what :func:`validate_dataset` runs per case): ``(summary, problems)``,
+    the summary ``None`` when a check failed. Shared with the other commands' input checks
+    (:mod:`medcontext.data.input_checks`)."""
+    return _check_case(spec, case, labelled)
 
 
 def _check_images(case: CaseRecord, loaded: list[Any], problems: list[str]) -> tuple[int, tuple[float, float]]:

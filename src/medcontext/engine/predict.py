@@ -25,8 +25,11 @@ import torch
 from medcontext.data.nifti_names import case_id_from_path, nifti_suffix, split_channel
 from medcontext.engine.host.cpu_threads import CpuShare
 from medcontext.engine.inference import logits_to_labels, logits_to_probabilities, sliding_window_logits
+from medcontext.data.input_checks import check_prediction_case
 from medcontext.engine.host.precision import resolve_device, resolve_precision
+from medcontext.engine.prediction_outputs import check_outputs, output_files
 from medcontext.engine.run_folder import RunInfo, load_model, load_run
+from medcontext.io.run_lock import check_writable_folder
 
 __all__ = ["InputCase", "find_input_cases", "Predictor", "PredictionFailedError", "failure_reason", "predict_run"]
 
@@ -50,7 +53,8 @@ def find_input_cases(path: str | Path, num_channels: int) -> list[InputCase]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input {path} does not exist")
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and nifti_suffix(p.name))
+    # not-a-folder entries with NIfTI names, broken links included: the input check names them instead of skipping
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if not p.is_dir() and nifti_suffix(p.name))
     if path.is_file() and not nifti_suffix(path.name):
         raise ValueError(f"input {path} is not a NIfTI file (.nii or .nii.gz)")
     if not files:
@@ -144,6 +148,10 @@ class Predictor:
                 "channel named <case>_0000.nii.gz, <case>_0001.nii.gz, ..."
             )
         logits = self.logits(image)
+        bad = int(logits.numel() - torch.isfinite(logits).sum())
+        if bad:  # a broken checkpoint or an overflow: no label map is better than an all-background one
+            raise ValueError(f"the network's output has {bad} NaN/Inf values (checkpoint "
+                             f"{self.checkpoint['path']}); no label map written")
         raw = self._outputs(logits, postprocess=False)
         final = self._outputs(logits, postprocess=True) if self.postprocessing is not None else raw
         output_dir = Path(output_dir)
@@ -156,7 +164,7 @@ class Predictor:
         if probabilities:
             probs = logits_to_probabilities(logits, self.spec.output_mode).numpy().astype(np.float32)
             written.append(
-                restore.save(probs, output_dir / f"{case.case_id}_probabilities.nii.gz", dtype=np.float32, is_label=False)
+                restore.save(probs, output_files(case.case_id, output_dir, True)[1], dtype=np.float32, is_label=False)
             )
         return written
 
@@ -180,7 +188,7 @@ class Predictor:
         labels, on = outputs
         output_dir.mkdir(parents=True, exist_ok=True)
         dtype = np.uint8 if max(self.spec.labels) < 256 else np.int16
-        written = [restore.save(labels.astype(dtype), output_dir / f"{case_id}.nii.gz", dtype=dtype, is_label=True)]
+        written = [restore.save(labels.astype(dtype), output_files(case_id, output_dir)[0], dtype=dtype, is_label=True)]
         if regions_dir is not None and on is not None:
             regions_dir.mkdir(parents=True, exist_ok=True)
             written.append(restore.save(on, regions_dir / f"{case_id}.nii.gz", dtype=np.uint8, is_label=True))
@@ -237,9 +245,12 @@ def predict_run(
 ) -> list[Path]:
     """``medcontext predict``: predict every case under ``input_path`` into ``output_dir``.
 
-    Cases are predicted one by one: a case that cannot be read or predicted (a truncated file,
-    a wrong channel count) is reported with its file and reason, and the remaining cases are
-    still predicted; the failures are raised together at the end.
+    Before any work the outputs are checked (:func:`~medcontext.engine.prediction_outputs.check_outputs`:
+    never an input file, never one file for two cases) and the output folder must be writable.
+    Cases are predicted one by one, each first through the input checks of ``data check``: a
+    case that cannot be read or predicted (a truncated file, a wrong channel count, NaN/Inf
+    intensities, a non-finite network output) is reported with its file and reason, and the
+    remaining cases are still predicted; the failures are raised together at the end.
 
     Returns:
         The files written (label maps, and probability maps with ``probabilities``).
@@ -250,15 +261,20 @@ def predict_run(
 
     Raises:
         FileNotFoundError: a missing input (named).
+        OutputCollisionError: an output would overwrite an input or another case's output.
+        RunFolderError: the output folder is a file or cannot be written.
         PredictionFailedError: one or more cases failed (each named with its file and reason);
             the other cases were written.
         DiskFullError: the output's file system is full (the remaining cases are not tried).
     """
     from medcontext.io.atomic import DiskFullError
 
-    predictor = Predictor(run_dir, checkpoint=checkpoint, use=use, device=device, trust_checkpoint=trust_checkpoint,
+    run = load_run(run_dir)
+    cases = find_input_cases(input_path, run.spec.num_channels)
+    check_outputs(cases, output_dir, probabilities=probabilities)  # before any work: never overwrite an input
+    check_writable_folder(output_dir, "--output")
+    predictor = Predictor(run, checkpoint=checkpoint, use=use, device=device, trust_checkpoint=trust_checkpoint,
                           postprocess=postprocess)
-    cases = find_input_cases(input_path, predictor.spec.num_channels)
     echo(
         f"predicting {len(cases)} case(s) with {predictor.checkpoint['path']} (step {predictor.checkpoint['step']}, "
         f"{use} weights) on {predictor.device}"
@@ -273,6 +289,7 @@ def predict_run(
             cpu_share.refresh()  # before every case, so a failed case does not skip a re-count
             start = time.perf_counter()
             try:
+                check_prediction_case(predictor.spec, case.case_id, case.paths)  # the checks of `data check`
                 files = predictor.predict_case(case, output_dir, probabilities=probabilities)
             except DiskFullError:
                 raise

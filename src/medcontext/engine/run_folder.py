@@ -12,6 +12,9 @@ to use the run later is written into ``run_dir`` before the first step:
 ``preprocess.json``       the :class:`~medcontext.data.PreprocessConfig`
 ``plan.json``             the plan: spacing, crop, batch, mask cell, memory and time
                           estimates, each value with its source and reason
+``data_fingerprint.json`` per case: files, shape, spacing, label voxels (``--resume``
+                          refuses a dataset that differs)
+``.medcontext.lock``      while a process writes the folder: its PID, host and start
 ``metrics.jsonl``         one JSON record per step, per validation and per start or resume (the machine)
 ``tensorboard/``          TensorBoard event files
 ``last.pt``, ``best.pt``  checkpoints (best by validation mean Dice)
@@ -24,6 +27,7 @@ the dataset or the command line that started it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import dataclass
@@ -35,6 +39,7 @@ import torch
 from torch import nn
 
 from medcontext.io.atomic import remove_stale_temporaries, write_text_atomic
+from medcontext.io.run_lock import RunFolderLock
 from medcontext.engine.builder import build_medcontext, build_network, class_map, resolve_roi
 from medcontext.engine.checkpoint import CheckpointError, load_model_state, read_checkpoint
 from medcontext.engine.config import ConfigError, TrainConfig, load_config, resolve_batch_scaling, save_config
@@ -184,13 +189,19 @@ def train(
         DistributedError (another process of the group failed).
     """
     run_dir = Path(run_dir)
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
+        raise ConfigError(f"--stop-after (stop_after) must be a number of steps >= 1, got {stop_after!r}")
     cfg = TrainConfig.from_dict(cfg.to_dict()).validate()
     check_unlabeled_settings(cfg)
     owned = world is None
     if world is None:
         world = init_distributed(cfg.train.device, timeout_min=cfg.train.dist_timeout_min)
     cpu_share = CpuShare(cfg.train.threads).__enter__()  # threads: this process's share of the cores
+    # one writer per run folder: rank 0 holds its lock until the run ends (refuses a second writer)
+    lock = RunFolderLock(run_dir, "medcontext train --resume" if resume else "medcontext train") if world.is_main else None
     try:
+        if lock is not None:
+            lock.acquire()
         return _train(
             cfg, run_dir, world, resume=resume, stop_after=stop_after, progress=progress and world.is_main,
             echo=echo if world.is_main else _silent, trainer_class=trainer_class, network_hook=network_hook,
@@ -202,6 +213,8 @@ def train(
             raise
         raise explained from err
     finally:
+        if lock is not None:
+            lock.release()
         cpu_share.__exit__(None, None, None)
         if owned:
             world.close()
@@ -223,6 +236,13 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
     explicit_roi = cfg.model.roi is not None
     if explicit_roi:  # the planner builds networks with an explicit crop: check it first, with named errors
         _preflight(cfg, spec, tuple(int(r) for r in cfg.model.roi))
+    # every case checked (fresh start and resume alike) before the planner reads the headers
+    from medcontext.data.unlabeled import POOL
+
+    pool = POOL in unlabeled_sources(cfg)
+    fingerprint = world.main_first(
+        lambda: _check_data(spec, run_dir, resume=resume, pool=pool, progress=progress, echo=echo),
+        "checking the dataset")
     plan = _plan(cfg, spec, run_dir, world, resume=resume, echo=echo)
     roi = tuple(int(r) for r in cfg.model.roi)
     if resume:
@@ -233,8 +253,9 @@ def _train(cfg: TrainConfig, run_dir: Path, world: World, *, resume: bool, stop_
     precision = _checked_precision(cfg, spec, roi, world, network_hook=network_hook, echo=echo)
     preprocess = PreprocessConfig.from_spec(spec, **cfg.data.preprocess)
     split = world.main_first(
-        lambda: _prepare_run_folder(cfg, spec, plan, preprocess, run_dir, resume=resume, progress=progress, echo=echo),
-        "checking the dataset and writing the run folder",
+        lambda: _prepare_run_folder(cfg, spec, plan, preprocess, run_dir, fingerprint, resume=resume,
+                                    progress=progress, echo=echo),
+        "writing the run folder",
     )
     echo(f"split: {len(split.train)} train, {len(split.val)} val, {len(split.test)} test cases -> {run_dir / 'split.json'}")
 
@@ -301,21 +322,55 @@ def _plan(cfg: TrainConfig, spec, run_dir: Path, world: World, *, resume: bool, 
     return plan
 
 
-def _prepare_run_folder(cfg: TrainConfig, spec, plan, preprocess, run_dir: Path, *, resume: bool, progress: bool,
-                        echo: Callable[[str], None]):
-    """Rank 0: check the data, draw the split and write the run folder's description."""
+def _check_data(spec, run_dir: Path, *, resume: bool, pool: bool, progress: bool, echo: Callable[[str], None]) -> dict:
+    """Rank 0: every case through the input checks of ``data check`` (``pool``: the cases with a
+    label file); a resumed run's dataset must be the one it started on (its fingerprint, else its
+    split's cases). Returns the fingerprint."""
+    from medcontext.data import DatasetError, Split
+    from medcontext.data.input_checks import FINGERPRINT_FILE, check_training_data, compare_fingerprints, data_fingerprint
+
+    echo(f"checking dataset {spec.name!r} ({len(spec.cases)} labelled cases) in {spec.root} ...")
+    if spec.source_note:
+        echo(f"note: {spec.source_note}")
+    # a semi-supervised pool's cases have no label file: the cases with labels are what is checked
+    checked = spec if not pool else dataclasses.replace(
+        spec, cases=[c for c in spec.cases if c.label is not None and Path(c.label).is_file()])
+    summary = check_training_data(checked, progress=progress)
+    echo(f"dataset OK: {len(summary.cases)} cases, {spec.num_channels} channel(s), {spec.num_outputs} outputs ({spec.output_mode})")
+    fingerprint = data_fingerprint(summary)
+    saved = run_dir / FINGERPRINT_FILE
+    if resume and saved.is_file():
+        compare_fingerprints(json.loads(saved.read_text(encoding="utf-8")), fingerprint, source=str(saved))
+    elif resume and (run_dir / "split.json").is_file():  # a run from before fingerprints: its cases must be there
+        split = Split.load(run_dir / "split.json")
+        missing = [cid for cid in (*split.train, *split.val, *split.test) if cid not in fingerprint["cases"]]
+        if missing:
+            raise DatasetError(f"the dataset {spec.root} lacks {len(missing)} case(s) of the run's split "
+                               f"{run_dir / 'split.json'}: {', '.join(missing[:10])}; resume with the run's own dataset")
+    return fingerprint
+
+
+def _prepare_run_folder(cfg: TrainConfig, spec, plan, preprocess, run_dir: Path, fingerprint: dict, *, resume: bool,
+                        progress: bool, echo: Callable[[str], None]):
+    """Rank 0: draw the split (refusing all-empty training labels) and write the run folder's description."""
     from medcontext.data import Split
+    from medcontext.data.input_checks import FINGERPRINT_FILE, check_training_labels
     from medcontext.engine.planning.run_planner import PLAN_FILE
 
     _remove_stale_temporaries(run_dir, echo)
     if resume:
         split = Split.load(run_dir / "split.json")
     else:
-        split, unlabeled = _check_data_and_split(cfg, spec, progress=progress, echo=echo)
+        if unlabeled_sources(cfg):  # semi-supervised: the split's cases and the unlabelled volumes checked
+            split, unlabeled = prepare_split(cfg, spec, lambda: _draw_split(cfg, spec), progress=progress, echo=echo)
+        else:
+            split, unlabeled = _draw_split(cfg, spec), None
+        check_training_labels(fingerprint, split.train)
         run_dir.mkdir(parents=True, exist_ok=True)
         split.save(run_dir / "split.json")
         if unlabeled is not None:
             save_unlabeled(run_dir, unlabeled)
+    _write_json(run_dir / FINGERPRINT_FILE, fingerprint)
     save_config(cfg, run_dir / "config.yaml")
     _write_json(run_dir / "dataset.json", spec.to_dict())
     _write_json(run_dir / "preprocess.json", preprocess.to_dict())
@@ -323,31 +378,20 @@ def _prepare_run_folder(cfg: TrainConfig, spec, plan, preprocess, run_dir: Path,
     return split
 
 
-def _check_data_and_split(cfg: TrainConfig, spec, *, progress: bool, echo: Callable[[str], None]):
-    """Validate every case of a new run's dataset, then draw its split; ``(split, None)``.
-
-    With ``data.unlabeled``: draw the split, check the cases it uses, choose and check the
-    unlabelled volumes (:func:`medcontext.engine.unlabeled_data.prepare_split`);
-    ``(split, UnlabeledSet)``."""
-    from medcontext.data import split_for_spec, validate_dataset
+def _draw_split(cfg: TrainConfig, spec):
+    """A new run's split of the (checked) dataset."""
+    from medcontext.data import split_for_spec
 
     split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.train.seed
-
-    def draw():
-        return split_for_spec(
-            spec, train_cases=cfg.data.train_cases, train_case_ids=cfg.data.train_case_ids,
-            val_cases=cfg.data.val_cases, test_cases=cfg.data.test_cases,
-            use_official_test=cfg.data.use_official_test, seed=split_seed,
-        )
-
-    if unlabeled_sources(cfg):
-        return prepare_split(cfg, spec, draw, progress=progress, echo=echo)
-    echo(f"checking dataset {spec.name!r} ({len(spec.cases)} labelled cases) in {spec.root} ...")
-    if spec.source_note:
-        echo(f"note: {spec.source_note}")
-    summary = validate_dataset(spec, progress=progress)
-    echo(f"dataset OK: {len(summary.cases)} cases, {spec.num_channels} channel(s), {spec.num_outputs} outputs ({spec.output_mode})")
-    return draw(), None
+    return split_for_spec(
+        spec,
+        train_cases=cfg.data.train_cases,
+        train_case_ids=cfg.data.train_case_ids,
+        val_cases=cfg.data.val_cases,
+        test_cases=cfg.data.test_cases,
+        use_official_test=cfg.data.use_official_test,
+        seed=split_seed,
+    )
 
 
 def _build_model(cfg: TrainConfig, spec, roi: tuple[int, ...], *, resume: bool, trust_checkpoint: bool,
@@ -458,7 +502,10 @@ def load_run(run_dir: str | Path, data: str | Path | None = None) -> RunInfo:
         )
     cfg = load_config(run_dir / "config.yaml")
     if data is not None:
-        spec = load_dataset(data, preset=cfg.data.preset, group_by=cfg.data.group_by)
+        from medcontext.data.unlabeled import POOL
+
+        spec = load_dataset(data, preset=cfg.data.preset, group_by=cfg.data.group_by,
+                            missing_labels_ok=POOL in unlabeled_sources(cfg))
     else:
         spec = DatasetSpec.from_dict(json.loads((run_dir / "dataset.json").read_text()))
     preprocess = PreprocessConfig.from_dict(json.loads((run_dir / "preprocess.json").read_text()))

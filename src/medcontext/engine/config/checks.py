@@ -137,7 +137,7 @@ CHECKS: list[Check] = [
     Check("data.val_cases", ">= 0", lambda v, c: _int(v, 0)),
     Check("data.test_cases", "an int >= 0, a fraction in (0, 1), a list of distinct case ids or null",
           lambda v, c: v is None or _int(v, 0) or _number(v, 0, 1, low_open=True, high_open=True) or _ids(v, empty=True)),
-    Check("data.split_seed", "an int or null", lambda v, c: v is None or _int(v, -(2**63))),
+    Check("data.split_seed", "an int >= 0 or null", lambda v, c: v is None or _int(v, 0)),
     Check("data.group_by", "'regex:PATTERN' (a valid regular expression), 'metadata:COLUMN', 'none' or null",
           lambda v, c: v is None or _group_rule(v)),
     Check("data.num_samples", ">= 1", lambda v, c: _int(v, 1)),
@@ -188,7 +188,7 @@ CHECKS: list[Check] = [
     Check("train.steps", ">= 1", lambda v, c: _int(v, 1)),
     Check("train.batch_size", ">= 1", lambda v, c: _int(v, 1)),
     Check("train.effective_batch_size", ">= 1 or null", lambda v, c: v is None or _int(v, 1)),
-    Check("train.seed", "an int", lambda v, c: _int(v, -(2**63))),
+    Check("train.seed", "an int >= 0 (numpy and the split draw from non-negative seeds)", lambda v, c: _int(v, 0)),
     Check.one_of("train.precision", PRECISIONS),
     Check("train.device", "auto, cpu, cuda, cuda:N or mps", lambda v, c: bool(_DEVICE.match(v))),
     Check("train.checkpoint_every", ">= 1", lambda v, c: _int(v, 1)),
@@ -197,6 +197,10 @@ CHECKS: list[Check] = [
     Check("train.threads", ">= 1 or null (automatic)", lambda v, c: v is None or _int(v, 1)),
     Check("train.memory_budget_gb", "a finite number > 0 or null (automatic)",
           lambda v, c: v is None or _number(v, 0, low_open=True)),
+    Check("train.time_budget", "a duration such as 2h, 90m, 1h30m or a number of seconds > 0, or null",
+          lambda v, c: v is None or _duration(v)),
+    Check("train.max_step_s", "auto, a number of seconds > 0, or null (no step-time bound)",
+          lambda v, c: v is None or v == "auto" or (not isinstance(v, str) and _number(v, 0, low_open=True))),
     # eval
     Check("eval.every", ">= 0 (0: only after the last step)", lambda v, c: _int(v, 0)),
     Check("eval.overlap", "in [0, 1)", lambda v, c: _number(v, 0, 1, high_open=True)),
@@ -213,3 +217,13 @@ Booleans need no row (their type is checked when they are set). Checks that need
 the network (does the model accept ``model.options``, does ``model.roi`` fit it) run in
 :func:`medcontext.engine.preflight.check_run_settings` before any data is loaded.
 """
+
+
+def _duration(value) -> bool:
+    from medcontext.engine.planning.time_fit import parse_duration
+
+    try:
+        parse_duration(value)
+    except ValueError:
+        return False
+    return True

@@ -231,6 +231,13 @@ class TrainingConfig:
         memory_budget_gb: GiB one training step may use on the device, for the plan (the crop
             is fitted to it, a crop that does not fit is refused); ``None`` = 90% of the GPU's
             memory, or 80% of the CPU memory available at start.
+        time_budget: wall-clock budget of the run (``2h``, ``90m``, ``1h30m``, seconds); the plan's
+            spacing and crop are fitted so that ``steps`` steps fit it
+            (:mod:`medcontext.engine.planning.time_fit`). ``None``: no budget.
+        steps_from_budget: with ``time_budget``: choose ``steps`` to fill it instead (what
+            ``--time-budget`` without ``--steps`` sets).
+        max_step_s: estimated seconds per step the plan keeps to without a budget: ``auto`` (2 s
+            on a CPU, no bound on a GPU), a number, or ``None`` (memory-driven only).
     """
 
     steps: int = 200
@@ -248,6 +255,9 @@ class TrainingConfig:
     retain_cpu_memory: bool = False
     threads: int | None = None
     memory_budget_gb: float | None = None
+    time_budget: str | float | None = None
+    steps_from_budget: bool = False
+    max_step_s: float | str | None = "auto"
 
 
 @dataclass
@@ -311,7 +321,16 @@ class TrainConfig:
         return getattr(getattr(self, section), name)
 
     def set(self, key: str, value: Any, *, source: str = "--set") -> None:
-        """Set a dotted key, checking the key exists and the value has the field's type."""
+        """Set a dotted key, checking the key exists and the value has the field's type.
+
+        A key below a mapping-valued setting reaches into it at any depth and keeps its other
+        entries: ``model.options.preset=small``, ``data.preprocess.target_spacing=[2, 2, 5]``.
+        """
+        parts = key.split(".")
+        if len(parts) > 2 and parts[0] in _SECTIONS and _field_types(_SECTIONS[parts[0]]).get(parts[1]) is dict:
+            mapping = getattr(getattr(self, parts[0]), parts[1])
+            value = _with_nested(mapping, parts[2:], value)
+            key = ".".join(parts[:2])
         section, name = self._split_key(key, source=source)
         section_obj = getattr(self, section)
         field_type = _field_types(type(section_obj))[name]
@@ -400,6 +419,14 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, A
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _with_nested(mapping: Mapping[str, Any] | None, path: list[str], value: Any) -> dict:
+    """A copy of ``mapping`` with ``value`` at the key path ``path`` (missing levels created)."""
+    out = dict(mapping or {})
+    head, rest = path[0], path[1:]
+    out[head] = _with_nested(out.get(head) if isinstance(out.get(head), Mapping) else None, rest, value) if rest else value
+    return out
 
 
 def _coerce(value: Any, tp: Any) -> Any:

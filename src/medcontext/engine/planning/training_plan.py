@@ -268,6 +268,10 @@ class TrainingPlan:
     memory: dict[str, Any]
     time: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # the step-time fit (medcontext.engine.planning.time_fit): bound, reason, chosen steps
+    time_fit: dict[str, Any] = field(default_factory=dict)
+    # the memory-driven (nnU-Net-style) plan when the time fit chose another one
+    unconstrained: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -308,6 +312,17 @@ class TrainingPlan:
             lines.append(
                 f"  time      {t['step_s']:.3g} s/step estimated ({t['batch_s']:.3g} s measured for one forward+backward "
                 f"of {t['crops']} crops, x {t['units']}/3 for the variant), {t['steps']} steps ~ {_duration(t['total_s'])}"
+            )
+        fit = self.time_fit
+        if fit:
+            lines.append(f"  time fit  [{fit.get('bound_reason')}] {fit.get('reason')}")
+            if fit.get("steps") is not None:
+                lines.append(f"  steps     {fit['steps']:<22} [plan] {fit.get('steps_reason')}")
+        if self.unconstrained is not None:
+            u = self.unconstrained
+            lines.append(
+                f"  memory-driven plan (not used): spacing {show(u['spacing']['value'], ' mm')}, crop "
+                f"{show(u['roi']['value'])}, {u['time'].get('step_s', float('nan')):.3g} s/step"
             )
         lines.extend(f"  warning: {w}" for w in self.warnings)
         return "\n".join(lines)

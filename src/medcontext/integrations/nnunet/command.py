@@ -43,6 +43,9 @@ def add_parser(sub, formatter) -> None:
     export.add_argument("--use", choices=["student", "teacher"], default="student", help="weights to export")
     export.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file of each fold")
     export.add_argument("--folds", nargs="+", help="folds to export (default: all fold_* folders)")
+    export.add_argument("--trust-checkpoint", action="store_true",
+                        help="read the checkpoints with full pickle instead of weights only: a crafted file can run "
+                             "code, so only for files you trust")
     for parser in (nnunet, *nsub.choices.values()):
         parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback on errors")
 
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         print(settings.trainer_name(chosen.validate(source="medcontext nnunet trainer-name")))
     elif command == "export":
         written = export.export_plain_model(args.model_folder, args.output, use=args.use,
-                                            checkpoint_name=args.checkpoint, folds=args.folds)
+                                            checkpoint_name=args.checkpoint, folds=args.folds,
+                                            trust=args.trust_checkpoint)
         for path in written:
             print(f"wrote {path}")
         print(f"predict with: nnUNetv2_predict_from_modelfolder -i INPUT -o OUTPUT -m {args.output}")

@@ -3,7 +3,8 @@
 The result predicts with unmodified nnunetv2 (``nnUNetv2_predict_from_modelfolder``), without
 ``medcontext`` installed: each checkpoint names ``nnUNetTrainer`` as its trainer, holds the
 student's or the teacher's weights as ``network_weights`` and no MedContext entry. Only torch is
-needed here; nnunetv2 is not imported.
+needed here; nnunetv2 is not imported. Checkpoints are read weights-only
+(:mod:`~medcontext.integrations.nnunet.checkpoint_io`) unless ``trust``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from medcontext.integrations.nnunet.checkpoint_io import read_nnunet_checkpoint
 from medcontext.io.atomic import atomic_write
 
 __all__ = ["export_plain_model", "PLAIN_TRAINER_NAME", "MODEL_FILES"]
@@ -42,6 +44,7 @@ def export_plain_model(
     use: str = "student",
     checkpoint_name: str = "checkpoint_final.pth",
     folds: Sequence[str | int] | None = None,
+    trust: bool = False,
 ) -> list[Path]:
     """Write a plain nnU-Net model folder from a MedContext one.
 
@@ -52,6 +55,8 @@ def export_plain_model(
         use: ``"student"`` (what nnU-Net's validation scored) or ``"teacher"`` (the EMA model).
         checkpoint_name: checkpoint file in each fold folder.
         folds: folds to export; all ``fold_*`` folders by default.
+        trust: read the checkpoints with full pickle (CLI ``--trust-checkpoint``; only for files
+            you trust: a crafted file runs code).
 
     Returns:
         The checkpoint files written.
@@ -60,6 +65,7 @@ def export_plain_model(
         ValueError: ``use`` is unknown, a checkpoint has no MedContext entry, or asks for a
             teacher the variant does not keep.
         FileNotFoundError / FileExistsError: missing inputs or a non-empty output folder.
+        UntrustedFileError: a checkpoint holds objects a weights-only load refuses.
     """
     if use not in ("student", "teacher"):
         raise ValueError(f"use must be 'student' or 'teacher', got {use!r}")
@@ -76,8 +82,7 @@ def export_plain_model(
         source = model_folder / f"fold_{fold}" / checkpoint_name
         if not source.is_file():
             raise FileNotFoundError(f"{source} is missing (train to the end, or pass checkpoint_name)")
-        # nnU-Net's checkpoints hold numpy values from its logger; nnU-Net loads them the same way.
-        checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+        checkpoint = read_nnunet_checkpoint(source, trust=trust)
         state = checkpoint.get(_CHECKPOINT_KEY)
         if state is None:
             raise ValueError(f"{source} has no MedContext entry ({_CHECKPOINT_KEY!r}): trainer {checkpoint.get('trainer_name')!r}")

@@ -42,6 +42,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from medcontext.io.atomic import atomic_write
 from medcontext.method import MedContext, default_cell_size, unwrap_model
 
+from .checkpoint_io import TRUST_ENV, read_nnunet_checkpoint, trust_from_environment
 from .settings import BASE_TRAINER_NAME, MedContextSettings, parse_trainer_name
 
 __all__ = ["nnUNetTrainerMedContext", "CHECKPOINT_KEY", "GRADIENT_CLIP", "DEPTH_AXIS"]
@@ -192,6 +193,25 @@ class nnUNetTrainerMedContext(nnUNetTrainer):
             )
 
     # ------------------------------------------------------------------ checkpoints
+    def _restore_nnunet_state(self, checkpoint: dict) -> None:
+        """What nnU-Net's ``load_checkpoint`` restores from an already read checkpoint dict:
+        network weights (a DataParallel ``module.`` prefix dropped), epoch, logger, EMA Dice,
+        mirroring axes, optimizer and grad scaler."""
+        network = unwrap_model(self.network)
+        own_keys = network.state_dict().keys()
+        weights = {(k[len("module."):] if k not in own_keys and k.startswith("module.") else k): v
+                   for k, v in checkpoint["network_weights"].items()}
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                               self.inference_allowed_mirroring_axes)
+        network.load_state_dict(weights)
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+
     def medcontext_state(self) -> dict:
         """The ``"medcontext"`` entry of a checkpoint: settings, teacher weights, mask token."""
         medcontext = self.medcontext
@@ -226,14 +246,19 @@ class nnUNetTrainerMedContext(nnUNetTrainer):
         atomic_write(filename, lambda handle: torch.save(checkpoint, handle))
 
     def load_checkpoint(self, filename_or_checkpoint: str) -> None:
-        """nnU-Net's load, then the teacher and mask token; the checkpoint's settings must equal
-        this trainer's (else ``ValueError`` naming both)."""
+        """nnU-Net's state, then the teacher and mask token; the checkpoint's settings must equal
+        this trainer's (else ``ValueError`` naming both).
+
+        The file is read weights-only with the types nnU-Net stores
+        (:mod:`~medcontext.integrations.nnunet.checkpoint_io`; nnU-Net's own load uses full
+        pickle, so a crafted file would run code); ``MEDCONTEXT_TRUST_CHECKPOINT=1`` opts in to
+        full pickle for a file you trust."""
         if not isinstance(filename_or_checkpoint, str):
             raise TypeError(f"{type(self).__name__}.load_checkpoint takes a file name, got {type(filename_or_checkpoint).__name__}")
-        super().load_checkpoint(filename_or_checkpoint)
-        # nnU-Net's own checkpoints hold numpy values (its logger), so nnU-Net loads them with
-        # weights_only=False; this reads the same file the same way.
-        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        if not self.was_initialized:
+            self.initialize()
+        checkpoint = read_nnunet_checkpoint(filename_or_checkpoint, trust=trust_from_environment(),
+                                            map_location=self.device, trust_hint=f"{TRUST_ENV}=1")
         state = checkpoint.get(CHECKPOINT_KEY)
         if state is None:
             raise ValueError(
@@ -241,6 +266,7 @@ class nnUNetTrainerMedContext(nnUNetTrainer):
                 f"{checkpoint.get('trainer_name')!r}, not by a MedContext trainer. To start from its weights use "
                 "-pretrained_weights instead of --c"
             )
+        self._restore_nnunet_state(checkpoint)
         saved = MedContextSettings.from_dict(state["settings"])
         if saved != self.medcontext_settings:
             raise ValueError(
