@@ -157,10 +157,10 @@ def _add_pretrain_parser(sub) -> None:
             Pretrain a registered network without labels: masked cubes (or tubes) of random crops are
             reconstructed by the network, L1 on the masked voxels (SimMIM style). Label files are never
             opened. RUN_DIR/pretrained.pt then starts a supervised run:
-              medcontext pretrain --data Task04_Hippocampus --unlabeled imagesTs --model unet3d \\
-                  --roi 32 48 32 --steps 2000 --out runs/pretrain
-              medcontext train --data Task04_Hippocampus --model unet3d --roi 32 48 32 \\
-                  --init-checkpoint runs/pretrain/pretrained.pt --out runs/finetune
+              medcontext pretrain --data Task04_Hippocampus --unlabeled pool --train-cases 5 --seed 0 \\
+                  --model unet3d --roi 32 48 32 --steps 2000 --out runs/pretrain
+              medcontext train --data Task04_Hippocampus --train-cases 5 --seed 0 --model unet3d \\
+                  --roi 32 48 32 --init-checkpoint runs/pretrain/pretrained.pt --out runs/finetune
             With --resume, unset options keep the run's saved values."""),
     )
     _add_common(pretrain)
