@@ -3,7 +3,9 @@
 For every run folder under the study folder (``GROUP/RUN``) it copies ``config.yaml``,
 ``split.json``, ``plan.json``, ``postprocessing.json``, ``study_done.json`` (finished runs only), the
 test metrics (``eval/metrics.csv``, ``eval/summary.md``, and ``eval/raw/metrics.csv`` when
-post-processing changed the predictions) and a thinned ``metrics.jsonl``: every validation
+post-processing changed the predictions; the same of ``eval_last/``, the last-step evaluation of
+studies that have one, as ``test_metrics_eval_last*.csv``), ``unlabeled.json`` of semi-supervised
+runs, and a thinned ``metrics.jsonl``: every validation
 record, and one training record in ``--train-every`` (the loss curves; the full log is about
 1 MB per run). Checkpoints and predictions stay behind. Unfinished runs are copied too, so
 that their validation curves are kept; ``study_done.json`` tells them apart.
@@ -21,12 +23,17 @@ import shutil
 from pathlib import Path
 
 from medcontext.io.atomic import write_text_atomic
-from medcontext.study.comparison_report import RECORDED_RAW_TEST_METRICS, RECORDED_TEST_METRICS
+from medcontext.study.comparison_report import recorded_metrics
+from medcontext.study.execution import LAST_STEP_EVAL
 
-RUN_FILES = ("config.yaml", "split.json", "plan.json", "postprocessing.json", "study_done.json")
-#: eval/NAME -> records name (``medcontext report`` reads the metrics under RECORDED_TEST_METRICS)
-EVAL_FILES = {"metrics.csv": RECORDED_TEST_METRICS, "summary.md": "test_summary.md",
-              "raw/metrics.csv": RECORDED_RAW_TEST_METRICS}
+RUN_FILES = ("config.yaml", "split.json", "unlabeled.json", "plan.json", "postprocessing.json", "study_done.json")
+#: EVAL/NAME -> records name (``medcontext report`` reads the metrics under ``recorded_metrics(EVAL)``)
+EVAL_FILES = {
+    (evaluation, name): record
+    for evaluation, summary in (("eval", "test_summary.md"), (LAST_STEP_EVAL, f"test_summary_{LAST_STEP_EVAL}.md"))
+    for name, record in (("metrics.csv", recorded_metrics(evaluation)), ("summary.md", summary),
+                         ("raw/metrics.csv", recorded_metrics(evaluation, raw=True)))
+}
 
 
 def thinned_log(lines: list[str], train_every: int) -> list[str]:
@@ -53,9 +60,9 @@ def collect_run(run: Path, target: Path, train_every: int) -> bool:
     for name in RUN_FILES:
         if (run / name).is_file():
             shutil.copyfile(run / name, target / name)
-    for name, record_name in EVAL_FILES.items():
-        if (run / "eval" / name).is_file():
-            shutil.copyfile(run / "eval" / name, target / record_name)
+    for (evaluation, name), record_name in EVAL_FILES.items():
+        if (run / evaluation / name).is_file():
+            shutil.copyfile(run / evaluation / name, target / record_name)
     log = run / "metrics.jsonl"
     if log.is_file():
         kept = thinned_log(log.read_text().splitlines(), train_every)

@@ -103,6 +103,17 @@ def dead_pid() -> int:
     return child.pid
 
 
+@pytest.fixture(autouse=True)
+def _no_cpu_step_time_bound(monkeypatch):
+    """The planner's CPU step-time bound (``train.max_step_s=auto``) acts on the step time it
+    MEASURES, so under load (several test processes on 2 cores) it would shrink crops that tests
+    assert; every test plans without it, except ``tests/engine/test_engine_time_fit.py``, which
+    restores it and measures with a deterministic clock."""
+    from medcontext.engine.planning import time_fit
+
+    monkeypatch.setattr(time_fit, "DEFAULT_CPU_STEP_BOUND_S", None)
+
+
 # ---------------------------------------------------------------------- tiny NIfTI writers (``helpers``)
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
     """Write ``data`` with ``affine`` (identity by default) as NIfTI."""

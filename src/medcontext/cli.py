@@ -122,6 +122,9 @@ def _add_train_parser(sub) -> None:
     train.add_argument("--train-cases", type=int, metavar="K", help="number of training cases drawn by seed (data.train_cases)")
     train.add_argument("--seed", type=int, help="seed of weights, split, data order, augmentation and masks (train.seed)")
     train.add_argument("--steps", type=int, metavar="N", help="optimizer steps of the run (train.steps)")
+    train.add_argument("--time-budget", metavar="DURATION",
+                       help="wall-clock budget, e.g. 2h, 90m, 1h30m (train.time_budget): the plan's spacing and crop "
+                            "fit --steps into it; without --steps the steps are chosen to fill it")
     train.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="training crop in voxels (model.roi)")
     train.add_argument("--model-preset", dest="model_preset", metavar="PRESET",
                        help="network preset: nnformer synapse|acdc|tumor|small (model.options.preset); "
@@ -154,10 +157,10 @@ def _add_pretrain_parser(sub) -> None:
             Pretrain a registered network without labels: masked cubes (or tubes) of random crops are
             reconstructed by the network, L1 on the masked voxels (SimMIM style). Label files are never
             opened. RUN_DIR/pretrained.pt then starts a supervised run:
-              medcontext pretrain --data Task04_Hippocampus --unlabeled imagesTs --model unet3d \\
-                  --roi 32 48 32 --steps 2000 --out runs/pretrain
-              medcontext train --data Task04_Hippocampus --model unet3d --roi 32 48 32 \\
-                  --init-checkpoint runs/pretrain/pretrained.pt --out runs/finetune
+              medcontext pretrain --data Task04_Hippocampus --unlabeled pool --train-cases 5 --seed 0 \\
+                  --model unet3d --roi 32 48 32 --steps 2000 --out runs/pretrain
+              medcontext train --data Task04_Hippocampus --train-cases 5 --seed 0 --model unet3d \\
+                  --roi 32 48 32 --init-checkpoint runs/pretrain/pretrained.pt --out runs/finetune
             With --resume, unset options keep the run's saved values."""),
     )
     _add_common(pretrain)
@@ -336,6 +339,8 @@ def _train_config(args: argparse.Namespace):
         "method.variant": args.variant,
         "train.seed": args.seed,
         "train.steps": args.steps,
+        "train.time_budget": args.time_budget,
+        "train.steps_from_budget": True if args.time_budget is not None and args.steps is None else None,
         "train.device": args.device,
         "train.precision": args.precision,
         "model.init_checkpoint": args.init_checkpoint,
@@ -510,7 +515,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from medcontext.shipped import find_split
     from medcontext.study import STUDIES, collect_runs, load_test_split, run_study, write_report
-    from medcontext.study.execution import DONE_MARKER, format_status, study_status
+    from medcontext.study.execution import DONE_MARKER, LAST_STEP_EVAL, format_status, study_status
 
     study = STUDIES[args.study]
     plan = study.plan()
@@ -526,12 +531,17 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         raise ValueError("medcontext experiment needs --data DATASET_DIR to train (only --status works without it)")
     test_ids = load_test_split(find_split(args.test_split or study.test_split))
     run_study(runs, args.data, args.out, test_ids, max_runs=args.max_runs, progress=not args.no_progress,
-              trust_checkpoint=args.trust_checkpoint)
+              trust_checkpoint=args.trust_checkpoint, last_step=study.last_step)
     finished = [Path(args.out) / r.name for r in plan if (Path(args.out) / r.name / DONE_MARKER).is_file()]
     if finished:
         out = Path(args.report) if args.report else Path(args.out) / "report" / "report.md"
         write_report(collect_runs(finished), out, title=study.title)
         print(f"wrote {out} ({len(finished)} of {len(plan)} runs)")
+        last = [run for run in finished if (run / LAST_STEP_EVAL / "metrics.csv").is_file()] if study.last_step else []
+        if last:  # its own folder: the figures beside a report have fixed names
+            out_last = out.parent / "last_step" / out.name
+            write_report(collect_runs(last, eval_name=LAST_STEP_EVAL), out_last, title=f"{study.title}, last step")
+            print(f"wrote {out_last} ({len(last)} runs at their last step)")
     return 0
 
 

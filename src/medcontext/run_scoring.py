@@ -84,8 +84,17 @@ def evaluate_run(
         ConfigError: the split has no case; DatasetError: a case's files fail the input checks;
         RunFolderError: the run folder is in use by another writer or cannot be written.
     """
-
     run = load_run(run_dir, data=data)
+    case_ids = _split_cases(run, split)
+    # the inputs checked like `train` checks them, and the run folder taken for writing, before any prediction
+    with RunFolderLock(run.run_dir, "medcontext evaluate"):
+        check_evaluation_cases(run.spec, case_ids)
+        return _evaluate(run, case_ids, split=split, use=use, checkpoint=checkpoint, device=device, out_name=out_name,
+                         progress=progress, echo=echo, trust_checkpoint=trust_checkpoint)
+
+
+def _split_cases(run, split: str) -> list[str]:
+    """The case ids of the run's ``test``, ``val`` or ``all`` (test + val) split; an empty one is an error."""
     if split == "test":
         case_ids = list(run.split.test)
     elif split == "val":
@@ -99,11 +108,7 @@ def evaluate_run(
             f"the run's {split} split is empty ({run.run_dir / 'split.json'}); evaluate another split "
             "(--split val) or train with data.test_cases / data.val_cases > 0"
         )
-    # the inputs checked like `train` checks them, and the run folder taken for writing, before any prediction
-    with RunFolderLock(run.run_dir, "medcontext evaluate"):
-        check_evaluation_cases(run.spec, case_ids)
-        return _evaluate(run, case_ids, split=split, use=use, checkpoint=checkpoint, device=device, out_name=out_name,
-                         progress=progress, echo=echo, trust_checkpoint=trust_checkpoint)
+    return case_ids
 
 
 def _evaluate(run, case_ids: list[str], *, split: str, use: str, checkpoint: str, device: str, out_name: str,

@@ -1,4 +1,7 @@
-"""Prediction and evaluation of a trained run: output geometry, label values, errors."""
+"""Prediction and evaluation of a trained run: output geometry, label values, errors.
+
+The run is trained and the geometry predicted through the engine's API; the error, exit-code and
+summary tests go through ``medcontext predict`` / ``evaluate``, whose output they check."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import numpy as np
 import pytest
 
 from medcontext.cli import main
-from medcontext.engine.predict import failure_reason, find_input_cases
+from medcontext.engine import load_config, train
+from medcontext.engine.predict import failure_reason, find_input_cases, predict_run
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +25,10 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     data = generate_phantom(root / "Phantom", num_cases=6, shape=(24, 24, 24), seed=1)
     out = root / "run"
-    argv = ["train", "--data", str(data), "--out", str(out), "--variant", "medcontext", "--steps", "3", "--seed", "0",
-            "--model", "unet3d", "--model-size", "tiny", "--roi", "16", "16", "16", "--no-progress",
-            "--set", "data.num_samples=1", "--set", "data.val_cases=1", "--set", "data.test_cases=2",
-            "--set", "train.tensorboard=false"]
-    assert main(argv) == 0
+    cfg = load_config(None, [f"data.path={data}", "method.variant=medcontext", "train.steps=3", "train.seed=0",
+                             "model.name=unet3d", "model.options={size: tiny}", "model.roi=[16, 16, 16]",
+                             "data.num_samples=1", "data.val_cases=1", "data.test_cases=2", "train.tensorboard=false"])
+    assert train(cfg, out, progress=False, echo=lambda _: None).finished
     return data, out
 
 
@@ -45,8 +48,9 @@ def test_predict_writes_the_input_geometry_exactly(trained_run, tmp_path):
     inputs.mkdir()
     ref = _oblique_copy(data / "imagesTr" / "phantom_000.nii.gz", inputs / "oblique.nii.gz")
     _oblique_copy(data / "imagesTr" / "phantom_001.nii.gz", inputs / "second.nii", spacing=(1.0, 1.0, 1.0))
-    assert main(["predict", "--run", str(run), "--input", str(inputs), "--output", str(tmp_path / "out"),
-                 "--probabilities", "--use", "teacher", "--checkpoint", "last", "--no-postprocessing"]) == 0
+    written = predict_run(run, inputs, tmp_path / "out", probabilities=True, use="teacher", checkpoint="last",
+                          postprocess=False, echo=lambda _: None)
+    assert tmp_path / "out" / "oblique.nii.gz" in written
     pred = nib.load(str(tmp_path / "out" / "oblique.nii.gz"))
     assert pred.shape == ref.shape == (24, 20, 24)
     np.testing.assert_allclose(pred.affine, ref.affine, atol=1e-6)

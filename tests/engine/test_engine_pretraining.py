@@ -129,3 +129,34 @@ def test_a_train_config_gives_the_pool_that_its_run_leaves_unlabelled(tmp_path, 
     pooled = {case["case_id"] for case in json.loads((pre / "volumes.json").read_text())["cases"]}
     everything = {f"phantom_{i:03d}" for i in range(6)}
     assert pooled and pooled == everything - set(split["train"]) - set(split["val"]) - set(split["test"])
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint(tmp_path, phantom_dir, monkeypatch, capsys):
+    import os
+    import signal
+
+    from medcontext.engine import pretraining
+
+    original = pretraining._PretrainLoop.train_step
+
+    def step_then_signal(self):
+        out = original(self)
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives during step 2: the loop finishes it, saves, stops
+        return out
+
+    monkeypatch.setattr(pretraining._PretrainLoop, "train_step", step_then_signal)
+    run = tmp_path / "pretrain"
+    assert _pretrain(phantom_dir, run, "--steps", "5") == 143
+    assert "stopped by SIGTERM after step 2" in capsys.readouterr().err
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["step"] == 2 and len(_losses(run)) == 2 and (run / "loss_curve.png").is_file()
+
+
+def test_a_run_folder_held_by_another_writer_is_refused(tmp_path, phantom_dir, capsys):
+    from medcontext.io.run_lock import RunFolderLock
+
+    run = tmp_path / "pretrain"
+    with RunFolderLock(run, "medcontext train"):
+        assert _pretrain(phantom_dir, run, "--steps", "1") == 2
+    assert "medcontext train" in capsys.readouterr().err and not (run / "last.pt").exists()

@@ -91,3 +91,28 @@ def test_a_resumed_run_draws_the_same_unlabelled_crops(eight_cases, tmp_path, mo
     assert [s for s, _ in resumed] == [0, 1, 2, 3]
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(straight, resumed))
     assert straight[0][1].shape[0] == 1  # default: as many unlabelled crops as labelled ones
+
+
+def test_a_semi_supervised_variant_trains_on_the_pool_through_the_cli(phantom_dir, train_argv, tmp_path, capsys):
+    from medcontext.cli import main
+    from medcontext.engine.training_log import read_metrics
+
+    out = tmp_path / "run"
+    argv = train_argv(phantom_dir, out, "--train-cases", "2", "--unlabeled", "pool", "--set", "train.precision=fp32",
+                      steps=2, variant="medcontext_semi")
+    assert main(argv) == 0
+    assert "unlabelled: 1 unlabelled volume(s) (1 from pool)" in capsys.readouterr().out
+    rows = read_metrics(out / "metrics.jsonl", "train")
+    assert [r["step"] for r in rows] == [1, 2] and all("cl_unlabeled" in r and "pseudo" in r for r in rows)
+    assert json.loads((out / "unlabeled.json").read_text())["count"] == 1
+    with pytest.raises(ConfigError, match="trains on unlabelled volumes too.*--unlabeled pool"):
+        check_unlabeled_settings(load_config(None, {**TINY, "method.variant": "medcontext_semi"}))
+
+
+@pytest.mark.parametrize("variant, masked", [("mean_teacher", False), ("bcp", False), ("medcontext_bcp", True)])
+def test_the_plan_gives_a_mask_cell_only_to_variants_with_a_masked_view(eight_cases, variant, masked):
+    from medcontext.engine.planning.run_planner import plan_run
+
+    cfg = load_config(None, {**TINY, "data.path": str(eight_cases), "method.variant": variant, "data.unlabeled": "pool"})
+    plan = plan_run(cfg, load_dataset(eight_cases), measure_time=False)
+    assert (plan.mask_cell.value is not None) == masked  # mean_teacher / bcp: two student graphs, no mask

@@ -289,3 +289,12 @@ def test_the_nnunet_trainer_takes_only_labelled_only_variants():
     assert "medcontext" in nnunet_variants() and not set(SEMI) & set(nnunet_variants())
     with pytest.raises(ValueError, match="variant must be one of"):
         MedContextSettings(variant="bcp").validate()
+
+
+def test_the_mask_token_of_medcontext_bcp_gets_a_zero_gradient_in_the_labelled_only_phase(tiny_net, batch):
+    mc = MedContext(tiny_net, variant="medcontext_bcp", total_steps=100, mask_cell=4, seed=0)
+    out = mc.losses(*batch, unlabeled=torch.randn_like(batch[0]), step=0)
+    out.total.backward()
+    (token,) = [p for n, p in mc.named_parameters() if "mask_token" in n]
+    assert token.grad is not None and token.grad.abs().sum() == 0
+    assert out.msl.item() == 0 and out.pseudo.item() == 0

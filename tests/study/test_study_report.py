@@ -334,3 +334,26 @@ def test_report_shows_raw_and_post_processed_scores_also_from_collected_records(
     assert "Post-processing (largest connected components" in text
     # raw -> post-processed: mean Dice 70.0 -> 80.0, mean HD95 40.00 -> 3.00 mm
     assert "| baseline | 1 | 1 | 1 | 70.0 ± 0.0 | 80.0 ± 0.0 | 40.00 ± 0.00 | 3.00 ± 0.00 |" in text
+
+
+def test_last_step_evaluations_are_recorded_and_reported_apart_from_the_chosen_checkpoints(tmp_path):
+    from medcontext.evaluation.metric_table import CaseMetric, MetricTable, write_csv
+    from medcontext.study.comparison_report import collect_runs
+
+    collect = _collect_script()
+    run = _evaluated_run(tmp_path / "runs" / "g" / "mean_teacher_s0", "baseline", 0, (0.8, 0.8, 0.8))
+    last = MetricTable()
+    for i in range(3):
+        last.add(CaseMetric(f"c{i}", "a", 0.6, 5.0, 10, 12))
+    write_csv(last, run / "eval_last" / "metrics.csv")
+    (run / "split.json").write_text(json.dumps({"train": ["x"], "unlabeled": ["u1", "u2"]}))
+    (run / "unlabeled.json").write_text("{}")
+    records = tmp_path / "records" / "g" / run.name
+    assert collect.collect_run(run, records, train_every=10)
+    assert (records / "test_metrics_eval_last.csv").is_file() and (records / "unlabeled.json").is_file()
+    for folder in (run, records):  # the run folder and its records read the same
+        (best,), (at_last,) = collect_runs([folder]), collect_runs([folder], eval_name="eval_last")
+        assert best.dice["c0"]["a"] == 0.8 and at_last.dice["c0"]["a"] == 0.6 and best.unlabeled == 2
+    with pytest.raises(FileNotFoundError, match="eval_last"):  # never the chosen checkpoint's metrics instead
+        collect_runs([_evaluated_run(tmp_path / "runs" / "g" / "baseline_s0", "baseline", 0, (0.5,))],
+                     eval_name="eval_last")

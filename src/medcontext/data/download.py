@@ -207,11 +207,27 @@ def download_task(
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     final = out / info.name
+    if _already_unpacked(final, expected):
+        return final
+    url = f"{(base_url or MSD_BASE_URL).rstrip('/')}/{info.name}.tar"
+    archive = _verified_archive(out, info.name, url, expected, progress=progress, retries=retries, timeout=timeout)
+    _unpack(archive, out, info.name, {"task": info.name, "md5": expected, "url": url})
+    if not keep_archive:
+        archive.unlink(missing_ok=True)
+    return final
+
+
+def _already_unpacked(final: Path, expected_md5: str) -> bool:
+    """Whether ``final`` holds a verified download of the archive with ``expected_md5``.
+
+    Raises:
+        DownloadError: ``final`` exists but no verified download made it.
+    """
     marker = final / _MARKER
     if marker.is_file():
         try:
-            if json.loads(marker.read_text(encoding="utf-8")).get("md5") == expected:
-                return final
+            if json.loads(marker.read_text(encoding="utf-8")).get("md5") == expected_md5:
+                return True
         except (OSError, json.JSONDecodeError):
             pass
     if final.exists():
@@ -219,29 +235,39 @@ def download_task(
             f"{final} exists but was not unpacked by a verified download; remove it or point "
             "load_dataset at it directly"
         )
+    return False
 
-    archive = out / f"{info.name}.tar"
-    part = out / f"{info.name}.tar.part"
-    url = f"{(base_url or MSD_BASE_URL).rstrip('/')}/{info.name}.tar"
+
+def _verified_archive(out: Path, name: str, url: str, expected_md5: str, *, progress: bool, retries: int,
+                      timeout: float) -> Path:
+    """``out/<name>.tar``, fetched (resuming ``.tar.part``) unless present, with its MD5 checked.
+
+    Raises:
+        DownloadError: the transfer failed, or the checksum differs (the archive is then deleted).
+    """
+    archive = out / f"{name}.tar"
+    part = out / f"{name}.tar.part"
     if not archive.is_file():
         _fetch(url, part, progress=progress, retries=retries, timeout=timeout)
         part.replace(archive)
     got = _md5(archive)
-    if got != expected:
+    if got != expected_md5:
         archive.unlink(missing_ok=True)
-        raise DownloadError(f"{archive} from {url} has MD5 {got}, expected {expected}; deleted it, retry the download")
+        raise DownloadError(f"{archive} from {url} has MD5 {got}, expected {expected_md5}; deleted it, retry the download")
+    return archive
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{info.name}.", dir=out))
+
+def _unpack(archive: Path, out: Path, name: str, marker: dict) -> None:
+    """Extract ``archive`` into a staging folder of ``out``, then move its ``<name>/`` to ``out/<name>``
+    with the marker of a verified download (the task folder appears whole or not at all)."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
     try:
         _extract(archive, staging)
-        unpacked = staging / info.name
+        unpacked = staging / name
         if not unpacked.is_dir():
             found = sorted(p.name for p in staging.iterdir())
-            raise DownloadError(f"{archive} does not contain a top-level {info.name}/ folder (found {found})")
-        write_text_atomic(unpacked / _MARKER, json.dumps({"task": info.name, "md5": expected, "url": url}) + "\n")
-        unpacked.replace(final)
+            raise DownloadError(f"{archive} does not contain a top-level {name}/ folder (found {found})")
+        write_text_atomic(unpacked / _MARKER, json.dumps(marker) + "\n")
+        unpacked.replace(out / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if not keep_archive:
-        archive.unlink(missing_ok=True)
-    return final

@@ -123,40 +123,10 @@ def _build_spec(
     labels = dict(preset.labels) if preset.labels is not None else source["labels"]
     if labels is None:
         labels = _labels_from_files([c for c in cases if not missing_labels_ok or (c.label and c.label.is_file())])
-    channel_names = list(source["channel_names"] or preset.channel_names or [])
-    if not channel_names:
-        n = _count_channels(cases[0])
-        channel_names = ["image"] if n == 1 else [f"channel{i}" for i in range(n)]
-    if preset.channel_names is not None and len(preset.channel_names) != len(channel_names):
-        raise DatasetError(
-            f"preset {preset.name!r} expects {len(preset.channel_names)} channels {list(preset.channel_names)} "
-            f"but the dataset at {root} names {len(channel_names)}: {channel_names}"
-        )
+    channel_names = _channel_names(source, preset, cases[0], root)
     modality = preset.modality or _modality_of(channel_names)
-
-    if preset.output_mode == "sigmoid":
-        regions = {k: list(v) for k, v in (preset.regions or {}).items()}
-        eval_classes = list(preset.eval_classes or range(len(regions)))
-        eval_names = [list(regions)[i] for i in eval_classes]
-    else:
-        regions = None
-        eval_classes = list(preset.eval_classes) if preset.eval_classes is not None else sorted(k for k in labels if k != 0)
-        eval_names = [labels[c] for c in eval_classes]
-
-    window: tuple[float, float] | None = None
-    if modality == "CT":
-        window = preset.ct_window or MSD_CT_WINDOWS.get(source.get("task", ""), DEFAULT_CT_WINDOW)
-    if ct_window is not None:
-        if isinstance(ct_window, str):
-            if ct_window not in SYNAPSE_CT_WINDOWS:
-                raise DatasetError(f"unknown CT window name {ct_window!r}; choose one of {list(SYNAPSE_CT_WINDOWS)}")
-            window = SYNAPSE_CT_WINDOWS[ct_window]
-        else:
-            lo, hi = (float(v) for v in ct_window)
-            if not lo < hi:
-                raise DatasetError(f"CT window must be (low, high) with low < high, got {ct_window}")
-            window = (lo, hi)
-
+    regions, eval_classes, eval_names = _evaluated_classes(preset, labels)
+    window = _ct_window(modality, preset, source.get("task", ""), ct_window)
     ids = {c.case_id for c in cases}
     official_train = _map_official(preset.official_train, ids) or source.get("official_train")
     official_test = _map_official(preset.official_test, ids) or source.get("official_test")
@@ -193,6 +163,48 @@ def _build_spec(
         group_by=rule,
         groups=groups,
     )
+
+
+def _channel_names(source: dict[str, Any], preset: Preset, first: CaseRecord, root: Path) -> list[str]:
+    """The dataset's channel names (read, or the preset's, or counted in the first image)."""
+    channel_names = list(source["channel_names"] or preset.channel_names or [])
+    if not channel_names:
+        n = _count_channels(first)
+        channel_names = ["image"] if n == 1 else [f"channel{i}" for i in range(n)]
+    if preset.channel_names is not None and len(preset.channel_names) != len(channel_names):
+        raise DatasetError(
+            f"preset {preset.name!r} expects {len(preset.channel_names)} channels {list(preset.channel_names)} "
+            f"but the dataset at {root} names {len(channel_names)}: {channel_names}"
+        )
+    return channel_names
+
+
+def _evaluated_classes(preset: Preset, labels: dict) -> tuple[dict[str, list[int]] | None, list[int], list[str]]:
+    """``(regions or None, evaluated classes, their names)``: sigmoid regions or softmax labels."""
+    if preset.output_mode == "sigmoid":
+        regions = {k: list(v) for k, v in (preset.regions or {}).items()}
+        eval_classes = list(preset.eval_classes or range(len(regions)))
+        return regions, eval_classes, [list(regions)[i] for i in eval_classes]
+    eval_classes = list(preset.eval_classes) if preset.eval_classes is not None else sorted(k for k in labels if k != 0)
+    return None, eval_classes, [labels[c] for c in eval_classes]
+
+
+def _ct_window(modality: str, preset: Preset, task: str,
+               ct_window: tuple[float, float] | str | None) -> tuple[float, float] | None:
+    """The intensity window of a CT dataset (the preset's or the MSD task's), or the one asked for."""
+    window: tuple[float, float] | None = None
+    if modality == "CT":
+        window = preset.ct_window or MSD_CT_WINDOWS.get(task, DEFAULT_CT_WINDOW)
+    if ct_window is None:
+        return window
+    if isinstance(ct_window, str):
+        if ct_window not in SYNAPSE_CT_WINDOWS:
+            raise DatasetError(f"unknown CT window name {ct_window!r}; choose one of {list(SYNAPSE_CT_WINDOWS)}")
+        return SYNAPSE_CT_WINDOWS[ct_window]
+    lo, hi = (float(v) for v in ct_window)
+    if not lo < hi:
+        raise DatasetError(f"CT window must be (low, high) with low < high, got {ct_window}")
+    return (lo, hi)
 
 
 def _map_official(official: Sequence[str] | None, ids: set[str]) -> list[str] | None:

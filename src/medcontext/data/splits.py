@@ -177,7 +177,24 @@ def make_split(
     if dupes:
         raise ValueError(f"case_ids has duplicates: {dupes}")
     order = sorted(ids)
-    rng = np.random.default_rng(seed)
+    units = _permuted_units(order, groups, np.random.default_rng(seed))
+    test, pool_units = _draw_test(test_cases, order, units, groups)
+    if explicit_train is not None:
+        train, val = _explicit_train_and_val(explicit_train, val_cases, order, test, pool_units, groups)
+    else:
+        train, val = _drawn_train_and_val(train_cases, val_cases, order, test, pool_units)
+    used = set(train) | set(val) | set(test)
+    split_groups = None if groups is None else {c: str(groups[c]) for c in sorted(used)}
+    return Split(train=sorted(train), val=sorted(val), test=sorted(test), groups=split_groups)
+
+
+def _group_of(cid: str, groups: Mapping[str, str] | None) -> str:
+    return cid if groups is None else str(groups[cid])
+
+
+def _permuted_units(order: list[str], groups: Mapping[str, str] | None, rng: np.random.Generator) -> list[list[str]]:
+    """The units a split deals (every case alone, or the cases of each group) in ``rng``'s order;
+    inside a group the cases are permuted too (the order of round-robin training draws)."""
     if groups is None:
         units = [[c] for c in order]  # every case its own unit
     else:
@@ -189,88 +206,98 @@ def make_split(
             members.setdefault(str(groups[cid]), []).append(cid)
         units = [members[g] for g in sorted(members)]
     units = [units[i] for i in rng.permutation(len(units))]
-    if groups is not None:  # the order of the cases inside a group, for round-robin training draws
+    if groups is not None:
         units = [[unit[i] for i in rng.permutation(len(unit))] for unit in units]
+    return units
 
-    def group_of(cid: str) -> str:
-        return cid if groups is None else str(groups[cid])
 
-    def take_whole(pool_units: list[list[str]], n: int) -> tuple[list[str], list[list[str]]]:
-        """The first units holding at least ``n`` cases, and the units left."""
-        taken: list[str] = []
-        index = 0
-        while len(taken) < n and index < len(pool_units):
-            taken += pool_units[index]
-            index += 1
-        return taken, pool_units[index:]
+def _take_whole(pool_units: list[list[str]], n: int) -> tuple[list[str], list[list[str]]]:
+    """The first units holding at least ``n`` cases, and the units left."""
+    taken: list[str] = []
+    index = 0
+    while len(taken) < n and index < len(pool_units):
+        taken += pool_units[index]
+        index += 1
+    return taken, pool_units[index:]
 
-    def check_whole(chosen: Sequence[str], what: str) -> None:
-        if groups is None:
-            return
-        chosen_set = set(chosen)
-        left_out = {group_of(c) for c in order if c not in chosen_set}
-        cut = sorted({group_of(c) for c in chosen} & left_out)
-        if cut:
-            raise ValueError(
-                f"{what} takes only some cases of group(s) {cut[:5]}; a group (e.g. a patient) must "
-                "stay on one side of the split: list all of its cases or none"
-            )
 
+def _check_whole(chosen: Sequence[str], what: str, order: list[str], groups: Mapping[str, str] | None) -> None:
+    """An explicit list may not cut a group."""
+    if groups is None:
+        return
+    chosen_set = set(chosen)
+    left_out = {_group_of(c, groups) for c in order if c not in chosen_set}
+    cut = sorted({_group_of(c, groups) for c in chosen} & left_out)
+    if cut:
+        raise ValueError(
+            f"{what} takes only some cases of group(s) {cut[:5]}; a group (e.g. a patient) must "
+            "stay on one side of the split: list all of its cases or none"
+        )
+
+
+def _draw_test(test_cases, order: list[str], units: list[list[str]],
+               groups: Mapping[str, str] | None) -> tuple[list[str], list[list[str]]]:
+    """The test cases (listed, or whole units drawn first) and the units left for train and val."""
     if test_cases is not None and not isinstance(test_cases, (int, float)):
         test = _check_known([str(c) for c in test_cases], order, "test_cases")
-        check_whole(test, "test_cases")
+        _check_whole(test, "test_cases", order, groups)
         test_set = set(test)
         pool_units = [[c for c in unit if c not in test_set] for unit in units]
-        pool_units = [unit for unit in pool_units if unit]
-    else:
-        n_test = _count(test_cases, len(order), "test_cases")
-        if n_test >= len(order):
-            raise ValueError(f"test_cases={test_cases} leaves no case for training out of {len(order)}")
-        test, pool_units = take_whole(units, n_test)
-        if not pool_units:
-            raise ValueError(f"test_cases={test_cases} takes every group; none is left for training")
-    pool = [c for unit in pool_units for c in unit]
+        return test, [unit for unit in pool_units if unit]
+    n_test = _count(test_cases, len(order), "test_cases")
+    if n_test >= len(order):
+        raise ValueError(f"test_cases={test_cases} leaves no case for training out of {len(order)}")
+    test, pool_units = _take_whole(units, n_test)
+    if not pool_units:
+        raise ValueError(f"test_cases={test_cases} takes every group; none is left for training")
+    return test, pool_units
 
-    if explicit_train is not None:
-        train = _check_known([str(c) for c in explicit_train], order, "explicit_train")
-        clash = sorted(set(train) & set(test))
-        if clash:
-            raise ValueError(f"explicit_train cases {clash} are also test cases")
-        if not train:
-            raise ValueError("explicit_train is empty")
-        train_groups = {group_of(c) for c in train}  # test groups are whole, so none is among these
-        rest_units = [unit for unit in pool_units if group_of(unit[0]) not in train_groups]
-        n_val = _count(val_cases, len(pool), "val_cases")
-        available = sum(len(unit) for unit in rest_units)
-        if n_val > available:
-            raise ValueError(f"val_cases={val_cases} but only {available} non-test cases are not in explicit_train"
-                             + (" or its groups" if groups is not None else ""))
-        val, _ = take_whole(rest_units, n_val)
-    else:
-        n_val = _count(val_cases, len(pool), "val_cases")
-        if n_val >= len(pool):
-            raise ValueError(
-                f"val_cases={val_cases} leaves no training case: {len(pool)} cases remain after {len(test)} test cases"
-            )
-        val, rest_units = take_whole(pool_units, n_val)
-        if not rest_units:
-            raise ValueError(f"val_cases={val_cases} takes every remaining group; none is left for training")
-        rest = _round_robin(rest_units)
-        if train_cases is None:
-            train = rest
-        else:
-            k = int(train_cases)
-            if k < 1:
-                raise ValueError(f"train_cases must be >= 1, got {train_cases}")
-            if k > len(rest):
-                raise ValueError(
-                    f"train_cases={k} but only {len(rest)} cases are available "
-                    f"({len(order)} in total, {len(test)} test, {len(val)} validation)"
-                )
-            train = rest[:k]
-    used = set(train) | set(val) | set(test)
-    split_groups = None if groups is None else {c: str(groups[c]) for c in sorted(used)}
-    return Split(train=sorted(train), val=sorted(val), test=sorted(test), groups=split_groups)
+
+def _explicit_train_and_val(explicit_train: Sequence[str], val_cases, order: list[str], test: list[str],
+                            pool_units: list[list[str]], groups: Mapping[str, str] | None) -> tuple[list[str], list[str]]:
+    """The listed training cases, and validation drawn from the groups they leave."""
+    pool = [c for unit in pool_units for c in unit]
+    train = _check_known([str(c) for c in explicit_train], order, "explicit_train")
+    clash = sorted(set(train) & set(test))
+    if clash:
+        raise ValueError(f"explicit_train cases {clash} are also test cases")
+    if not train:
+        raise ValueError("explicit_train is empty")
+    train_groups = {_group_of(c, groups) for c in train}  # test groups are whole, so none is among these
+    rest_units = [unit for unit in pool_units if _group_of(unit[0], groups) not in train_groups]
+    n_val = _count(val_cases, len(pool), "val_cases")
+    available = sum(len(unit) for unit in rest_units)
+    if n_val > available:
+        raise ValueError(f"val_cases={val_cases} but only {available} non-test cases are not in explicit_train"
+                         + (" or its groups" if groups is not None else ""))
+    val, _ = _take_whole(rest_units, n_val)
+    return train, val
+
+
+def _drawn_train_and_val(train_cases: int | None, val_cases, order: list[str], test: list[str],
+                         pool_units: list[list[str]]) -> tuple[list[str], list[str]]:
+    """Validation as whole units first, then k training cases dealt round-robin over the rest."""
+    pool = [c for unit in pool_units for c in unit]
+    n_val = _count(val_cases, len(pool), "val_cases")
+    if n_val >= len(pool):
+        raise ValueError(
+            f"val_cases={val_cases} leaves no training case: {len(pool)} cases remain after {len(test)} test cases"
+        )
+    val, rest_units = _take_whole(pool_units, n_val)
+    if not rest_units:
+        raise ValueError(f"val_cases={val_cases} takes every remaining group; none is left for training")
+    rest = _round_robin(rest_units)
+    if train_cases is None:
+        return rest, val
+    k = int(train_cases)
+    if k < 1:
+        raise ValueError(f"train_cases must be >= 1, got {train_cases}")
+    if k > len(rest):
+        raise ValueError(
+            f"train_cases={k} but only {len(rest)} cases are available "
+            f"({len(order)} in total, {len(test)} test, {len(val)} validation)"
+        )
+    return rest[:k], val
 
 
 def _round_robin(units: Sequence[Sequence[str]]) -> list[str]:

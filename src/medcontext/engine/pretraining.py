@@ -289,11 +289,28 @@ def pretrain(
         CheckpointError: ``--resume`` without ``last.pt``, or a new run in a folder that has one.
         NonFiniteLossError: the loss became NaN/Inf (the last checkpoint is intact).
     """
-    from medcontext.engine.checkpoint import CheckpointError
-    from medcontext.engine.pretraining_data import pretraining_volumes
+    from medcontext.engine.host.precision import resolve_device
+    from medcontext.io.run_lock import RunFolderLock
 
     run_dir = Path(run_dir)
     cfg = PretrainConfig.from_dict(cfg.to_dict()).validate()
+    try:  # a device this machine lacks fails here, before any data is read
+        resolve_device(cfg.device)
+    except ValueError as err:
+        raise ValueError(str(err).replace("train.device", "--device")) from err
+    # one writer per run folder (a second `pretrain --out` on the same folder is refused, naming this one)
+    with RunFolderLock(run_dir, "medcontext pretrain --resume" if resume else "medcontext pretrain"):
+        return _pretrain_in_locked_folder(cfg, run_dir, resume=resume, stop_after=stop_after, progress=progress,
+                                          echo=echo, trust_checkpoint=trust_checkpoint)
+
+
+def _pretrain_in_locked_folder(cfg: PretrainConfig, run_dir: Path, *, resume: bool, stop_after: int | None,
+                               progress: bool, echo: Callable[[str], None], trust_checkpoint: bool) -> PretrainResult:
+    """:func:`pretrain` once the run folder is held: resume checks, volumes, files, the loop."""
+    from medcontext.engine.checkpoint import CheckpointError
+    from medcontext.engine.host.cpu_threads import CpuShare
+    from medcontext.engine.pretraining_data import pretraining_volumes
+
     state = None
     if resume:
         if not (run_dir / "last.pt").is_file():
@@ -311,8 +328,6 @@ def pretrain(
     write_text_atomic(run_dir / "volumes.json", json.dumps(volumes.describe_dict(), indent=2) + "\n")
     echo(f"pretraining {cfg.model} on {volumes.summary}, crop {tuple(volumes.roi)}, {cfg.steps} steps of "
          f"batch {cfg.batch_size}, masking {cfg.mask_ratio:g} of {cfg.mask_shape}s")
-    from medcontext.engine.host.cpu_threads import CpuShare
-
     with CpuShare() as cpu_share:  # threads: this process's share of the cores, as in `train`
         loop = _PretrainLoop(cfg, run_dir, volumes, state, echo=echo, progress=progress)
         if loop.device.type == "cpu":

@@ -502,7 +502,10 @@ def load_run(run_dir: str | Path, data: str | Path | None = None) -> RunInfo:
         )
     cfg = load_config(run_dir / "config.yaml")
     if data is not None:
-        spec = load_dataset(data, preset=cfg.data.preset, group_by=cfg.data.group_by)
+        from medcontext.data.unlabeled import POOL
+
+        spec = load_dataset(data, preset=cfg.data.preset, group_by=cfg.data.group_by,
+                            missing_labels_ok=POOL in unlabeled_sources(cfg))
     else:
         spec = DatasetSpec.from_dict(json.loads((run_dir / "dataset.json").read_text()))
     preprocess = PreprocessConfig.from_dict(json.loads((run_dir / "preprocess.json").read_text()))

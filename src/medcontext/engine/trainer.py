@@ -377,8 +377,8 @@ class Trainer:
         set_learning_rate(self.optimizer, lr)
         self.model.train()
         extra = {}
-        if "unlabeled" in batch:
-            extra["unlabeled"] = batch["unlabeled"].to(self.device, non_blocking=True)
+        if "unlabeled" in batch:  # semi-supervised: the step sets the ramp-up of the unlabelled terms
+            extra = {"unlabeled": batch["unlabeled"].to(self.device, non_blocking=True), "step": step}
         with self.precision.autocast():
             losses = self.model(images, labels, **extra)
         terms, bad_ranks = self._agree_on_losses(losses.as_floats())

@@ -57,17 +57,17 @@ def unlabeled_sources(cfg: TrainConfig) -> list[str]:
 
 
 def variant_trains_on_unlabeled(variant: str) -> bool:
-    """Whether ``method.variant`` draws unlabelled crops every step (its ``unlabeled`` setting)."""
-    from medcontext.method import VARIANTS
+    """Whether ``method.variant`` draws unlabelled crops every step (its ``Variant.unlabeled`` step)."""
+    from medcontext.method.settings import VARIANTS
 
-    return bool(getattr(VARIANTS.get(variant), "unlabeled", False))
+    return variant in VARIANTS and VARIANTS[variant].unlabeled is not None
 
 
 def semi_supervised_variants() -> list[str]:
     """The variants that train on unlabelled volumes too."""
-    from medcontext.method import VARIANTS
+    from medcontext.method.settings import semi_supervised_variants as names
 
-    return [name for name in VARIANTS if variant_trains_on_unlabeled(name)]
+    return names()
 
 
 def check_unlabeled_settings(cfg: TrainConfig) -> None:

@@ -108,6 +108,46 @@ def _teacher_load_pre_hook(
     unexpected_keys.extend(teacher_prefix + k for k in result.unexpected_keys)
 
 
+def _check_step_numbers(variant: str, has_teacher: bool, mask_ratio: float, beta: float, momentum: float,
+                        total_steps: int | None, depth_axis: int) -> None:
+    """The numeric arguments of :class:`MedContext`, each in its range (``ValueError`` naming it)."""
+    if not 0.0 <= mask_ratio <= 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1], got {mask_ratio}")
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    if has_teacher and (total_steps is None or total_steps < 1):
+        raise ValueError(
+            f"variant {variant!r} keeps an EMA teacher whose momentum follows the global step: "
+            f"pass total_steps (the number of optimizer steps of the run), got {total_steps!r}"
+        )
+    if not -3 <= depth_axis < 3:
+        raise ValueError(f"depth_axis must be a spatial axis in [-3, 2], got {depth_axis}")
+
+
+def _base_momentum(momentum: float, horizon: float | None, total_steps: int | None) -> float:
+    """The teacher's momentum at step 0: ``momentum``, or the one of a time constant of
+    ``horizon`` x ``total_steps`` steps."""
+    if horizon is not None and total_steps is not None:
+        return float(momentum_for_horizon(horizon, total_steps))
+    if horizon is not None and not 0.0 < horizon <= 1.0:
+        raise ValueError(f"momentum_horizon must be in (0, 1], got {horizon}")
+    return float(momentum)
+
+
+def _checked_student_passes(student_passes: str, network: nn.Module) -> str:
+    """``student_passes`` if valid; ``concat`` is refused for a network with BatchNorm in training mode."""
+    student_passes = check_choice("student_passes", student_passes, STUDENT_PASSES)
+    if student_passes == "concat" and _has_training_batchnorm(network):
+        raise ValueError(
+            "student_passes='concat' runs the clean and masked views as one batch, which couples them "
+            "through BatchNorm in training mode; use student_passes='separate' or a network with "
+            "instance/group/layer norm"
+        )
+    return student_passes
+
+
 class MedContext(nn.Module):
     """MedContext training around any segmentation network.
 
@@ -173,38 +213,16 @@ class MedContext(nn.Module):
         self.variant = check_choice("variant", variant, list(VARIANTS))
         self.config = VARIANTS[variant]
         self.semi, momentum = _semi_settings(variant, semi, momentum)
-        if not 0.0 <= mask_ratio <= 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1], got {mask_ratio}")
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        if self.config.teacher and (total_steps is None or total_steps < 1):
-            raise ValueError(
-                f"variant {variant!r} keeps an EMA teacher whose momentum follows the global step: "
-                f"pass total_steps (the number of optimizer steps of the run), got {total_steps!r}"
-            )
-        if not -3 <= depth_axis < 3:
-            raise ValueError(f"depth_axis must be a spatial axis in [-3, 2], got {depth_axis}")
+        _check_step_numbers(variant, self.config.teacher, mask_ratio, beta, momentum, total_steps, depth_axis)
         self.mask_ratio = float(mask_ratio)
         self.beta = float(beta)
         self.momentum_horizon = None if momentum_horizon is None else float(momentum_horizon)
-        if self.momentum_horizon is not None and total_steps is not None:
-            momentum = momentum_for_horizon(self.momentum_horizon, total_steps)
-        elif self.momentum_horizon is not None and not 0.0 < self.momentum_horizon <= 1.0:
-            raise ValueError(f"momentum_horizon must be in (0, 1], got {momentum_horizon}")
-        self.base_momentum = float(momentum)
+        self.base_momentum = _base_momentum(momentum, self.momentum_horizon, total_steps)
         self.total_steps = total_steps
         self.depth_axis = depth_axis
         self.mask_mode = check_choice("mask_mode", mask_mode, MASK_MODES)
         self.output_mode = check_choice("output_mode", output_mode, OUTPUT_MODES)
-        self.student_passes = check_choice("student_passes", student_passes, STUDENT_PASSES)
-        if self.student_passes == "concat" and _has_training_batchnorm(network):
-            raise ValueError(
-                "student_passes='concat' runs the clean and masked views as one batch, which couples them "
-                "through BatchNorm in training mode; use student_passes='separate' or a network with "
-                "instance/group/layer norm"
-            )
+        self.student_passes = _checked_student_passes(student_passes, network)
 
         self.network = network
         self.criterion = loss if loss is not None else SegmentationLoss(self.output_mode, head_weights)

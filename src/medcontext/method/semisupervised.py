@@ -213,18 +213,21 @@ def _mean_teacher_step(mc, images, labels, unlabeled, step) -> "LossBreakdown":
 
 
 def _copy_paste_pretrain_step(mc, images, labels) -> "LossBreakdown":
-    """BCP's labelled-only phase: crops copy-pasted into each other (all voxels labelled)."""
+    """BCP's labelled-only phase: crops copy-pasted into each other (all voxels labelled). The
+    mask token of ``medcontext_bcp`` joins the graph with a zero gradient (DDP needs every one)."""
     zero = torch.zeros((), device=images.device)
+    if mc.masker is not None:
+        zero = zero + sum(0.0 * p.float().sum() for p in mc.masker.parameters())
     if images.shape[0] < 2:
         sup = mc.criterion(mc.network(images), labels)
-        return _breakdown(sup, sup, zero, zero, zero, zero, 0.0)
+        return _breakdown(sup + zero, sup, zero, zero, zero, zero, 0.0)
     box = box_mask(images.shape[2:], mc.semi.box_ratio, mc.mask_generator)
     mixes = copy_paste(images, images.roll(1, dims=0), box)
     (output,) = student_views(mc, [(mixes.mix_in, None)])
     own, _ = mixes.labeled_voxels()
     head = first_head(output)
     sup = region_dice_ce(head, labels, own) + region_dice_ce(head, labels.roll(1, dims=0), 1.0 - own)
-    return _breakdown(sup + _zero_grad_heads(output), sup, zero, zero, zero, zero, 0.0)
+    return _breakdown(sup + zero + _zero_grad_heads(output), sup, zero, zero, zero, zero, 0.0)
 
 
 def _copy_paste_terms(outputs: Sequence[Output], labels, pseudo_labels, mixes) -> tuple[torch.Tensor, torch.Tensor]:

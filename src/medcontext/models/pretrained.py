@@ -122,6 +122,34 @@ def apply_prefix_map(state: Mapping[str, torch.Tensor], prefix_map: Mapping[str,
     return out
 
 
+def _read_state(path: Path, *, trust: bool) -> dict[str, torch.Tensor]:
+    """The state dict inside a pretrained checkpoint file (read weights-only unless ``trust``)."""
+    if not path.is_file():
+        raise PretrainedLoadError(f"pretrained checkpoint {path} does not exist")
+    try:
+        obj = load_weights_file(path, trust=trust, map_location="cpu")
+    except UnreadableFileError as err:
+        raise PretrainedLoadError(f"pretrained checkpoint {err}") from err
+    return extract_state_dict(obj, source=str(path))
+
+
+def _match_keys(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor],
+                report: "LoadReport") -> dict[str, torch.Tensor]:
+    """The tensors of ``state`` that fit ``own`` by key and shape; the others go into ``report``
+    (unexpected, mismatched; ``own``'s keys left without a tensor: missing)."""
+    usable: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif tuple(value.shape) != tuple(own[key].shape):
+            report.mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
+        else:
+            usable[key] = value
+    report.missing = sorted(k for k in own if k not in usable and k not in {m[0] for m in report.mismatched})
+    report.unexpected.sort()
+    return usable
+
+
 def load_pretrained(
     network: nn.Module,
     path: str | os.PathLike,
@@ -151,25 +179,10 @@ def load_pretrained(
             refuses.
     """
     path = Path(path)
-    if not path.is_file():
-        raise PretrainedLoadError(f"pretrained checkpoint {path} does not exist")
-    try:
-        obj = load_weights_file(path, trust=trust, map_location="cpu")
-    except UnreadableFileError as err:
-        raise PretrainedLoadError(f"pretrained checkpoint {err}") from err
-    state = apply_prefix_map(extract_state_dict(obj, source=str(path)), prefix_map)
+    state = apply_prefix_map(_read_state(path, trust=trust), prefix_map)
     own = network.state_dict()
     report = LoadReport(path=str(path))
-    usable: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key not in own:
-            report.unexpected.append(key)
-        elif tuple(value.shape) != tuple(own[key].shape):
-            report.mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
-        else:
-            usable[key] = value
-    report.missing = sorted(k for k in own if k not in usable and k not in {m[0] for m in report.mismatched})
-    report.unexpected.sort()
+    usable = _match_keys(state, own, report)
     if report.mismatched and not skip_mismatch:
         listing = "; ".join(f"{k}: checkpoint {a} vs network {b}" for k, a, b in report.mismatched[:10])
         more = f" (+{len(report.mismatched) - 10} more)" if len(report.mismatched) > 10 else ""

@@ -90,9 +90,18 @@ RECORDED_TEST_METRICS = "test_metrics.csv"
 RECORDED_RAW_TEST_METRICS = "test_metrics_raw.csv"
 
 
+def recorded_metrics(eval_name: str = "eval", raw: bool = False) -> str:
+    """The records folder's name of a run's ``EVAL/metrics.csv`` (``EVAL/raw/metrics.csv`` with ``raw``):
+    :data:`RECORDED_TEST_METRICS` (:data:`RECORDED_RAW_TEST_METRICS`) for ``eval``, else
+    ``test_metrics_EVAL.csv`` (``test_metrics_EVAL_raw.csv``), e.g. the last-step evaluation's."""
+    if eval_name == "eval":
+        return RECORDED_RAW_TEST_METRICS if raw else RECORDED_TEST_METRICS
+    return f"test_metrics_{eval_name}{'_raw' if raw else ''}.csv"
+
+
 def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> list[RunResult]:
     """Read every run folder that has ``config.yaml`` and ``EVAL/metrics.csv``, or a records
-    folder of a run (``config.yaml`` and :data:`RECORDED_TEST_METRICS`).
+    folder of a run (``config.yaml`` and :func:`recorded_metrics` of ``eval_name``).
 
     Raises:
         FileNotFoundError: a folder lacks one of them (named in the message).
@@ -100,8 +109,8 @@ def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> 
     results = []
     for run_dir in map(Path, run_dirs):
         config_path, metrics_path = run_dir / "config.yaml", run_dir / eval_name / "metrics.csv"
-        if not metrics_path.is_file() and (run_dir / RECORDED_TEST_METRICS).is_file():
-            metrics_path = run_dir / RECORDED_TEST_METRICS
+        if not metrics_path.is_file() and (run_dir / recorded_metrics(eval_name)).is_file():
+            metrics_path = run_dir / recorded_metrics(eval_name)
         for needed in (config_path, metrics_path):
             if not needed.is_file():
                 raise FileNotFoundError(f"{run_dir} is not an evaluated run: {needed} is missing (run medcontext evaluate)")
@@ -153,7 +162,7 @@ def _case_metrics(table) -> tuple[dict[str, dict[str, float]], dict[str, dict[st
 
 def _raw_case_metrics(run_dir: Path, eval_name: str):
     """The raw scores of a run whose evaluation applied a post-processing, else ``(None, None)``."""
-    for path in (run_dir / eval_name / "raw" / "metrics.csv", run_dir / RECORDED_RAW_TEST_METRICS):
+    for path in (run_dir / eval_name / "raw" / "metrics.csv", run_dir / recorded_metrics(eval_name, raw=True)):
         if path.is_file():
             return _case_metrics(read_csv(path))
     return None, None

@@ -1,11 +1,13 @@
 """The studies' settings: few-shot MedContext against the baseline on real MRI.
 
-Two studies, each a list of :class:`StudyRun` (see :data:`STUDIES`):
+Three studies, each a list of :class:`StudyRun` (see :data:`STUDIES`):
 
 - ``hippocampus``: MSD Task04_Hippocampus, 300-step runs (the first study of RESULTS.md) and
   the long-budget k = 5 comparison (``hippo_long``).
 - ``acdc``: ACDC cardiac cine MRI (the paper's Table 2/4 data), k = 5 volumes of 5 different
   patients, at a budget where the baseline's validation Dice has converged (fixed by the pilot).
+- ``acdc_semi``: the same k = 5 with the unlabelled pool, semi-supervised arms against the
+  labelled ones (:mod:`medcontext.study.semi_supervised_plan`).
 
 A fixed test split (``benchmarks/splits``) is never trained or selected on; training subsets
 of k cases and a validation subset (for checkpoint selection) are drawn per seed from the other
@@ -19,6 +21,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from .semi_supervised_plan import acdc_semi_plan
 
 __all__ = [
     "Study", "StudyRun", "STUDIES", "hippocampus_plan", "acdc_plan", "load_test_split", "BASE_SETTINGS", "MODEL_SETTINGS",
@@ -217,13 +221,18 @@ def acdc_plan(seeds=SEEDS) -> list[StudyRun]:
 
 @dataclass(frozen=True)
 class Study:
-    """A study: its runs, its data and its fixed test split (a shipped split name)."""
+    """A study: its runs, its data and its fixed test split (a shipped split name).
+
+    ``last_step``: every run is also evaluated at its last step (``eval_last/``), beside the
+    checkpoint validation chose (``eval/``), and the report is written for both.
+    """
 
     name: str
     plan: Callable[[], list[StudyRun]]
     test_split: str
     title: str
     description: str
+    last_step: bool = False
 
 
 _SETTINGS = {"hippocampus": (BASE_SETTINGS, MODEL_SETTINGS), "acdc": (ACDC_BASE_SETTINGS, ACDC_MODEL_SETTINGS)}
@@ -241,6 +250,14 @@ STUDIES: dict[str, Study] = {
         "acdc", acdc_plan, "acdc_test", "MedContext few-shot study: ACDC (k = 5 patients)",
         "ACDC k=5 (5 patients): unet3d and UNETR small, baseline / medcontext / no_teacher, 3 seeds at a budget "
         "past the baseline's plateau, validation curves every 250 steps, run-relative teacher schedule (21 runs)",
+    ),
+    "acdc_semi": Study(
+        "acdc_semi", acdc_semi_plan, "acdc_test", "Semi-supervised study: ACDC (k = 5 labelled patients + the pool)",
+        "ACDC k=5 labelled patients plus the unlabelled pool (every other non-validation, non-test patient): unet3d "
+        "small, baseline / medcontext (the acdc study's runs) / mean_teacher / bcp / medcontext_semi_cl / "
+        "medcontext_semi / medcontext_bcp, 3 seeds, the pilot (seed 0) first; test Dice at the validation-chosen "
+        "checkpoint and at the last step (21 runs; --out on the acdc study's folder reuses its runs)",
+        last_step=True,
     ),
 }
 

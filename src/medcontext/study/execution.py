@@ -27,14 +27,16 @@ from ..run_scoring import evaluate_run
 from .definitions import StudyRun
 from .comparison_report import run_machine
 
-__all__ = ["run_study", "study_status", "format_status", "RunStatus", "DONE_MARKER"]
+__all__ = ["run_study", "study_status", "format_status", "RunStatus", "DONE_MARKER", "LAST_STEP_EVAL"]
 
 DONE_MARKER = "study_done.json"
+#: the run's subfolder of its test evaluation at the last step (studies with ``last_step``)
+LAST_STEP_EVAL = "eval_last"
 
 
 def _run_one(
     run: StudyRun, data: str, test_ids: list[str], run_dir: Path, echo: Callable[[str], None], progress: bool,
-    trust_checkpoint: bool = False,
+    trust_checkpoint: bool = False, last_step: bool = False,
 ) -> dict | None:
     """Train (or resume) and evaluate one run; ``None`` when training ended early without a signal.
 
@@ -74,8 +76,34 @@ def _run_one(
         "best_step": getattr(result, "best_step", None),
         "test_mean_dice": summary.mean_dice,
     }
+    if last_step:
+        record["test_mean_dice_last"] = _evaluate_last_step(run_dir, progress, trust_checkpoint)
     write_text_atomic(run_dir / DONE_MARKER, json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _evaluate_last_step(run_dir: Path, progress: bool, trust_checkpoint: bool) -> float:
+    """Test evaluation of the last checkpoint into ``RUN/eval_last/``; its mean Dice."""
+    evaluation = evaluate_run(run_dir, split="test", checkpoint="last", out_name=LAST_STEP_EVAL, progress=progress,
+                              echo=lambda _line: None, trust_checkpoint=trust_checkpoint)
+    return evaluation.table.summary().mean_dice
+
+
+def _add_last_step(runs: Sequence[StudyRun], out: Path, echo: Callable[[str], None], progress: bool,
+                   trust_checkpoint: bool) -> None:
+    """Evaluate at the last step the finished runs that lack it (runs finished before their study asked
+    for it, e.g. the ACDC study's labelled runs reused by the semi-supervised one); no training."""
+    for run in runs:
+        run_dir = out / run.name
+        if (run_dir / LAST_STEP_EVAL / "metrics.csv").is_file():
+            continue
+        if not (run_dir / "last.pt").is_file():
+            echo(f"{run.name}: finished, but without last.pt its last step cannot be evaluated")
+            continue
+        record = json.loads((run_dir / DONE_MARKER).read_text())
+        record["test_mean_dice_last"] = _evaluate_last_step(run_dir, progress, trust_checkpoint)
+        write_text_atomic(run_dir / DONE_MARKER, json.dumps(record, indent=2) + "\n")
+        echo(f"{run.name}: test mean Dice at the last step {record['test_mean_dice_last']:.4f}")
 
 
 def run_study(
@@ -88,6 +116,7 @@ def run_study(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     trust_checkpoint: bool = False,
+    last_step: bool = False,
 ) -> list[dict]:
     """Train and evaluate ``runs`` under ``out`` (one folder each); returns the new records.
 
@@ -99,6 +128,8 @@ def run_study(
         max_runs: stop after this many newly finished runs (``None`` = all).
         trust_checkpoint: read the runs' checkpoints with full pickle instead of
             weights-only (only for files you trust).
+        last_step: also evaluate every run's last checkpoint on the test split
+            (``RUN/eval_last/``; finished runs that lack it get it without training).
 
     Raises:
         RunInterrupted: SIGINT/SIGTERM stopped a run's training: it is saved and resumes
@@ -110,12 +141,14 @@ def run_study(
     done = [r for r in runs if (out / r.name / DONE_MARKER).is_file()]
     todo = [r for r in runs if r not in done]
     echo(f"study {out}: {len(runs)} runs, {len(done)} finished, {len(todo)} to go")
+    if last_step:
+        _add_last_step(done, out, echo, progress, trust_checkpoint)
     records = []
     for index, run in enumerate(todo, start=1):
         if max_runs is not None and len(records) >= max_runs:
             break
         echo(f"[{index}/{len(todo)}] {run.name}")
-        record = _run_one(run, data, list(test_ids), out / run.name, echo, progress, trust_checkpoint)
+        record = _run_one(run, data, list(test_ids), out / run.name, echo, progress, trust_checkpoint, last_step)
         if record is None:
             echo(f"study stopped during {run.name} before its last step; run the same command again to continue")
             break

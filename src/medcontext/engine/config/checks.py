@@ -197,6 +197,10 @@ CHECKS: list[Check] = [
     Check("train.threads", ">= 1 or null (automatic)", lambda v, c: v is None or _int(v, 1)),
     Check("train.memory_budget_gb", "a finite number > 0 or null (automatic)",
           lambda v, c: v is None or _number(v, 0, low_open=True)),
+    Check("train.time_budget", "a duration such as 2h, 90m, 1h30m or a number of seconds > 0, or null",
+          lambda v, c: v is None or _duration(v)),
+    Check("train.max_step_s", "auto, a number of seconds > 0, or null (no step-time bound)",
+          lambda v, c: v is None or v == "auto" or (not isinstance(v, str) and _number(v, 0, low_open=True))),
     # eval
     Check("eval.every", ">= 0 (0: only after the last step)", lambda v, c: _int(v, 0)),
     Check("eval.overlap", "in [0, 1)", lambda v, c: _number(v, 0, 1, high_open=True)),
@@ -213,3 +217,13 @@ Booleans need no row (their type is checked when they are set). Checks that need
 the network (does the model accept ``model.options``, does ``model.roi`` fit it) run in
 :func:`medcontext.engine.preflight.check_run_settings` before any data is loaded.
 """
+
+
+def _duration(value) -> bool:
+    from medcontext.engine.planning.time_fit import parse_duration
+
+    try:
+        parse_duration(value)
+    except ValueError:
+        return False
+    return True

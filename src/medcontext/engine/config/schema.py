@@ -231,6 +231,13 @@ class TrainingConfig:
         memory_budget_gb: GiB one training step may use on the device, for the plan (the crop
             is fitted to it, a crop that does not fit is refused); ``None`` = 90% of the GPU's
             memory, or 80% of the CPU memory available at start.
+        time_budget: wall-clock budget of the run (``2h``, ``90m``, ``1h30m``, seconds); the plan's
+            spacing and crop are fitted so that ``steps`` steps fit it
+            (:mod:`medcontext.engine.planning.time_fit`). ``None``: no budget.
+        steps_from_budget: with ``time_budget``: choose ``steps`` to fill it instead (what
+            ``--time-budget`` without ``--steps`` sets).
+        max_step_s: estimated seconds per step the plan keeps to without a budget: ``auto`` (2 s
+            on a CPU, no bound on a GPU), a number, or ``None`` (memory-driven only).
     """
 
     steps: int = 200
@@ -248,6 +255,9 @@ class TrainingConfig:
     retain_cpu_memory: bool = False
     threads: int | None = None
     memory_budget_gb: float | None = None
+    time_budget: str | float | None = None
+    steps_from_budget: bool = False
+    max_step_s: float | str | None = "auto"
 
 
 @dataclass

@@ -14,6 +14,7 @@ values of its ``plan.json``.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -22,16 +23,18 @@ import torch
 from medcontext.data.fingerprint import DatasetFingerprint, thick_slice_axis
 from medcontext.engine.builder import build_medcontext, build_network
 from medcontext.engine.config import TrainConfig
+from medcontext.method.settings import get_variant
 from medcontext.engine.host.precision import resolve_device, resolve_precision
 from medcontext.engine.planning.training_plan import (
+    MAX_CROP_VOXELS,
     PlanError,
+    PlannedValue,
     TrainingPlan,
     add_time_estimate,
     build_on_meta,
     measure_step_time,
     memory_budget,
     plan_training,
-    variant_cost,
 )
 
 __all__ = ["plan_run", "apply_plan", "read_plan", "PlanError", "PLAN_FILE"]
@@ -50,10 +53,10 @@ def read_plan(run_dir: str | Path) -> TrainingPlan | None:
 def _mask_cell_reporter(cfg: TrainConfig, spec, in_channels: int, out_channels: int):
     """``roi -> (cell or None, space, reason)``: the mask cell the MedContext wrapper will use."""
     m = cfg.method
-    _units, graphs, _teacher = variant_cost(m.variant)
+    masked = get_variant(m.variant).masked_pass  # semi-supervised variants may run two unmasked graphs
 
     def report(roi: Sequence[int]) -> tuple[tuple[int, int, int] | None, str, str]:
-        if graphs == 1:
+        if not masked:
             return None, "none", f"no masked view (variant {m.variant})"
         network = build_on_meta(lambda: build_network(cfg, in_channels, out_channels, roi))
         mc = build_medcontext(cfg, network, roi, spec.output_mode)
@@ -74,6 +77,36 @@ def _mask_cell_reporter(cfg: TrainConfig, spec, in_channels: int, out_channels: 
         )
 
     return report
+
+
+def _fixed_spacing(cfg: TrainConfig, spec, previous: TrainingPlan | None) -> tuple[object, str | None]:
+    """``(spacing, source)`` when a setting, the resumed plan or the preset fixes it; ``(None, None)``: planned."""
+    preprocess = cfg.data.preprocess
+    if "spacing" in preprocess or "target_spacing" in preprocess:
+        return preprocess.get("spacing", preprocess.get("target_spacing")), "setting"
+    if previous is not None:
+        return previous.spacing.value, "run's plan.json"
+    if spec.target_spacing is not None:
+        return spec.target_spacing, "preset"
+    return None, None
+
+
+def _fixed_roi(cfg: TrainConfig, spec, previous: TrainingPlan | None) -> tuple[object, str]:
+    """``(crop, source)`` when ``model.roi``, the resumed plan or the preset fixes it; ``(None, "plan")``: planned."""
+    if cfg.model.roi is not None:
+        return cfg.model.roi, "setting"
+    if previous is not None:
+        return previous.roi.value, "run's plan.json"
+    if spec.default_roi is not None:
+        return spec.default_roi, "preset"
+    return None, "plan"
+
+
+def _memory_budget(cfg: TrainConfig, device) -> tuple[int, str]:
+    """``train.memory_budget_gb`` in bytes, else the device's budget, with where it comes from."""
+    if cfg.train.memory_budget_gb is not None:
+        return int(cfg.train.memory_budget_gb * 2**30), "train.memory_budget_gb"
+    return memory_budget(device)
 
 
 def plan_run(
@@ -101,24 +134,8 @@ def plan_run(
 
     in_channels, out_channels = spec.num_channels, spec.num_outputs
     fingerprint = DatasetFingerprint.from_spec(spec, orientation=str(cfg.data.preprocess.get("orientation", "RAS")))
-    preprocess = cfg.data.preprocess
-    if "spacing" in preprocess or "target_spacing" in preprocess:
-        spacing, spacing_source = preprocess.get("spacing", preprocess.get("target_spacing")), "setting"
-    elif previous is not None:
-        spacing, spacing_source = previous.spacing.value, "run's plan.json"
-    elif spec.target_spacing is not None:
-        spacing, spacing_source = spec.target_spacing, "preset"
-    else:
-        spacing, spacing_source = None, None
-    if cfg.model.roi is not None:
-        roi, roi_source = cfg.model.roi, "setting"
-    elif previous is not None:
-        roi, roi_source = previous.roi.value, "run's plan.json"
-    elif spec.default_roi is not None:
-        roi, roi_source = spec.default_roi, "preset"
-    else:
-        roi, roi_source = None, "plan"
-
+    spacing, spacing_source = _fixed_spacing(cfg, spec, previous)
+    roi, roi_source = _fixed_roi(cfg, spec, previous)
     multiple, minimum = roi_requirements(cfg.model.name, cfg.model.options)
     report = _mask_cell_reporter(cfg, spec, in_channels, out_channels)
     floor = tuple(max(a, b) for a, b in zip(multiple, minimum))
@@ -126,16 +143,12 @@ def plan_run(
     token_cell = first_cell if space == "token" or (first_cell is not None and cfg.method.mask_cell is not None) else None
     crops = cfg.train.batch_size * cfg.data.num_samples
     device = resolve_device(cfg.train.device)
-    if cfg.train.memory_budget_gb is not None:
-        budget, budget_source = int(cfg.train.memory_budget_gb * 2**30), "train.memory_budget_gb"
-    else:
-        budget, budget_source = memory_budget(device)
+    budget, budget_source = _memory_budget(cfg, device)
 
     def build(crop: Sequence[int]):
         return build_network(cfg, in_channels, out_channels, crop)
 
-    plan = plan_training(
-        fingerprint,
+    common = dict(
         build=build,
         in_channels=in_channels,
         multiple=multiple,
@@ -150,35 +163,78 @@ def plan_run(
         optimizer=cfg.optim.name,
         budget_bytes=budget,
         budget_source=budget_source,
-        roi=roi,
-        roi_source=roi_source,
-        spacing=spacing,
-        spacing_source=spacing_source,
         token_cell=token_cell,
     )
+    plan = plan_training(fingerprint, roi=roi, roi_source=roi_source, spacing=spacing, spacing_source=spacing_source,
+                         **common)
     thick = thick_slice_axis(fingerprint)
     depth = cfg.method.depth_axis % 3
-    if thick is not None and thick != depth and variant_cost(cfg.method.variant)[1] > 1:
+    if thick is not None and thick != depth and get_variant(cfg.method.variant).masked_pass:
         plan.warnings.append(
             f"axis {thick} is the dataset's thick-slice axis but the mask tubes run along axis {depth} "
             f"(method.depth_axis={cfg.method.depth_axis}); for tubes along the slices set method.depth_axis={thick}"
         )
-    if measure_time:
-        precision = resolve_precision(cfg.train.precision, device)
-        devices = [device.index or 0] if device.type == "cuda" else []
+    if not measure_time:
+        return plan
+    timed = _timer(cfg, device, build, in_channels, crops, steps or cfg.train.steps)
+    timed(plan)
+    if previous is not None:  # a resumed run keeps its plan
+        return plan
+    return _fit_to_time(cfg, spec, plan, fingerprint, device, common, timed,
+                        crop_fixed=roi_source != "plan", spacing_fixed=spacing_source == "setting")
+
+
+def _timer(cfg: TrainConfig, device, build, in_channels: int, crops: int, steps: int):
+    """``plan -> plan`` with its time estimate: one forward and backward timed on the device."""
+    precision = resolve_precision(cfg.train.precision, device)
+    devices = [device.index or 0] if device.type == "cuda" else []
+
+    def timed(plan: TrainingPlan) -> TrainingPlan:
         with torch.random.fork_rng(devices=devices):  # planning leaves the run's random streams alone
             network = build(plan.roi.value)
             seconds = measure_step_time(
                 network, in_channels, plan.roi.value, device, crops=crops, autocast=precision.autocast
             )
             del network
-        add_time_estimate(plan, seconds, crops=crops, variant=cfg.method.variant, steps=steps or cfg.train.steps)
-    return plan
+        return add_time_estimate(plan, seconds, crops=crops, variant=cfg.method.variant, steps=steps)
+
+    return timed
+
+
+def _fit_to_time(cfg: TrainConfig, spec, plan: TrainingPlan, fingerprint, device, common: dict, timed, *,
+                 crop_fixed: bool, spacing_fixed: bool) -> TrainingPlan:
+    """The plan within the run's time target (:mod:`~.time_fit`); the memory-driven one is kept in it."""
+    from medcontext.engine.planning.time_fit import fit_plan_to_time, foreground_extent_mm, time_target
+
+    target = time_target(cfg.train, device.type)
+    orientation = str(cfg.data.preprocess.get("orientation", "RAS"))
+
+    base = plan.spacing.value if plan.spacing.value is not None else list(fingerprint.median_spacing)
+
+    def replan(spacing, crop) -> TrainingPlan:
+        same = [float(v) for v in spacing] == [float(v) for v in base]
+        fitted = plan_training(fingerprint, roi=crop, roi_source="plan", spacing=plan.spacing.value if same else spacing,
+                               spacing_source="plan", **common)
+        fitted.spacing = plan.spacing if same else PlannedValue(
+            [float(v) for v in spacing], "plan", "coarser in-plane than the memory-driven plan, to fit the step-time bound")
+        fitted.roi.reason = "fitted to the step-time bound (see the time line)"
+        return timed(fitted)
+
+    step = [int(m) for m in common["multiple"]]
+    if common["token_cell"] is not None:
+        step = [s * int(c) // math.gcd(s, int(c)) for s, c in zip(step, common["token_cell"])]
+    floor = [int(math.ceil(max(int(lo), s) / s) * s) for lo, s in zip(common["minimum"], step)]
+    return fit_plan_to_time(plan, fingerprint, target, replan=replan,
+                            extent_mm=lambda: foreground_extent_mm(spec, orientation), step=step, floor=floor,
+                            crop_fixed=crop_fixed, spacing_fixed=spacing_fixed, max_voxels=MAX_CROP_VOXELS)
 
 
 def apply_plan(cfg: TrainConfig, plan: TrainingPlan) -> TrainConfig:
-    """Write the plan's crop and planned spacing into ``cfg`` (in place; returns it)."""
+    """Write the plan's crop, planned spacing and steps chosen for a time budget into ``cfg``
+    (in place; returns it)."""
     cfg.model.roi = [int(r) for r in plan.roi.value]
+    if plan.time_fit.get("steps") is not None and cfg.train.steps_from_budget:
+        cfg.train.steps = int(plan.time_fit["steps"])
     if plan.spacing.source in ("plan", "run's plan.json") and plan.spacing.value is not None:
         cfg.data.preprocess = {**cfg.data.preprocess, "spacing": [float(s) for s in plan.spacing.value]}
     return cfg

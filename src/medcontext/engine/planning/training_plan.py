@@ -268,6 +268,10 @@ class TrainingPlan:
     memory: dict[str, Any]
     time: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # the step-time fit (medcontext.engine.planning.time_fit): bound, reason, chosen steps
+    time_fit: dict[str, Any] = field(default_factory=dict)
+    # the memory-driven (nnU-Net-style) plan when the time fit chose another one
+    unconstrained: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -309,6 +313,17 @@ class TrainingPlan:
                 f"  time      {t['step_s']:.3g} s/step estimated ({t['batch_s']:.3g} s measured for one forward+backward "
                 f"of {t['crops']} crops, x {t['units']}/3 for the variant), {t['steps']} steps ~ {_duration(t['total_s'])}"
             )
+        fit = self.time_fit
+        if fit:
+            lines.append(f"  time fit  [{fit.get('bound_reason')}] {fit.get('reason')}")
+            if fit.get("steps") is not None:
+                lines.append(f"  steps     {fit['steps']:<22} [plan] {fit.get('steps_reason')}")
+        if self.unconstrained is not None:
+            u = self.unconstrained
+            lines.append(
+                f"  memory-driven plan (not used): spacing {show(u['spacing']['value'], ' mm')}, crop "
+                f"{show(u['roi']['value'])}, {u['time'].get('step_s', float('nan')):.3g} s/step"
+            )
         lines.extend(f"  warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
@@ -329,6 +344,83 @@ def _lcm(a: int, b: int) -> int:
 
 def _round_up(value: float, step: int) -> int:
     return int(math.ceil(value / step) * step)
+
+
+def _spacing_plan(fingerprint: DatasetFingerprint, spacing: Sequence[float] | None,
+                  source: str | None) -> tuple[tuple[float, ...] | None, "PlannedValue"]:
+    """The spacing to resample to: fixed by ``source`` (a setting, the preset), or planned (``source`` None)."""
+    if source is None:
+        value, reason = plan_spacing(fingerprint)
+        return value, PlannedValue(None if value is None else list(value), "plan", reason)
+    value = None if spacing is None else tuple(float(s) for s in spacing)
+    return value, PlannedValue(None if value is None else list(value), source, f"fixed by the {source}")
+
+
+def _crop_step_and_floor(multiple: Sequence[int], minimum: Sequence[int],
+                         token_cell: Sequence[int] | None) -> tuple[list[int], list[int]]:
+    """``(step, floor)``: every planned crop side is a multiple of ``step`` and at least ``floor``."""
+    step = [int(m) for m in multiple]
+    if token_cell is not None:
+        step = [_lcm(s, int(c)) for s, c in zip(step, token_cell)]
+    floor = [max(int(lo), s) for lo, s in zip(minimum, step)]
+    return step, [_round_up(f, s) for f, s in zip(floor, step)]
+
+
+def _fixed_crop(roi: Sequence[int], roi_source: str, memory_of: Callable[[Sequence[int]], MemoryEstimate], crops: int,
+                budget: tuple[int, str]) -> tuple[tuple[int, ...], MemoryEstimate, "PlannedValue"]:
+    """A crop a setting or the preset fixed, refused when it does not fit the budget."""
+    budget_bytes, budget_source = budget
+    crop = tuple(int(r) for r in roi)
+    estimate = memory_of(crop)
+    if estimate.total_bytes > budget_bytes:
+        raise PlanError(
+            f"the {roi_source}'s crop {_fmt(crop)} with {crops} crops per step needs about "
+            f"{estimate.total_bytes / 2**30:.2f} GiB (estimated peak), more than the memory budget "
+            f"{budget_bytes / 2**30:.2f} GiB ({budget_source}); use a smaller --roi (or drop it to let the planner "
+            "choose), fewer crops per step (train.batch_size, data.num_samples), a smaller model, or set "
+            "train.memory_budget_gb if the budget is wrong"
+        )
+    return crop, estimate, PlannedValue(list(crop), roi_source, f"fixed by the {roi_source}")
+
+
+def _planned_crop(median: Sequence[float], step: list[int], floor: list[int],
+                  memory_of: Callable[[Sequence[int]], MemoryEstimate], crops: int, budget: tuple[int, str],
+                  max_crop_voxels: int) -> tuple[tuple[int, ...], MemoryEstimate, "PlannedValue"]:
+    """The median shape rounded up to ``step``, capped at ``max_crop_voxels``, shrunk until it fits the budget."""
+    budget_bytes, budget_source = budget
+    crop_list = [max(f, _round_up(m, s)) for m, s, f in zip(median, step, floor)]
+    bound = "the median shape rounded up to multiples of " + _fmt(step)
+    while math.prod(crop_list) > max_crop_voxels and _shrink(crop_list, median, step, floor):
+        bound = f"capped at {max_crop_voxels} voxels (nnU-Net's usual 3D crop volume)"
+    estimate, estimate_crop = memory_of(crop_list), list(crop_list)
+    while estimate.total_bytes > budget_bytes:
+        if not _shrink(crop_list, median, step, floor):
+            raise PlanError(
+                f"even the smallest crop {_fmt(crop_list)} for this model needs about "
+                f"{estimate.total_bytes / 2**30:.2f} GiB with {crops} crops per step (estimated peak), more than "
+                f"the memory budget {budget_bytes / 2**30:.2f} GiB ({budget_source}); use fewer crops per step "
+                "(train.batch_size, data.num_samples), a smaller model (--model-size), or another device"
+            )
+        # activations grow about linearly with the voxels: jump close, then estimate exactly
+        measured_voxels, before = math.prod(estimate_crop), estimate
+        while (before.weights_bytes + before.activations_bytes * math.prod(crop_list) / measured_voxels
+               > budget_bytes) and _shrink(crop_list, median, step, floor):
+            pass
+        estimate, estimate_crop = memory_of(crop_list), list(crop_list)
+        bound = f"shrunk to fit the memory budget ({budget_bytes / 2**30:.1f} GiB)"
+    crop = tuple(crop_list)
+    reason = f"{bound} (median {_fmt([round(m, 1) for m in median])} voxels after resampling)"
+    return crop, estimate, PlannedValue(list(crop), "plan", reason)
+
+
+def _round_down_to_cells(crop: Sequence[int], cell: Sequence[int], step: Sequence[int], floor: Sequence[int],
+                         mask_cell_for: Callable[[Sequence[int]], tuple]) -> tuple[int, ...] | None:
+    """A planned crop rounded down to whole mask cells (and ``step``), if that keeps it above
+    ``floor`` with the same cell; else ``None``."""
+    adjusted = [c if c % m == 0 else (c // _lcm(s, m)) * _lcm(s, m) for c, m, s in zip(crop, cell, step)]
+    if all(a >= f for a, f in zip(adjusted, floor)) and mask_cell_for(adjusted)[0] == cell:
+        return tuple(adjusted)
+    return None
 
 
 def plan_training(
@@ -378,68 +470,23 @@ def plan_training(
         PlanError: the estimated memory exceeds the budget even at the smallest crop, or the
             fixed crop does not fit (the message gives both numbers and the fixes).
     """
-    if spacing_source is None:
-        spacing_value, spacing_reason = plan_spacing(fingerprint)
-        spacing_plan = PlannedValue(None if spacing_value is None else list(spacing_value), "plan", spacing_reason)
-    else:
-        spacing_value = None if spacing is None else tuple(float(s) for s in spacing)
-        spacing_plan = PlannedValue(None if spacing_value is None else list(spacing_value), spacing_source,
-                                    f"fixed by the {spacing_source}")
+    spacing_value, spacing_plan = _spacing_plan(fingerprint, spacing, spacing_source)
     median = fingerprint.resampled_median_shape(spacing_value)
 
     def memory_of(candidate: Sequence[int]) -> MemoryEstimate:
         return estimate_memory(build, in_channels, candidate, crops, variant=variant, optimizer=optimizer)
 
-    step = [int(m) for m in multiple]
-    if token_cell is not None:
-        step = [_lcm(s, int(c)) for s, c in zip(step, token_cell)]
-    floor = [max(int(lo), s) for lo, s in zip(minimum, step)]
-    floor = [_round_up(f, s) for f, s in zip(floor, step)]
-
+    step, floor = _crop_step_and_floor(multiple, minimum, token_cell)
+    budget = (budget_bytes, budget_source)
     if roi is not None:
-        crop = tuple(int(r) for r in roi)
-        estimate = memory_of(crop)
-        roi_plan = PlannedValue(list(crop), roi_source, f"fixed by the {roi_source}")
-        if estimate.total_bytes > budget_bytes:
-            raise PlanError(
-                f"the {roi_source}'s crop {_fmt(crop)} with {crops} crops per step needs about "
-                f"{estimate.total_bytes / 2**30:.2f} GiB (estimated peak), more than the memory budget "
-                f"{budget_bytes / 2**30:.2f} GiB ({budget_source}); use a smaller --roi (or drop it to let the planner "
-                "choose), fewer crops per step (train.batch_size, data.num_samples), a smaller model, or set "
-                "train.memory_budget_gb if the budget is wrong"
-            )
+        crop, estimate, roi_plan = _fixed_crop(roi, roi_source, memory_of, crops, budget)
     else:
-        crop_list = [max(f, _round_up(m, s)) for m, s, f in zip(median, step, floor)]
-        bound = "the median shape rounded up to multiples of " + _fmt(step)
-        while math.prod(crop_list) > max_crop_voxels and _shrink(crop_list, median, step, floor):
-            bound = f"capped at {max_crop_voxels} voxels (nnU-Net's usual 3D crop volume)"
-        estimate, estimate_crop = memory_of(crop_list), list(crop_list)
-        while estimate.total_bytes > budget_bytes:
-            if not _shrink(crop_list, median, step, floor):
-                raise PlanError(
-                    f"even the smallest crop {_fmt(crop_list)} for this model needs about "
-                    f"{estimate.total_bytes / 2**30:.2f} GiB with {crops} crops per step (estimated peak), more than "
-                    f"the memory budget {budget_bytes / 2**30:.2f} GiB ({budget_source}); use fewer crops per step "
-                    "(train.batch_size, data.num_samples), a smaller model (--model-size), or another device"
-                )
-            # activations grow about linearly with the voxels: jump close, then estimate exactly
-            measured_voxels, before = math.prod(estimate_crop), estimate
-            while (before.weights_bytes + before.activations_bytes * math.prod(crop_list) / measured_voxels
-                   > budget_bytes) and _shrink(crop_list, median, step, floor):
-                pass
-            estimate, estimate_crop = memory_of(crop_list), list(crop_list)
-            bound = f"shrunk to fit the memory budget ({budget_bytes / 2**30:.1f} GiB)"
-        crop = tuple(crop_list)
-        roi_plan = PlannedValue(
-            list(crop), "plan", f"{bound} (median {_fmt([round(m, 1) for m in median])} voxels after resampling)"
-        )
-
+        crop, estimate, roi_plan = _planned_crop(median, step, floor, memory_of, crops, budget, max_crop_voxels)
     cell, cell_reason = mask_cell_for(crop)
     if roi is None and cell is not None and any(c % int(m) for c, m in zip(crop, cell)):
-        # a planned crop stays a multiple of the mask cell: round down where that keeps the cell
-        adjusted = [c if c % m == 0 else (c // _lcm(s, m)) * _lcm(s, m) for c, m, s in zip(crop, cell, step)]
-        if all(a >= f for a, f in zip(adjusted, floor)) and mask_cell_for(adjusted)[0] == cell:
-            crop = tuple(adjusted)
+        adjusted = _round_down_to_cells(crop, cell, step, floor, mask_cell_for)
+        if adjusted is not None:
+            crop = adjusted
             roi_plan = PlannedValue(list(crop), "plan", roi_plan.reason + f"; rounded down to whole mask cells {_fmt(cell)}")
             estimate = memory_of(crop)
     if cell is not None and any(c % int(m) for c, m in zip(crop, cell)):
