@@ -82,6 +82,40 @@ class CaseDataset(torch.utils.data.Dataset):
         return {"image": crop["image"], "label": crop["label"], "case_id": crop["case_id"]}
 
 
+
+def cached_volumes(
+    data: list[dict[str, Any]],
+    transform: Compose,
+    cfg: PreprocessConfig,
+    roi_size: Sequence[int] | int,
+    kind: str,
+    *,
+    cache_dir: str | Path | None = None,
+    cache_rate: float = 1.0,
+    num_workers: int | None = None,
+    progress: bool = False,
+) -> Dataset:
+    """The volumes of ``data`` through ``transform``, cached on disk or in memory.
+
+    Args:
+        data: one dict per case (``image``, and ``label`` when labelled).
+        transform: the preprocessing and random crop chain.
+        cfg, roi_size: name the on-disk cache (a subfolder ``{kind}-{hash}`` of ``cache_dir``).
+        kind: what the volumes are for (``"train"``, ``"unlabeled"``), so caches never mix.
+        cache_dir: keep preprocessed volumes on disk here instead of in memory.
+        cache_rate: fraction of volumes kept in memory (in-memory cache only).
+        num_workers: threads that fill the in-memory cache (``None``: up to 4).
+        progress: show a bar while caching.
+    """
+    if cache_dir is not None:
+        key = hashlib.sha1(f"{cfg.fingerprint()}-{parse_roi(roi_size)}".encode()).hexdigest()[:16]
+        folder = Path(cache_dir) / f"{kind}-{key}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return PersistentDataset(data, transform=transform, cache_dir=folder)
+    workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
+    return CacheDataset(data, transform=transform, cache_rate=cache_rate, num_workers=workers,
+                        progress=progress, copy_cache=False)
+
 def make_train_dataset(
     spec: DatasetSpec,
     cases: Sequence[CaseRecord | str],
@@ -121,16 +155,8 @@ def make_train_dataset(
         + list(train_transforms(cfg, roi_size, num_samples=1, pos=pos, neg=neg).transforms)
     )
     transform.set_random_state(seed=seed)
-    volumes: Dataset
-    if cache_dir is not None:
-        key = hashlib.sha1(f"{cfg.fingerprint()}-{parse_roi(roi_size)}".encode()).hexdigest()[:16]
-        folder = Path(cache_dir) / f"train-{key}"
-        folder.mkdir(parents=True, exist_ok=True)
-        volumes = PersistentDataset(data, transform=transform, cache_dir=folder)
-    else:
-        workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
-        volumes = CacheDataset(data, transform=transform, cache_rate=cache_rate, num_workers=workers,
-                               progress=progress, copy_cache=False)
+    volumes = cached_volumes(data, transform, cfg, roi_size, "train", cache_dir=cache_dir, cache_rate=cache_rate,
+                             num_workers=num_workers, progress=progress)
     return CaseDataset(volumes, num_samples)
 
 

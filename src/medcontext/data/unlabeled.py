@@ -25,16 +25,16 @@ same image files listed twice are used once. It returns the split with its ``unl
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data import Dataset
 from monai.transforms import Compose, EnsureTyped, RandSpatialCropd, SpatialPadd
 
+from medcontext.data.case_datasets import cached_volumes
 from medcontext.data.dataset_spec import CaseRecord, DatasetError, DatasetSpec, format_problems
 from medcontext.data.grouping import GroupRuleError, case_groups
 from medcontext.data.layouts import read_brats_subjects, read_json
@@ -479,14 +479,6 @@ def make_unlabeled_dataset(
         })
     transform = unlabeled_train_transforms(cfg, roi_size)
     transform.set_random_state(seed=seed)
-    volumes: Dataset
-    if cache_dir is not None:
-        key = hashlib.sha1(f"{cfg.fingerprint()}-{parse_roi(roi_size)}".encode()).hexdigest()[:16]
-        folder = Path(cache_dir) / f"unlabeled-{key}"
-        folder.mkdir(parents=True, exist_ok=True)
-        volumes = PersistentDataset(data, transform=transform, cache_dir=folder)
-    else:
-        workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
-        volumes = CacheDataset(data, transform=transform, cache_rate=cache_rate, num_workers=workers,
-                               progress=progress, copy_cache=False)
+    volumes = cached_volumes(data, transform, cfg, roi_size, "unlabeled", cache_dir=cache_dir, cache_rate=cache_rate,
+                             num_workers=num_workers, progress=progress)
     return UnlabeledCrops(volumes)
