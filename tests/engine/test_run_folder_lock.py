@@ -32,9 +32,11 @@ def test_a_second_training_on_a_folder_in_use_is_refused_and_the_first_run_stays
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "MEDCONTEXT_TCMALLOC": "0"})
     try:
-        _wait_for(lambda: (out / "split.json").is_file() and (read_holder(out) or 0) and read_holder(out).pid == first.pid,
-                  first)
-        before = {name: (out / name).read_bytes() for name in ("config.yaml", "split.json", "dataset.json")}
+        records = ("config.yaml", "split.json", "dataset.json")
+        # every record the first run writes at its start, not only the first of them (no race with its writes)
+        _wait_for(lambda: all((out / name).is_file() for name in records) and (read_holder(out) or 0)
+                  and read_holder(out).pid == first.pid, first)
+        before = {name: (out / name).read_bytes() for name in records}
         for extra in ([], ["--resume"]):
             capsys.readouterr()
             second = train_argv(phantom_dir, out, *extra, "--set", "data.train_cases=1", steps=3)
