@@ -36,7 +36,7 @@ from torch import nn
 
 from .adapters import TokenAdapter, find_token_adapter
 from .losses import first_head
-from .masking import InputMasker, as_triple, default_cell_size, tube_mask, upsample_mask
+from .masking import InputMasker, as_triple, checked_mask_request, default_cell_size, tube_mask, upsample_mask
 from .teacher import unwrap_model
 from .token_masking import TokenMasker
 
@@ -59,13 +59,7 @@ def cube_mask(
     Returns:
         Bool tensor ``(B, gx, gy, gz)`` on the CPU, True = masked.
     """
-    grid = tuple(int(g) for g in grid)
-    if len(grid) != 3 or min(grid) < 1:
-        raise ValueError(f"grid must be 3 positive sizes, got {grid}")
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+    grid = checked_mask_request(batch, grid, ratio)
     cells = grid[0] * grid[1] * grid[2]
     order = torch.rand(batch, cells, generator=generator).argsort(dim=1)
     flat = torch.zeros(batch, cells, dtype=torch.bool)

@@ -34,6 +34,18 @@ def _spatial_axis(depth_axis: int, ndim: int = 3) -> int:
     return depth_axis % ndim
 
 
+def checked_mask_request(batch: int, grid: Sequence[int], ratio: float) -> tuple[int, int, int]:
+    """``grid`` as three ints, after checking a mask request (batch >= 1, 3 positive sizes, ratio in [0, 1])."""
+    grid = tuple(int(g) for g in grid)
+    if len(grid) != 3 or min(grid) < 1:
+        raise ValueError(f"grid must be 3 positive sizes, got {grid}")
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    return grid
+
+
 def tube_mask(
     batch: int,
     grid: Sequence[int],
@@ -56,13 +68,7 @@ def tube_mask(
     Returns:
         Bool tensor ``(B, gx, gy, gz)`` on the CPU, True = masked, constant along ``depth_axis``.
     """
-    grid = tuple(int(g) for g in grid)
-    if len(grid) != 3 or min(grid) < 1:
-        raise ValueError(f"grid must be 3 positive sizes, got {grid}")
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+    grid = checked_mask_request(batch, grid, ratio)
     axis = _spatial_axis(depth_axis)
     plane = [g for i, g in enumerate(grid) if i != axis]
     n_plane = plane[0] * plane[1]
