@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .semi_supervised_plan import acdc_semi_plan
+from .semi_supervised_plan import acdc_semi_plan, pilot_lines
 
 __all__ = [
     "Study", "StudyRun", "STUDIES", "hippocampus_plan", "acdc_plan", "load_test_split", "BASE_SETTINGS", "MODEL_SETTINGS",
@@ -225,6 +225,8 @@ class Study:
 
     ``last_step``: every run is also evaluated at its last step (``eval_last/``), beside the
     checkpoint validation chose (``eval/``), and the report is written for both.
+    ``notes``: markdown lines about the study folder that ``--status`` prints and the report
+    starts with (``acdc_semi``: its budget rule applied to the pilot's validation curves).
     """
 
     name: str
@@ -233,6 +235,7 @@ class Study:
     title: str
     description: str
     last_step: bool = False
+    notes: Callable[[Path], list[str]] | None = None
 
 
 _SETTINGS = {"hippocampus": (BASE_SETTINGS, MODEL_SETTINGS), "acdc": (ACDC_BASE_SETTINGS, ACDC_MODEL_SETTINGS)}
@@ -257,7 +260,7 @@ STUDIES: dict[str, Study] = {
         "small, baseline / medcontext (the acdc study's runs) / mean_teacher / bcp / medcontext_semi_cl / "
         "medcontext_semi / medcontext_bcp, 3 seeds, the pilot (seed 0) first; test Dice at the validation-chosen "
         "checkpoint and at the last step (21 runs; --out on the acdc study's folder reuses its runs)",
-        last_step=True,
+        last_step=True, notes=pilot_lines,
     ),
 }
 
