@@ -167,8 +167,10 @@ def generate_phantom(
         _save(image, _AFFINE, out / "imagesTr" / name)
         _save(label, _AFFINE, out / "labelsTr" / name)
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    images = generate_phantom_images(out / "imagesTs", num_test, shape, seed, first_case=num_cases) if num_test else []
-    test = [f"./imagesTs/{path.name}" for path in images]
+    test = []
+    if num_test:
+        images = generate_phantom_images(out / "imagesTs", num_test, shape, seed, first_case=num_cases)
+        test = [f"./imagesTs/{path.name}" for path in images]
     meta = {
         "name": "Phantom",
         "description": (
