@@ -236,10 +236,15 @@ def _add_predict_parser(sub) -> None:
 
 
 def _add_demo_parser(sub) -> None:
+    from medcontext.demo import BUDGETS, SEMI_VARIANT, UNLABELED_DIR, VARIANTS, semi_cost_ratio
+    from medcontext.method.settings import get_variant
+
+    units = {v: get_variant(v).cost_units for v in (*VARIANTS, SEMI_VARIANT)}
     demo = sub.add_parser(
         "demo", formatter_class=_Formatter, help="baseline vs MedContext on a synthetic phantom (CPU)",
         description="Generate a phantom dataset, train a baseline and MedContext few-shot with the same budget "
-                    "and seed, evaluate both on held-out cases; prints a table, writes overlay.png and curves.png.",
+                    "and seed, evaluate both on held-out cases; prints a table, writes overlay.png and curves.png. "
+                    f"--semi adds a semi-supervised arm ({SEMI_VARIANT}) on unlabelled phantoms.",
     )
     _add_common(demo)
     demo.add_argument("--out", default="medcontext-demo", metavar="DIR", help="output folder")
@@ -247,6 +252,15 @@ def _add_demo_parser(sub) -> None:
     demo.add_argument("--steps", type=int, help="training steps per run (overrides the budget)")
     demo.add_argument("--train-cases", type=int, default=2, metavar="K", help="training cases (few-shot)")
     demo.add_argument("--seed", type=int, default=0, help="seed of data, weights, split and masks")
+    demo.add_argument(
+        "--semi", action="store_true",
+        help=f"also train {SEMI_VARIANT} (MedContext plus consistency and confident pseudo-labels on unlabelled "
+             f"crops) on {BUDGETS['full'].unlabeled_cases} more phantoms written as images only (OUT/{UNLABELED_DIR}/), "
+             "with the same seed, split, crops, steps and schedule, and add it to the table and figures. Its run costs "
+             f"{units[SEMI_VARIANT]} units per step against {units['medcontext']} for medcontext and "
+             f"{units['baseline']} for the baseline: about {semi_cost_ratio():.1f}x the default demo's training "
+             "(an estimated 11 minutes on the 2-core AVX2-only CPU where the default demo took 5; BENCHMARKS.md, "
+             "Demo). On a demo folder that ran without --semi, only the new arm trains")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -508,7 +522,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from medcontext.demo import run_demo
 
     run_demo(args.out, quick=args.quick, steps=args.steps, train_cases=args.train_cases, seed=args.seed,
-             progress=not args.no_progress)
+             semi=args.semi, progress=not args.no_progress)
     return 0
 
 

@@ -10,19 +10,33 @@ What it does, all in ``OUT``:
    most; with 4 cases the baseline already reaches about 0.97 mean Dice on this phantom);
 3. evaluates both on the same held-out test cases (Dice and HD95 per class at the labels'
    geometry, :mod:`medcontext.evaluation`);
-4. prints a comparison table and writes ``results.md``, ``overlay.png`` (a slice: image,
-   ground truth, both predictions) and ``curves.png`` (loss terms and validation Dice).
+4. prints a comparison table with a sentence naming the arm with the highest mean Dice and
+   writes ``results.md``, ``overlay.png`` (a slice: image, ground truth, every prediction) and
+   ``curves.png`` (loss terms and validation Dice).
+
+``--semi`` (``semi=True``) adds a third arm, :data:`SEMI_VARIANT` (``medcontext_semi``: MedContext
+plus the masked student's consistency with the teacher and the teacher's confident predictions on
+unlabelled crops; :mod:`medcontext.method.settings`): :func:`medcontext.data.generate_phantom_images`
+writes ``budget.unlabeled_cases`` more phantoms of the same seed (cases after the labelled ones) to
+``OUT/unlabeled/`` as images only (their label maps are never written), and that folder is the run's
+``data.unlabeled``. Everything else is the other two runs' (seed, split, crops, steps, schedule,
+teacher momentum). It is opt-in because it costs more than the two other arms together
+(:func:`semi_cost_ratio`: 11 cost units per step against 7 and 3, about 2.1x the default demo's training).
 
 Interrupted (Ctrl-C, SIGTERM), the demo saves the run in training and exits with 130/143
 without evaluating anything; the same command continues it (finished runs are kept, the
-interrupted one resumes from its ``last.pt``). Other settings start the folder afresh.
+interrupted one resumes from its ``last.pt``). ``--semi`` on a demo folder whose demo ran without
+it (finished or interrupted, same other settings) keeps its runs and trains only what is missing;
+an interrupted ``--semi`` demo continued without ``--semi`` keeps its ``medcontext_semi`` run
+untrained and unreported (a later ``--semi`` continues it). Other settings, and the same
+command on a finished demo, start the folder afresh, and the demo says why.
 
 Budgets: 300 steps of one 32^3 crop per variant (``--quick``: 100). On CPUs without native bf16
 the runs are fp32 (precision ``auto``); BENCHMARKS.md ("Portable CPU defaults") has the times
 measured with oneDNN capped at AVX2 and the estimate for an idle 2-core AVX2-only CPU.
 The numbers depend on ``k`` and the seed; the demo shows them as they come out.
-Both runs share every setting except ``method.variant``; the teacher momentum is scaled to
-the short run (:func:`short_run_momentum`).
+All runs share every setting except ``method.variant`` (and the semi arm's ``data.unlabeled``);
+the teacher momentum is scaled to the short run (:func:`short_run_momentum`).
 """
 
 from __future__ import annotations
@@ -40,21 +54,57 @@ from medcontext.engine.config import ConfigError, TrainConfig, load_config
 from medcontext.evaluation import figures
 from medcontext.io.atomic import write_text_atomic
 
-__all__ = ["DemoBudget", "BUDGETS", "demo_config", "run_demo", "DemoResult"]
+__all__ = [
+    "DemoBudget",
+    "BUDGETS",
+    "VARIANTS",
+    "SEMI_VARIANT",
+    "UNLABELED_DIR",
+    "demo_variants",
+    "semi_cost_ratio",
+    "demo_config",
+    "run_demo",
+    "DemoResult",
+    "comparison_table",
+    "mean_dice_sentence",
+]
 
 VARIANTS = ("baseline", "medcontext")
+"""The arms of the default demo."""
+SEMI_VARIANT = "medcontext_semi"
+"""The arm ``--semi`` adds (a semi-supervised variant of :data:`medcontext.method.settings.VARIANTS`)."""
+UNLABELED_DIR = "unlabeled"
+"""The folder of ``OUT`` that holds the semi arm's unlabelled phantoms (images only)."""
 _MARKER = "demo.json"
+_OUTPUTS = ("results.md", "overlay.png", "curves.png")
 
 
 @dataclass(frozen=True)
 class DemoBudget:
-    """Size of a demo run (both variants get the same)."""
+    """Size of a demo run (every variant gets the same)."""
 
     cases: int  # labelled phantom cases generated
     shape: tuple[int, int, int]  # phantom volume shape
     steps: int  # optimizer steps per variant
     val_cases: int
     eval_every: int
+    unlabeled_cases: int = 8  # unlabelled phantoms (images only) of the --semi arm
+
+
+def demo_variants(semi: bool = False) -> tuple[str, ...]:
+    """The arms of a demo: :data:`VARIANTS`, and :data:`SEMI_VARIANT` with ``semi``."""
+    return VARIANTS + ((SEMI_VARIANT,) if semi else ())
+
+
+def semi_cost_ratio() -> float:
+    """Training cost of the three-arm demo over the default two-arm one, by the cost units of
+    :mod:`medcontext.method.settings` (one unlabelled crop per labelled crop): (3 + 7 + 11) / (3 + 7)."""
+    from medcontext.method.settings import get_variant
+
+    def units(variants) -> int:
+        return sum(get_variant(v).cost_units for v in variants)
+
+    return units(demo_variants(True)) / units(demo_variants(False))
 
 
 BUDGETS = {
@@ -64,12 +114,15 @@ BUDGETS = {
 
 
 def demo_config(data_dir: str | Path, variant: str, budget: DemoBudget, *, train_cases: int, seed: int,
-                steps: int | None = None) -> TrainConfig:
-    """The configuration of one demo run (identical for both variants except ``method.variant``)."""
+                steps: int | None = None, unlabeled: str | Path | None = None) -> TrainConfig:
+    """The configuration of one demo run (identical for every variant except ``method.variant``,
+    and ``data.unlabeled`` for a semi-supervised one: the folder ``unlabeled`` of images)."""
     steps = steps or budget.steps
+    extra = {} if unlabeled is None else {"data.unlabeled": str(Path(unlabeled).resolve())}
     return load_config(
         None,
         {
+            **extra,
             "data.path": str(Path(data_dir).resolve()),
             "data.preset": "msd",
             "data.train_cases": train_cases,
@@ -118,25 +171,73 @@ class DemoResult:
     seconds: float = 0.0
 
 
-def _prepare_out(out: Path, settings: dict | None = None) -> bool:
-    """Make ``out`` ready for a demo with ``settings``; ``True`` when it continues an earlier,
-    interrupted demo with the same settings (its runs are kept), ``False`` when it starts afresh."""
+def _prepare_out(out: Path, settings: dict | None = None, echo: Callable[[str], None] = lambda s: None) -> bool:
+    """Make ``out`` ready for a demo with ``settings``; ``True`` when the runs of the folder's earlier
+    demo are kept (:func:`_why_kept`: an interrupted demo with the same settings continues, ``--semi``
+    adds its arm to a demo that ran without it), ``False`` when it starts afresh (every run, the
+    phantoms and the results removed; :func:`_why_afresh` says why). Kept or not, the earlier
+    ``results.md`` and figures are removed: until the demo ends, the folder counts as interrupted."""
     if out.exists() and any(out.iterdir()) and not (out / _MARKER).exists():
         raise ConfigError(f"{out} exists and is not a demo folder; choose another --out (the demo overwrites its folder)")
+    previous = None
     if settings is not None and (out / _MARKER).is_file():
         try:
             previous = json.loads((out / _MARKER).read_text())
         except ValueError:
             previous = None
-        if previous == settings and not (out / "results.md").exists():
-            return True
-    for name in (*VARIANTS, "phantom"):
-        if (out / name).exists():
-            shutil.rmtree(out / name)
-    for name in ("results.md", "overlay.png", "curves.png"):
+    finished = (out / "results.md").exists()
+    kept = _why_kept(out, previous, settings, finished) if isinstance(previous, dict) else None
+    if kept is None and isinstance(previous, dict):
+        echo(_why_afresh(out, previous, settings))
+    if kept is None:
+        for name in (*demo_variants(semi=True), "phantom", UNLABELED_DIR):
+            if (out / name).exists():
+                shutil.rmtree(out / name)
+    for name in _OUTPUTS:
         (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    return False
+    if kept is not None:
+        echo(kept)
+    return kept is not None
+
+
+def _other_settings(previous: dict, settings: dict) -> list[str]:
+    """The settings, ``semi`` aside, in which ``previous`` (an earlier demo's marker) differs."""
+    keys = sorted((set(previous) | set(settings)) - {"semi"})
+    return [k for k in keys if previous.get(k) != settings.get(k)]
+
+
+def _why_kept(out: Path, previous: dict, settings: dict, finished: bool) -> str | None:
+    """Why the earlier demo's runs in ``out`` serve the demo of ``settings`` (a message), or
+    ``None`` when they do not: other settings than ``semi`` changed, or the demo finished and
+    ``--semi`` adds nothing to it. Every run depends on the shared settings only, so a run of
+    either demo is the run the other would train."""
+    if _other_settings(previous, settings):
+        return None
+    had, wants = bool(previous.get("semi")), bool(settings.get("semi"))
+    if not finished:
+        if had and not wants:
+            return (f"continuing the interrupted demo in {out} (same settings); its {SEMI_VARIANT} run is kept "
+                    "but neither trained nor reported without --semi")
+        if wants and not had:
+            return (f"continuing the interrupted demo in {out} (same settings) and adding its {SEMI_VARIANT} arm: "
+                    "runs trained earlier are kept")
+        return f"continuing the interrupted demo in {out} (same settings)"
+    if wants and not had:
+        return (f"adding the {SEMI_VARIANT} arm to the finished demo in {out}: its {' and '.join(VARIANTS)} runs are "
+                "kept (same settings, only the new arm trains); results.md and the figures are written again")
+    return None
+
+
+def _why_afresh(out: Path, previous: dict, settings: dict | None) -> str:
+    """Why the demo in ``out`` starts afresh instead of keeping the earlier demo's runs (other
+    settings, or else, by :func:`_why_kept`, a finished demo)."""
+    changed = _other_settings(previous, settings or {})
+    if changed:
+        what = ", ".join(f"{k} {previous.get(k)!r} -> {(settings or {}).get(k)!r}" for k in changed)
+        return f"starting afresh in {out}: its earlier demo had other settings ({what}); its runs are removed"
+    semi = " with --semi" if previous.get("semi") else ""
+    return f"starting afresh in {out}: its earlier demo{semi} finished (results.md); the same command trains it again"
 
 
 def _finished_steps(run_dir: Path) -> int | None:
@@ -154,13 +255,15 @@ def run_demo(
     steps: int | None = None,
     train_cases: int = 2,
     seed: int = 0,
+    semi: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> DemoResult:
-    """Run the demo (see the module docstring); returns where everything went."""
-    from medcontext.data import generate_phantom
-    from medcontext.engine.run_folder import train
-    from medcontext.engine.host.signals import stop_if_interrupted
+    """Run the demo (see the module docstring); returns where everything went.
+
+    ``semi`` adds the :data:`SEMI_VARIANT` arm on ``budget.unlabeled_cases`` unlabelled phantoms
+    (CLI ``--semi``).
+    """
     from medcontext.run_scoring import evaluate_run
 
     start = time.perf_counter()
@@ -168,27 +271,16 @@ def run_demo(
     if train_cases < 1 or train_cases > budget.cases - budget.val_cases - 2:
         raise ConfigError(f"--train-cases must be in [1, {budget.cases - budget.val_cases - 2}], got {train_cases}")
     out = Path(out)
-    settings = {"quick": quick, "seed": seed, "train_cases": train_cases, "steps": steps}
-    continuing = _prepare_out(out, settings)
+    settings = {"quick": quick, "seed": seed, "train_cases": train_cases, "steps": steps, "semi": semi}
+    _prepare_out(out, settings, echo=echo)
     write_text_atomic(out / _MARKER, json.dumps(settings) + "\n")
-    if continuing:
-        echo(f"continuing the interrupted demo in {out} (same settings)")
-    data_dir = generate_phantom(out / "phantom", num_cases=budget.cases, shape=budget.shape, seed=seed)
-    echo(f"phantom: {budget.cases} cases of {budget.shape} voxels in {data_dir}")
+    data_dir, unlabeled_dir = _write_phantoms(out, budget, seed, semi, echo)
 
     result = DemoResult(out=out, runs={})
-    for variant in VARIANTS:
-        cfg = demo_config(data_dir, variant, budget, train_cases=train_cases, seed=seed, steps=steps)
-        run_dir = out / variant
-        done = _finished_steps(run_dir)
-        result.runs[variant] = run_dir
-        if done is not None and done >= cfg.train.steps:
-            echo(f"\n=== {variant}: finished earlier ({done} steps) ===")
-            continue
-        echo(f"\n=== {variant}: {cfg.train.steps} steps, {train_cases} training cases ===")
-        trained = train(cfg, run_dir, resume=done is not None, progress=progress, echo=echo)
-        stop_if_interrupted(trained, f"the {variant} run in {run_dir}",
-                            "Run the same `medcontext demo` command again to continue.")
+    for variant in demo_variants(semi):
+        cfg = demo_config(data_dir, variant, budget, train_cases=train_cases, seed=seed, steps=steps,
+                          unlabeled=unlabeled_dir if variant == SEMI_VARIANT else None)
+        result.runs[variant] = _train_arm(cfg, out / variant, progress=progress, echo=echo)
     for variant, run_dir in result.runs.items():
         echo(f"\n=== evaluating {variant} ===")
         evaluation = evaluate_run(run_dir, progress=False, echo=lambda s: None, device="cpu")
@@ -203,8 +295,48 @@ def run_demo(
     return result
 
 
+def _write_phantoms(out: Path, budget: DemoBudget, seed: int, semi: bool,
+                    echo: Callable[[str], None]) -> tuple[Path, Path | None]:
+    """The labelled phantom dataset ``out/phantom`` and, with ``semi``, the unlabelled phantoms
+    ``out/unlabeled`` (images only: cases after the labelled ones, their label maps never written)."""
+    from medcontext.data import generate_phantom, generate_phantom_images
+
+    data_dir = generate_phantom(out / "phantom", num_cases=budget.cases, shape=budget.shape, seed=seed)
+    echo(f"phantom: {budget.cases} cases of {budget.shape} voxels in {data_dir}")
+    if not semi:
+        return data_dir, None
+    images = generate_phantom_images(out / UNLABELED_DIR, budget.unlabeled_cases, budget.shape, seed,
+                                     first_case=budget.cases)
+    echo(f"unlabelled: {len(images)} more phantoms of {budget.shape} voxels, images only (no label file), "
+         f"in {out / UNLABELED_DIR}")
+    return data_dir, out / UNLABELED_DIR
+
+
+def _train_arm(cfg: TrainConfig, run_dir: Path, *, progress: bool, echo: Callable[[str], None]) -> Path:
+    """Train one arm in ``run_dir``: skipped when finished earlier, resumed from its ``last.pt``.
+
+    Raises:
+        RunInterrupted: Ctrl-C or SIGTERM stopped the run (saved; the same command continues it).
+    """
+    from medcontext.engine.host.signals import stop_if_interrupted
+    from medcontext.engine.run_folder import train
+
+    variant = cfg.method.variant
+    done = _finished_steps(run_dir)
+    if done is not None and done >= cfg.train.steps:
+        echo(f"\n=== {variant}: finished earlier ({done} steps) ===")
+        return run_dir
+    unlabeled = f", unlabelled volumes from {cfg.data.unlabeled}" if cfg.data.unlabeled else ""
+    echo(f"\n=== {variant}: {cfg.train.steps} steps, {cfg.data.train_cases} training cases{unlabeled} ===")
+    trained = train(cfg, run_dir, resume=done is not None, progress=progress, echo=echo)
+    stop_if_interrupted(trained, f"the {variant} run in {run_dir}",
+                        "Run the same `medcontext demo` command again to continue.")
+    return run_dir
+
+
 def comparison_table(summaries: dict[str, object]) -> str:
-    """A markdown table: Dice per class, mean Dice and mean HD95 for each variant."""
+    """A markdown table: Dice per class, mean Dice and mean HD95 for each variant, then a line on
+    the test cases and missing HD95 values and :func:`mean_dice_sentence`."""
     variants = list(summaries)
     first = summaries[variants[0]]
     names = [c.class_name for c in first.classes]
@@ -223,7 +355,31 @@ def comparison_table(summaries: dict[str, object]) -> str:
     lines.append("")
     lines.append(f"{cases} held-out test cases; HD95 missing (one mask empty, not averaged): "
                  + ", ".join(f"{v} {m}" for v, m in zip(variants, missing)) + ".")
+    lines.append("")
+    lines.append(mean_dice_sentence({v: summaries[v].mean_dice for v in variants}))
     return "\n".join(lines)
+
+
+def mean_dice_sentence(mean_dice: dict[str, float]) -> str:
+    """Which arm won on mean Dice, in one plain sentence, judged at the table's three decimals
+    (equal there: a tie); arms without a finite mean Dice are named as such.
+
+    >>> mean_dice_sentence({"baseline": 0.9661, "medcontext": 0.9442})
+    'On mean Dice, baseline won: 0.966, against medcontext 0.944 (one seed on a synthetic phantom: an illustration, not evidence).'
+    """
+    shown = {v: round(float(d), 3) for v, d in mean_dice.items() if d is not None and np.isfinite(d)}
+    caveat = " (one seed on a synthetic phantom: an illustration, not evidence)."
+    without = [v for v in mean_dice if v not in shown]
+    missing = f" No mean Dice for {' and '.join(without)}." if without else ""
+    if not shown:
+        return "No arm has a mean Dice."
+    best = max(shown.values())
+    leaders = [v for v, d in shown.items() if d == best]
+    others = ", ".join(f"{v} {d:.3f}" for v, d in shown.items() if d != best)
+    against = f", against {others}" if others else ""
+    if len(leaders) == 1:
+        return f"On mean Dice, {leaders[0]} won: {best:.3f}{against}{caveat}{missing}"
+    return f"On mean Dice, {' and '.join(leaders)} tie at {best:.3f}{against}{caveat}{missing}"
 
 
 def _fmt_mm(value: float) -> str:
@@ -271,7 +427,9 @@ def write_curves(path: Path, runs: dict[str, Path]) -> Path:
 
     plt = figures.pyplot()
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 4))
-    styles = {"total": "-", "sup": "--", "msl": ":", "cl": "-."}
+    # the loss terms (a semi-supervised arm's unlabelled ones too); "ramp" and "confident" are not losses
+    styles = {"total": "-", "sup": "--", "msl": ":", "cl": "-.", "cl_unlabeled": (0, (5, 1, 1, 1, 1, 1)),
+              "pseudo": (0, (1, 3))}
     for i, (variant, run_dir) in enumerate(runs.items()):
         color = f"C{i}"
         train_rows = read_metrics(run_dir / "metrics.jsonl", "train")
@@ -280,7 +438,7 @@ def write_curves(path: Path, runs: dict[str, Path]) -> Path:
             values = np.array([r.get(term, 0.0) for r in train_rows], dtype=float)
             if not np.any(values):
                 continue
-            ax_loss.plot(steps, figures.smooth(values), style, color=color, label=f"{variant} {term}")
+            ax_loss.plot(steps, figures.smooth(values), linestyle=style, color=color, label=f"{variant} {term}")
         val = read_metrics(run_dir / "metrics.jsonl", "val")
         ax_dice.plot([r["step"] for r in val], [r["mean_dice"] for r in val], "o-", color=color, label=variant)
     ax_loss.set_xlabel("step")

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medcontext.data import LOOKALIKE_PAIRS, PHANTOM_STRUCTURES, generate_phantom, load_dataset, validate_dataset
+from medcontext.data import (
+    LOOKALIKE_PAIRS,
+    PHANTOM_STRUCTURES,
+    generate_phantom,
+    generate_phantom_images,
+    load_dataset,
+    validate_dataset,
+)
+from medcontext.data.unlabeled import read_unlabeled_images
 
 
 def _digests(root):
@@ -27,6 +35,23 @@ def test_bit_deterministic_and_seeded(tmp_path):
     # cases are seeded one by one: asking for more cases does not change the first ones
     d = generate_phantom(tmp_path / "d", num_cases=4, shape=(20, 20, 16), seed=1)
     assert {k: v for k, v in _digests(d).items() if "003" not in k} == _digests(a)
+
+
+def test_phantom_images_are_images_only_and_the_generators_later_cases(tmp_path):
+    """The unlabelled phantoms (the demo's --semi arm): a flat folder of images, no label written, each
+    image that of generate_phantom's case of the same index (other cases than its labelled ones)."""
+    paths = generate_phantom_images(tmp_path / "unlabeled", 2, shape=(20, 20, 16), seed=1, first_case=3)
+    assert [p.name for p in paths] == ["phantom_003.nii.gz", "phantom_004.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "unlabeled").rglob("*")) == [p.name for p in paths]  # nothing else
+    full = generate_phantom(tmp_path / "full", num_cases=3, shape=(20, 20, 16), seed=1, num_test=2)
+    assert {p.name: _digests(p.parent)[p.name] for p in paths} == _digests(full / "imagesTs")
+    labelled = {k.split("/")[-1]: v for k, v in _digests(full).items() if k.startswith("imagesTr")}
+    assert not set(labelled) & {p.name for p in paths}
+    assert not set(labelled.values()) & set(_digests(tmp_path / "unlabeled").values())
+    found = read_unlabeled_images(tmp_path / "unlabeled")
+    assert [c.case_id for c in found.cases] == ["phantom_003", "phantom_004"] and all(c.label is None for c in found.cases)
+    with pytest.raises(ValueError, match="num_cases must be >= 1"):
+        generate_phantom_images(tmp_path / "none", 0)
 
 
 @pytest.fixture(scope="module")

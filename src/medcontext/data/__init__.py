@@ -16,7 +16,7 @@ from medcontext.data.download import MSD_TASKS, DownloadError, MSDTask, download
 from medcontext.data.loading import load_dataset
 from medcontext.data.nifti_io import save_nifti
 from medcontext.data.nifti_names import case_id_from_path
-from medcontext.data.phantom import LOOKALIKE_PAIRS, PHANTOM_STRUCTURES, generate_phantom
+from medcontext.data.phantom import LOOKALIKE_PAIRS, PHANTOM_STRUCTURES, generate_phantom, generate_phantom_images
 from medcontext.data.preprocess_config import PreprocessConfig
 from medcontext.data.presets import PRESETS, SYNAPSE_CT_WINDOWS
 from medcontext.data.restorer import Restorer, load_for_inference
@@ -43,6 +43,7 @@ __all__ = [
     "LOOKALIKE_PAIRS",
     "PHANTOM_STRUCTURES",
     "generate_phantom",
+    "generate_phantom_images",
     "CaseDataset",
     "PreprocessConfig",
     "Restorer",

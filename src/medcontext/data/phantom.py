@@ -1,7 +1,8 @@
 """A synthetic abdomen whose look-alike organs can only be told apart by context.
 
 :func:`generate_phantom` writes a small MSD-layout dataset (``dataset.json``, ``imagesTr/``,
-``labelsTr/``, optionally ``imagesTs/``) of 3D MRI-like volumes: an elliptical body with
+``labelsTr/``, optionally ``imagesTs/``) of 3D MRI-like volumes, and :func:`generate_phantom_images`
+a flat folder of images only (unlabelled volumes: no label file is written): an elliptical body with
 seven structures in a fixed anatomical layout. Three pairs share one intensity
 distribution and differ only by where they are and what surrounds them:
 
@@ -32,7 +33,14 @@ from scipy import ndimage
 
 from medcontext.io.atomic import atomic_path, write_text_atomic
 
-__all__ = ["PhantomStructure", "PHANTOM_STRUCTURES", "LOOKALIKE_PAIRS", "make_phantom_case", "generate_phantom"]
+__all__ = [
+    "PhantomStructure",
+    "PHANTOM_STRUCTURES",
+    "LOOKALIKE_PAIRS",
+    "make_phantom_case",
+    "generate_phantom",
+    "generate_phantom_images",
+]
 
 
 @dataclass(frozen=True)
@@ -150,21 +158,19 @@ def generate_phantom(
     if num_cases < 1 or num_test < 0:
         raise ValueError(f"num_cases must be >= 1 and num_test >= 0, got {num_cases} and {num_test}")
     out = Path(out_dir)
-    for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if num_test else ()):
+    for sub in ("imagesTr", "labelsTr"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    affine = np.eye(4)
-    training, test = [], []
-    for i in range(num_cases + num_test):
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), i]))
-        image, label = make_phantom_case(shape, rng)
-        name = f"phantom_{i:03d}.nii.gz"
-        if i < num_cases:
-            _save(image, affine, out / "imagesTr" / name)
-            _save(label, affine, out / "labelsTr" / name)
-            training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-        else:
-            _save(image, affine, out / "imagesTs" / name)
-            test.append(f"./imagesTs/{name}")
+    training = []
+    for i in range(num_cases):
+        image, label = make_phantom_case(shape, _case_rng(seed, i))
+        name = _case_file(i)
+        _save(image, _AFFINE, out / "imagesTr" / name)
+        _save(label, _AFFINE, out / "labelsTr" / name)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    test = []
+    if num_test:
+        images = generate_phantom_images(out / "imagesTs", num_test, shape, seed, first_case=num_cases)
+        test = [f"./imagesTs/{path.name}" for path in images]
     meta = {
         "name": "Phantom",
         "description": (
@@ -184,6 +190,55 @@ def generate_phantom(
     }
     write_text_atomic(out / "dataset.json", json.dumps(meta, indent=2) + "\n")
     return out
+
+
+def generate_phantom_images(
+    out_dir: str | Path,
+    num_cases: int,
+    shape: Sequence[int] = (48, 48, 48),
+    seed: int = 0,
+    *,
+    first_case: int = 0,
+) -> list[Path]:
+    """Write phantom images only, as unlabelled volumes: ``out_dir/phantom_NNN.nii.gz``, no label file.
+
+    Case ``i`` (``first_case <= i < first_case + num_cases``) is the image that
+    :func:`generate_phantom` with the same ``seed`` writes for its case ``i``; its label map is
+    computed with it (:func:`make_phantom_case`) and dropped, never written. Give ``first_case``
+    at least the labelled dataset's ``num_cases``, so that these are other phantoms than its
+    labelled ones and their case ids differ from theirs.
+
+    Args:
+        out_dir: folder of the images (created; existing files of the same names are overwritten).
+        num_cases: images to write (>= 1).
+        shape: ``(X, Y, Z)`` voxels per volume (1 mm each).
+        seed: seed of the dataset; case ``i`` uses ``SeedSequence([seed, i])``.
+        first_case: index of the first case.
+
+    Returns:
+        The paths written, in case order.
+    """
+    if num_cases < 1 or first_case < 0:
+        raise ValueError(f"num_cases must be >= 1 and first_case >= 0, got {num_cases} and {first_case}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(first_case, first_case + num_cases):
+        image, _ = make_phantom_case(shape, _case_rng(seed, i))
+        paths.append(out / _case_file(i))
+        _save(image, _AFFINE, paths[-1])
+    return paths
+
+
+_AFFINE = np.eye(4)
+
+
+def _case_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
+
+
+def _case_file(index: int) -> str:
+    return f"phantom_{index:03d}.nii.gz"
 
 
 def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
