@@ -431,43 +431,52 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _pretrain_config(args: argparse.Namespace):
-    import json
-
+    from medcontext.engine.config import TrainConfig
     from medcontext.engine.pretraining import PretrainConfig
 
     saved = Path(args.out) / "config.json"
     if args.resume and saved.is_file():
-        base = json.loads(saved.read_text())
+        cfg = PretrainConfig.read(saved)
     elif args.config:
         from medcontext.engine.config import load_config
 
-        base = PretrainConfig.from_train_config(load_config(_config_file(args.config))).to_dict()
+        cfg = PretrainConfig.from_train_config(load_config(_config_file(args.config)))
     else:
-        base = PretrainConfig().to_dict()
-    test_cases = args.test_cases
-    if test_cases is not None and float(test_cases).is_integer():
-        test_cases = int(test_cases)
+        cfg = PretrainConfig()
+    section = TrainConfig(data=cfg.data)  # the data flags are `train`'s data.* keys, typed and checked as there
+    for key, value in _pretrain_data_flags(args).items():
+        section.set(f"data.{key}", value, source=f"--{key.replace('_', '-')}")
     flags = {
-        "data": args.data, "data_preset": args.data_preset, "unlabeled": args.unlabeled,
-        "train_cases": args.train_cases, "val_cases": args.val_cases, "test_cases": test_cases,
-        "split_seed": args.split_seed, "model": args.model, "roi": list(args.roi) if args.roi else None,
+        "model": args.model, "roi": list(args.roi) if args.roi else None,
         "mask_ratio": args.mask_ratio, "mask_shape": args.mask_shape, "mask_space": args.mask_space,
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-        "warmup_steps": args.warmup_steps, "seed": args.seed, "device": args.device,
-        "save_every": args.save_every, "cache_dir": args.cache_dir,
+        "warmup_steps": args.warmup_steps, "seed": args.seed, "device": args.device, "save_every": args.save_every,
     }
     if args.mask_cell is not None:
         if len(args.mask_cell) not in (1, 3):
             raise ValueError(f"--mask-cell takes 1 or 3 sizes, got {len(args.mask_cell)}")
         flags["mask_cell"] = args.mask_cell[0] if len(args.mask_cell) == 1 else list(args.mask_cell)
-    if args.data:
-        flags["data"] = str(Path(args.data).resolve())
-    base.update({k: v for k, v in flags.items() if v is not None})
+    base = {**cfg.to_dict(), **{k: v for k, v in flags.items() if v is not None}}
     if args.model_size is not None:
         base["model_options"] = {**base.get("model_options", {}), "size": args.model_size}
     if args.no_tensorboard:
         base["tensorboard"] = False
     return PretrainConfig.from_dict(base, source="medcontext pretrain")
+
+
+def _pretrain_data_flags(args: argparse.Namespace) -> dict:
+    """The ``data.*`` settings the options of ``medcontext pretrain`` give (unset ones left out)."""
+    from medcontext.data.unlabeled import LISTED, POOL
+
+    test_cases = args.test_cases
+    if test_cases is not None and float(test_cases).is_integer():
+        test_cases = int(test_cases)
+    flags = {"path": str(Path(args.data).resolve()) if args.data else None, "preset": args.data_preset,
+             "train_cases": args.train_cases, "val_cases": args.val_cases, "test_cases": test_cases,
+             "split_seed": args.split_seed, "cache_dir": args.cache_dir}
+    if args.unlabeled:  # folders resolved, as `train --unlabeled` does: a resume from elsewhere finds them
+        flags["unlabeled"] = [item if item in (POOL, LISTED) else str(Path(item).resolve()) for item in args.unlabeled]
+    return {k: v for k, v in flags.items() if v is not None}
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
