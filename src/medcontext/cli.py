@@ -176,6 +176,9 @@ def _add_pretrain_parser(sub) -> None:
     add("--val-cases", type=int, metavar="N", help="for pool: validation cases of that split (default 1)")
     add("--test-cases", type=float, metavar="N", help="for pool: test cases of that split, a count or a fraction (default 0.2)")
     add("--split-seed", type=int, help="for pool: seed of that split (default --seed)")
+    add("--test-split", metavar="JSON",
+        help='the fixed test case ids of the runs to come, {"test": [...]}, or a shipped split name (e.g. acdc_test): '
+             "these cases and their patients are never pretrained on, from any source (instead of --test-cases)")
     add("--model", help="network name (default unet3d)")
     add("--model-size", metavar="SIZE", help="network size: paper, small or tiny (default small)")
     add("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="crop in voxels (default: the dataset preset's)")
@@ -476,6 +479,14 @@ def _pretrain_data_flags(args: argparse.Namespace) -> dict:
              "split_seed": args.split_seed, "cache_dir": args.cache_dir}
     if args.unlabeled:  # folders resolved, as `train --unlabeled` does: a resume from elsewhere finds them
         flags["unlabeled"] = [item if item in (POOL, LISTED) else str(Path(item).resolve()) for item in args.unlabeled]
+    if args.test_split:
+        from medcontext.shipped import find_split
+        from medcontext.study.definitions import load_test_split
+
+        if test_cases is not None:
+            raise ValueError("--test-split and --test-cases both choose the test cases; give one of them")
+        flags["test_cases"] = load_test_split(find_split(args.test_split))
+        flags["use_official_test"] = False  # the given list, as `medcontext experiment` uses its split
     return {k: v for k, v in flags.items() if v is not None}
 
 

@@ -214,3 +214,32 @@ def test_a_resume_of_a_run_with_a_flat_config_continues_it(tmp_path, phantom_dir
     capsys.readouterr()
     assert main(["pretrain", "--out", str(run), "--resume", "--no-progress"]) == 2
     assert f"{run / 'config.json'} is not a readable pretraining config.json" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ test split safety
+def test_a_test_image_in_an_unlabeled_folder_is_never_pretrained_on(tmp_path, phantom_dir, capsys):
+    """The fixed test split (``--test-split``) reaches every source: a copy of a test image in a folder
+    given as ``--unlabeled`` is left out, with a line saying how many and why, as in ``train --unlabeled``."""
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    shutil.copyfile(phantom_dir / "imagesTr" / "phantom_005.nii.gz", folder / "phantom_005.nii.gz")  # a test image
+    shutil.copyfile(phantom_dir / "imagesTr" / "phantom_001.nii.gz", folder / "other_001.nii.gz")
+    split = tmp_path / "test_split.json"
+    split.write_text(json.dumps({"test": ["phantom_004", "phantom_005"]}))
+    args = ["--unlabeled", str(folder), "--train-cases", "2", "--val-cases", "1", "--model", "unet3d",
+            "--model-size", "tiny", "--roi", "16", "16", "16", "--steps", "1", "--no-tensorboard", "--no-progress"]
+    run = tmp_path / "pretrain"
+    assert main(["pretrain", "--data", str(phantom_dir), "--out", str(run), "--test-split", str(split), *args]) == 0
+    out = capsys.readouterr().out
+    volumes = json.loads((run / "volumes.json").read_text())
+    assert [c["case_id"] for c in volumes["cases"]] == ["other_001"]
+    assert volumes["excluded"] == {"validation/test cases or cases of their groups": ["phantom_005"]}
+    assert "1 left out as validation/test cases or cases of their groups" in out and "own draw" not in out
+    saved = json.loads((run / "config.json").read_text())["data"]
+    assert (saved["test_cases"], saved["use_official_test"]) == (["phantom_004", "phantom_005"], False)
+    # without the fixed split the run draws its own and says so: nothing ties it to the runs to come
+    assert main(["pretrain", "--data", str(phantom_dir), "--out", str(tmp_path / "drawn"), *args]) == 0
+    assert "are this run's own draw" in capsys.readouterr().out
+    assert main(["pretrain", "--data", str(phantom_dir), "--out", str(tmp_path / "both"), "--test-split", str(split),
+                 "--test-cases", "1", *args]) == 2
+    assert "--test-split and --test-cases" in capsys.readouterr().err

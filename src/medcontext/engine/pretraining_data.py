@@ -6,7 +6,8 @@ dataset's unlabelled images) and folders of images. The split is the one ``train
 the same data section (:meth:`~medcontext.engine.config.DataConfig.split_settings`), and the
 rules of that module hold for every source: a volume of a validation or test case or of one of
 their groups (patients) is left out, with a printed line saying how many and why, as in
-``train --unlabeled``. The
+``train --unlabeled``. Give the fixed test split of the runs to come (``data.test_cases`` as a
+list, CLI ``--test-split``): a test split drawn here is not theirs (a printed note says so). The
 images pass the checks of ``medcontext data check``, and label files are never opened. Crops follow the labelled
 dataset's preprocessing and augmentation. Each step's crops are a function of ``(seed, step)``,
 so a resumed run draws what the uninterrupted one would have drawn.
@@ -83,6 +84,10 @@ def _unlabeled_set(cfg: "PretrainConfig", spec, echo: Callable[[str], None]):
 
     settings = cfg.data.split_settings(cfg.seed)
     split = split_for_spec(spec, **settings)
+    if not isinstance(cfg.data.test_cases, list) and not (cfg.data.use_official_test and spec.official_test):
+        echo(f"note: the {len(split.test)} test case(s) are this run's own draw (data.test_cases="
+             f"{cfg.data.test_cases!r}, split seed {settings['seed']}); give the fixed test split of the runs to "
+             "come (--test-split JSON) so that no test image of theirs, in any source, is pretrained on")
     _, unlabeled = select_unlabeled(spec, split, cfg.sources)
     echo(unlabeled_line(unlabeled))
     return unlabeled
