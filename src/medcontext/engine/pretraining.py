@@ -506,15 +506,17 @@ class _PretrainLoop:
 
     def run(self, stop_after: int | None) -> PretrainResult:
         """Train to ``cfg.steps`` (or ``stop_after`` more steps, or a signal), checkpointing on the way."""
-        from medcontext.engine.training_log import RunLog, read_metrics
+        from medcontext.engine.host.machine import machine_record
         from medcontext.engine.host.signals import GracefulStop
+        from medcontext.engine.training_log import RunLog, read_metrics
 
         start, loss, stopped_by = self.step, None, ""
         self._saved_step = start if start else None
         self.mvm.train()
         with GracefulStop() as stop, RunLog(self.run_dir, self.cfg.steps, start, progress=self.progress,
                                             tensorboard=self.cfg.tensorboard) as log:
-            log.start(start, {"device": str(self.device), "volumes": len(self.volumes)})
+            # what it ran on, as `train` records it (reports and `experiment --status` name the machine)
+            log.start(start, {**machine_record(self.device, "fp32"), "volumes": len(self.volumes)})
             while self.step < self.cfg.steps:
                 began = time.perf_counter()
                 loss, data_time, lr = self.train_step()
