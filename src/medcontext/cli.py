@@ -534,7 +534,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from medcontext.shipped import find_split
-    from medcontext.study import STUDIES, collect_runs, load_test_split, run_study, write_report
+    from medcontext.study import STUDIES, StudyRun, collect_runs, load_test_split, run_study, write_report
     from medcontext.study.execution import DONE_MARKER, LAST_STEP_EVAL, format_status, study_status
 
     study = STUDIES[args.study]
@@ -552,15 +552,17 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     test_ids = load_test_split(find_split(args.test_split or study.test_split))
     run_study(runs, args.data, args.out, test_ids, max_runs=args.max_runs, progress=not args.no_progress,
               trust_checkpoint=args.trust_checkpoint, last_step=study.last_step)
-    finished = [Path(args.out) / r.name for r in plan if (Path(args.out) / r.name / DONE_MARKER).is_file()]
+    trained = [r for r in plan if isinstance(r, StudyRun)]  # not the pretraining stages
+    finished = [Path(args.out) / r.name for r in trained if (Path(args.out) / r.name / DONE_MARKER).is_file()]
     if finished:
         out = Path(args.report) if args.report else Path(args.out) / "report" / "report.md"
-        write_report(collect_runs(finished), out, title=study.title)
-        print(f"wrote {out} ({len(finished)} of {len(plan)} runs)")
+        write_report(collect_runs(finished), out, title=study.title, also_against=study.also_against)
+        print(f"wrote {out} ({len(finished)} of {len(trained)} runs)")
         last = [run for run in finished if (run / LAST_STEP_EVAL / "metrics.csv").is_file()] if study.last_step else []
         if last:  # its own folder: the figures beside a report have fixed names
             out_last = out.parent / "last_step" / out.name
-            write_report(collect_runs(last, eval_name=LAST_STEP_EVAL), out_last, title=f"{study.title}, last step")
+            write_report(collect_runs(last, eval_name=LAST_STEP_EVAL), out_last, title=f"{study.title}, last step",
+                         also_against=study.also_against)
             print(f"wrote {out_last} ({len(last)} runs at their last step)")
     return 0
 
