@@ -256,7 +256,8 @@ def _add_demo_parser(sub) -> None:
 def _add_experiment_parser(sub) -> None:
     from medcontext.study.definitions import STUDIES
 
-    studies = "\n".join(f"  {name:<12} {textwrap.fill(st.description, 88, subsequent_indent=' ' * 15)[0:]}"
+    width = max(len(name) for name in STUDIES)
+    studies = "\n".join(f"  {name:<{width}} {textwrap.fill(st.description, 88, subsequent_indent=' ' * (width + 3))}"
                          for name, st in STUDIES.items())
     experiment = sub.add_parser(
         "experiment", formatter_class=_Formatter, help="run a multi-run study (resumable) and write its report",
