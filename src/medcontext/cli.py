@@ -545,8 +545,9 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if not runs:
         groups = sorted({r.group for r in plan})
         raise ValueError(f"--only {args.only} selects no run of study {args.study!r}; its groups are {groups}")
+    notes = "\n".join(study.notes(Path(args.out))) if study.notes else ""
     if args.status:
-        print(format_status(study_status(runs, args.out)))
+        print(format_status(study_status(runs, args.out)) + (f"\n\n{notes}" if notes else ""))
         return 0
     if not args.data:
         raise ValueError("medcontext experiment needs --data DATASET_DIR to train (only --status works without it)")
@@ -557,13 +558,13 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     finished = [Path(args.out) / r.name for r in trained if (Path(args.out) / r.name / DONE_MARKER).is_file()]
     if finished:
         out = Path(args.report) if args.report else Path(args.out) / "report" / "report.md"
-        write_report(collect_runs(finished), out, title=study.title, also_against=study.also_against)
+        write_report(collect_runs(finished), out, title=study.title, preamble=notes, also_against=study.also_against)
         print(f"wrote {out} ({len(finished)} of {len(trained)} runs)")
         last = [run for run in finished if (run / LAST_STEP_EVAL / "metrics.csv").is_file()] if study.last_step else []
         if last:  # its own folder: the figures beside a report have fixed names
             out_last = out.parent / "last_step" / out.name
             write_report(collect_runs(last, eval_name=LAST_STEP_EVAL), out_last, title=f"{study.title}, last step",
-                         also_against=study.also_against)
+                         preamble=notes, also_against=study.also_against)
             print(f"wrote {out_last} ({len(last)} runs at their last step)")
     return 0
 

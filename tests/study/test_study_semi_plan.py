@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from medcontext.engine import load_config
 from medcontext.engine.unlabeled_data import check_unlabeled_settings
 from medcontext.study import STUDIES, acdc_plan
@@ -95,3 +97,58 @@ def test_the_runner_evaluates_at_the_chosen_checkpoint_and_at_the_last_step(tmp_
     calls.clear()
     execution.run_study(plan, tmp_path, out, ["t"], progress=False, echo=lambda _: None, last_step=True)
     assert calls == []  # nothing is evaluated twice
+
+
+def _curve(middle: float, late: float) -> dict[int, float]:
+    """Validation mean Dice (fractions) every 250 steps: ``middle`` at steps 1500-2000, ``late`` at 2500-3000."""
+    curve = {step: 0.3 for step in range(250, 3001, 250)}
+    curve.update({1500: middle - 0.01, 1750: middle, 2000: middle + 0.01, 2500: late, 2750: late - 0.02, 3000: late + 0.02})
+    return curve
+
+
+def test_the_budget_rule_reads_the_late_and_middle_validation_windows():
+    from medcontext.study.semi_supervised_plan import decide_budget, validation_growth
+
+    assert validation_growth(_curve(0.70, 0.71)) == pytest.approx(1.0)
+    assert validation_growth({1500: 0.5}) is None  # a run still training has no g yet
+    flat = {arm: _curve(0.70, 0.705) for arm in SEMI_ARMS}
+    decision = decide_budget(flat)
+    assert decision.steps == 3000 and not decision.missing
+    assert decision.growth_points["bcp"] == pytest.approx(0.5)
+    # exactly 1.0 point is not "still improving"; just above it doubles every arm's budget
+    assert decide_budget({**flat, "bcp": _curve(0.70, 0.71)}).steps == 3000
+    assert decide_budget({**flat, "bcp": _curve(0.70, 0.7102)}).steps == 6000
+    # one arm above the limit decides before the others finish; level arms wait for the rest
+    partial = {"mean_teacher": _curve(0.60, 0.65)}
+    assert decide_budget(partial).steps == 6000 and len(decide_budget(partial).missing) == 4
+    waiting = decide_budget({"mean_teacher": _curve(0.60, 0.60)})
+    assert waiting.steps is None and "bcp" in waiting.missing
+
+
+def test_the_best_combination_prefers_the_cheaper_then_the_simpler_arm_within_half_a_point():
+    from medcontext.study.semi_supervised_plan import choose_combination
+
+    # medcontext_bcp costs 4 student passes + a teacher pass (13 units) against 11 for the other two
+    assert choose_combination({"medcontext_semi_cl": 0.700, "medcontext_semi": 0.702, "medcontext_bcp": 0.720}) == "medcontext_bcp"
+    assert choose_combination({"medcontext_semi_cl": 0.700, "medcontext_semi": 0.690, "medcontext_bcp": 0.704}) == "medcontext_semi_cl"
+    # equal cost: the one without the pseudo-label term wins a tie, the higher one wins beyond it
+    assert choose_combination({"medcontext_semi_cl": 0.700, "medcontext_semi": 0.704, "medcontext_bcp": 0.60}) == "medcontext_semi_cl"
+    assert choose_combination({"medcontext_semi_cl": 0.700, "medcontext_semi": 0.706, "medcontext_bcp": 0.60}) == "medcontext_semi"
+    with pytest.raises(ValueError, match="medcontext_bcp"):
+        choose_combination({"medcontext_semi_cl": 0.7, "medcontext_semi": 0.7})
+
+
+def test_status_prints_the_budget_rule_on_the_pilot_runs_found(tmp_path, capsys):
+    from medcontext.cli import main
+    from medcontext.study.semi_supervised_plan import pilot_lines
+
+    for arm in SEMI_ARMS:
+        run_dir = tmp_path / ACDC_SEMI_GROUP / f"{arm}_s0"
+        run_dir.mkdir(parents=True)
+        late = 0.75 if arm == "medcontext_semi" else 0.70
+        records = [{"kind": "val", "step": s, "mean_dice": d} for s, d in _curve(0.70, late).items()]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    lines = "\n".join(pilot_lines(tmp_path))
+    assert "| medcontext_semi | 12 | +5.00 | 77.0 |" in lines and "**6000 steps**" in lines
+    assert main(["experiment", "acdc_semi", "--out", str(tmp_path), "--status", "--only", "*_s0"]) == 0
+    assert "budget: **6000 steps** for every arm" in capsys.readouterr().out

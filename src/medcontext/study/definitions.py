@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from .pretraining_plan import ALSO_AGAINST, acdc_pretrain_plan
-from .semi_supervised_plan import acdc_semi_plan
+from .semi_supervised_plan import acdc_semi_plan, pilot_lines
 
 __all__ = [
     "Study", "StudyRun", "PretrainStage", "STUDIES", "hippocampus_plan", "acdc_plan", "load_test_split",
@@ -287,8 +287,10 @@ class Study:
     ``plan`` lists :class:`StudyRun` and :class:`PretrainStage` items (a stage before the runs
     that start from it). ``last_step``: every run is also evaluated at its last step
     (``eval_last/``), beside the checkpoint validation chose (``eval/``), and the report is
-    written for both. ``also_against``: method labels of the report that every other method is
-    also compared with, paired per seed (as ``medcontext report --also-against``).
+    written for both. ``notes``: markdown lines about the study folder that ``--status`` prints
+    and the report starts with (``acdc_semi``: its budget rule applied to the pilot's validation
+    curves). ``also_against``: method labels of the report that every other method is also
+    compared with, paired per seed (as ``medcontext report --also-against``).
     """
 
     name: str
@@ -297,6 +299,7 @@ class Study:
     title: str
     description: str
     last_step: bool = False
+    notes: Callable[[Path], list[str]] | None = None
     also_against: tuple[str, ...] = ()
 
 
@@ -322,7 +325,7 @@ STUDIES: dict[str, Study] = {
         "small, baseline / medcontext (the acdc study's runs) / mean_teacher / bcp / medcontext_semi_cl / "
         "medcontext_semi / medcontext_bcp, 3 seeds, the pilot (seed 0) first; test Dice at the validation-chosen "
         "checkpoint and at the last step (21 runs; --out on the acdc study's folder reuses its runs)",
-        last_step=True,
+        last_step=True, notes=pilot_lines,
     ),
     "acdc_pretrain": Study(
         "acdc_pretrain", acdc_pretrain_plan, "acdc_test",

@@ -25,8 +25,17 @@ checkpoint validation chose and at the last step (``eval/`` and ``eval_last/``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..method.settings import VARIANTS
+
 __all__ = [
     "ACDC_SEMI_GROUP", "LABELLED_ARMS", "SEMI_ARMS", "COMBINATION_CANDIDATES", "ACDC_SEMI_STEPS", "acdc_semi_plan",
+    "BudgetDecision", "validation_growth", "decide_budget", "choose_combination", "pilot_lines",
 ]
 
 #: the folder group of the semi-supervised runs (and of labelled runs at another budget)
@@ -77,3 +86,129 @@ def acdc_semi_plan(seeds=(0, 1, 2), steps: int = ACDC_SEMI_STEPS) -> list:
         runs += [labelled(variant, seed) for variant in LABELLED_ARMS]
         runs += [semi(variant, seed) for variant in SEMI_ARMS]
     return runs
+
+
+# The budget rule of RESULTS.md (written on 2026-12-04, before any pilot run): validation only.
+
+#: validated steps whose mean validation Dice is the pilot's end ...
+LATE_STEPS = (2500, 2750, 3000)
+#: ... and its middle: g = mean(late) - mean(middle), in Dice points
+MIDDLE_STEPS = (1500, 1750, 2000)
+#: an arm with g above this many Dice points is still improving at the end of the pilot
+GROWTH_LIMIT_POINTS = 1.0
+#: the one longer budget the rule allows (there is no third)
+LONG_BUDGET_STEPS = 6000
+#: best-validation Dice points within which two combinations count as level (rule 5)
+COMBINATION_TIE_POINTS = 0.5
+
+
+@dataclass(frozen=True)
+class BudgetDecision:
+    """What the pilot's validation curves decide (rules 2-4 of RESULTS.md's budget rule).
+
+    Attributes:
+        growth_points: g of each pilot arm that has every step the rule reads, in Dice points.
+        missing: pilot arms whose curves do not yet reach every step the rule reads.
+        steps: the chosen budget; ``None`` while an arm is missing and no finished arm already
+            asks for the long budget.
+    """
+
+    growth_points: dict[str, float]
+    missing: tuple[str, ...]
+    steps: int | None
+
+
+def validation_growth(mean_dice_by_step: Mapping[int, float]) -> float | None:
+    """g of one pilot run: mean validation Dice at :data:`LATE_STEPS` minus the mean at
+    :data:`MIDDLE_STEPS`, in Dice points (the curve in fractions of 1); ``None`` while a step is missing."""
+    if not all(step in mean_dice_by_step for step in LATE_STEPS + MIDDLE_STEPS):
+        return None
+    late = np.mean([mean_dice_by_step[s] for s in LATE_STEPS])
+    middle = np.mean([mean_dice_by_step[s] for s in MIDDLE_STEPS])
+    return round(float(100.0 * (late - middle)), 6)  # so that a g of exactly 1.0 point is not 1.0000000001
+
+
+def decide_budget(curves: Mapping[str, Mapping[int, float]], arms: Sequence[str] = SEMI_ARMS) -> BudgetDecision:
+    """The budget of every arm from the pilot's validation curves (arm -> step -> mean Dice).
+
+    3000 steps when every arm's g is at most :data:`GROWTH_LIMIT_POINTS`; :data:`LONG_BUDGET_STEPS`
+    as soon as one arm's g is above it (even before the others have finished); undecided otherwise.
+    """
+    growth = {arm: validation_growth(curves.get(arm, {})) for arm in arms}
+    known = {arm: g for arm, g in growth.items() if g is not None}
+    missing = tuple(arm for arm, g in growth.items() if g is None)
+    if any(g > GROWTH_LIMIT_POINTS for g in known.values()):
+        steps: int | None = LONG_BUDGET_STEPS
+    else:
+        steps = None if missing else ACDC_SEMI_STEPS
+    return BudgetDecision(growth_points=known, missing=missing, steps=steps)
+
+
+def _unlabelled_terms(variant: str) -> int:
+    step = VARIANTS[variant].unlabeled
+    return 0 if step is None else (step.consistency is not None) + (step.pseudo_labels is not None)
+
+
+def choose_combination(best_validation: Mapping[str, float]) -> str:
+    """Rule 5: the MedContext combination with the highest best-validation mean Dice (fractions of 1)
+    of seed 0; combinations within :data:`COMBINATION_TIE_POINTS` of the highest are level, and of
+    those the one with the fewest cost units per step wins, then the one with the fewest loss terms.
+
+    Raises:
+        ValueError: a candidate of :data:`COMBINATION_CANDIDATES` has no value yet.
+    """
+    missing = [name for name in COMBINATION_CANDIDATES if name not in best_validation]
+    if missing:
+        raise ValueError(f"no best validation Dice yet for {', '.join(missing)}: the rule compares all "
+                         f"of {', '.join(COMBINATION_CANDIDATES)}")
+    top = max(best_validation[name] for name in COMBINATION_CANDIDATES)
+    level = [name for name in COMBINATION_CANDIDATES
+             if 100.0 * (top - best_validation[name]) <= COMBINATION_TIE_POINTS + 1e-9]
+
+    def cost(name: str) -> tuple[int, int]:
+        variant = VARIANTS[name]
+        return variant.cost_units, len(variant.loss_terms) + _unlabelled_terms(name)
+
+    return min(level, key=cost)
+
+
+def _pilot_curve(run_dir: Path) -> dict[int, float]:
+    from ..engine.training_log import read_metrics
+
+    log = read_metrics(run_dir / "metrics.jsonl")
+    return {int(r["step"]): float(r["mean_dice"]) for r in log if r.get("kind") == "val" and "mean_dice" in r}
+
+
+def pilot_lines(study_dir: str | Path) -> list[str]:
+    """The budget rule applied to the pilot runs found in ``study_dir`` (markdown lines): each
+    arm's g, the budget it decides (or what it still waits for) and, once decided, the best
+    MedContext combination when every candidate's curve is complete. Reads validation records only."""
+    study_dir = Path(study_dir)
+    curves = {arm: _pilot_curve(study_dir / ACDC_SEMI_GROUP / f"{arm}_s0") for arm in SEMI_ARMS}
+    decision = decide_budget(curves)
+    lines = [
+        "Budget rule (RESULTS.md, fixed before the pilot; seed 0, validation Dice only): g = mean validation "
+        f"mean Dice at steps {', '.join(map(str, LATE_STEPS))} minus the mean at {', '.join(map(str, MIDDLE_STEPS))}; "
+        f"{LONG_BUDGET_STEPS} steps for every arm if any g > {GROWTH_LIMIT_POINTS:g} point, else {ACDC_SEMI_STEPS}.",
+        "",
+        "| pilot arm (seed 0) | validated steps | g (Dice points) | best validation mean Dice |",
+        "|---|---:|---:|---:|",
+    ]
+    for arm in SEMI_ARMS:
+        curve = curves[arm]
+        g = decision.growth_points.get(arm)
+        best = f"{100 * max(curve.values()):.1f}" if curve else "-"
+        lines.append(f"| {arm} | {len(curve)} | {'-' if g is None else f'{g:+.2f}'} | {best} |")
+    if decision.steps is None:
+        verdict = f"budget not decided yet: waiting for {', '.join(decision.missing)}"
+    else:
+        verdict = f"budget: **{decision.steps} steps** for every arm"
+        if decision.missing:
+            verdict += f" (decided before {', '.join(decision.missing)} finished: one g above the limit suffices)"
+    lines += ["", verdict + "."]
+    if decision.steps == ACDC_SEMI_STEPS:
+        best = {arm: max(curves[arm].values()) for arm in COMBINATION_CANDIDATES}
+        lines.append(f"Best MedContext combination (rule 5): **{choose_combination(best)}**.")
+    elif decision.steps is not None:
+        lines.append(f"Best MedContext combination: chosen on the seed-0 runs at {decision.steps} steps.")
+    return lines + [""]
