@@ -8,7 +8,11 @@ studies that have one, as ``test_metrics_eval_last*.csv``), ``unlabeled.json`` o
 runs, and a thinned ``metrics.jsonl``: every validation
 record, and one training record in ``--train-every`` (the loss curves; the full log is about
 1 MB per run). Checkpoints and predictions stay behind. Unfinished runs are copied too, so
-that their validation curves are kept; ``study_done.json`` tells them apart.
+that their validation curves are kept; ``study_done.json`` tells them apart. A pretraining
+stage's folder (``medcontext pretrain``: ``config.json``) keeps ``config.json``, ``volumes.json``,
+``pretrain_done.json`` (finished stages), its summed wall-clock time, ``loss_curve.png`` and the
+thinned log; ``pretrained.pt`` and ``last.pt`` stay behind (the fine-tuned runs' ``study_done.json``
+repeat the stage's cost).
 
     python scripts/collect_study_records.py runs/acdc_study results/acdc
 
@@ -24,9 +28,11 @@ from pathlib import Path
 
 from medcontext.io.atomic import write_text_atomic
 from medcontext.study.comparison_report import recorded_metrics
-from medcontext.study.execution import LAST_STEP_EVAL
+from medcontext.study.execution import DONE_MARKER, LAST_STEP_EVAL, PRETRAIN_DONE, STAGE_WALL_TIME
 
-RUN_FILES = ("config.yaml", "split.json", "unlabeled.json", "plan.json", "postprocessing.json", "study_done.json")
+RUN_FILES = ("config.yaml", "split.json", "unlabeled.json", "plan.json", "postprocessing.json", DONE_MARKER)
+#: the small files of a pretraining stage (a `medcontext pretrain` folder)
+STAGE_FILES = ("config.json", "volumes.json", PRETRAIN_DONE, STAGE_WALL_TIME, "loss_curve.png")
 #: EVAL/NAME -> records name (``medcontext report`` reads the metrics under ``recorded_metrics(EVAL)``)
 EVAL_FILES = {
     (evaluation, name): record
@@ -53,15 +59,17 @@ def thinned_log(lines: list[str], train_every: int) -> list[str]:
 
 
 def collect_run(run: Path, target: Path, train_every: int) -> bool:
-    """Copy one run's records; False when the folder is not a run (no ``config.yaml``)."""
-    if not (run / "config.yaml").is_file():
+    """Copy one run's (or pretraining stage's) records; False when the folder is neither (no
+    ``config.yaml``, no ``config.json``)."""
+    stage = not (run / "config.yaml").is_file()
+    if stage and not (run / "config.json").is_file():
         return False
     target.mkdir(parents=True, exist_ok=True)
-    for name in RUN_FILES:
+    for name in STAGE_FILES if stage else RUN_FILES:
         if (run / name).is_file():
             shutil.copyfile(run / name, target / name)
     for (evaluation, name), record_name in EVAL_FILES.items():
-        if (run / evaluation / name).is_file():
+        if not stage and (run / evaluation / name).is_file():
             shutil.copyfile(run / evaluation / name, target / record_name)
     log = run / "metrics.jsonl"
     if log.is_file():
@@ -91,7 +99,7 @@ def main() -> None:
     copied = []
     for run in sorted(p for p in args.study.glob("*/*") if p.is_dir()):
         if collect_run(run, args.target / run.parent.name / run.name, args.train_every):
-            done = "finished" if (run / "study_done.json").is_file() else "unfinished"
+            done = "finished" if (run / DONE_MARKER).is_file() or (run / PRETRAIN_DONE).is_file() else "unfinished"
             copied.append(f"{run.parent.name}/{run.name} ({done})")
     if (args.study / "study.jsonl").is_file():
         merge_study_log(args.study / "study.jsonl", args.target / "study.jsonl")

@@ -176,6 +176,9 @@ def _add_pretrain_parser(sub) -> None:
     add("--val-cases", type=int, metavar="N", help="for pool: validation cases of that split (default 1)")
     add("--test-cases", type=float, metavar="N", help="for pool: test cases of that split, a count or a fraction (default 0.2)")
     add("--split-seed", type=int, help="for pool: seed of that split (default --seed)")
+    add("--test-split", metavar="JSON",
+        help='the fixed test case ids of the runs to come, {"test": [...]}, or a shipped split name (e.g. acdc_test): '
+             "these cases and their patients are never pretrained on, from any source (instead of --test-cases)")
     add("--model", help="network name (default unet3d)")
     add("--model-size", metavar="SIZE", help="network size: paper, small or tiny (default small)")
     add("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="crop in voxels (default: the dataset preset's)")
@@ -267,7 +270,8 @@ def _add_demo_parser(sub) -> None:
 def _add_experiment_parser(sub) -> None:
     from medcontext.study.definitions import STUDIES
 
-    studies = "\n".join(f"  {name:<12} {textwrap.fill(st.description, 88, subsequent_indent=' ' * 15)[0:]}"
+    width = max(len(name) for name in STUDIES)
+    studies = "\n".join(f"  {name:<{width}} {textwrap.fill(st.description, 88, subsequent_indent=' ' * (width + 3))}"
                          for name, st in STUDIES.items())
     experiment = sub.add_parser(
         "experiment", formatter_class=_Formatter, help="run a multi-run study (resumable) and write its report",
@@ -445,43 +449,60 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _pretrain_config(args: argparse.Namespace):
-    import json
-
+    from medcontext.engine.config import TrainConfig
     from medcontext.engine.pretraining import PretrainConfig
 
     saved = Path(args.out) / "config.json"
     if args.resume and saved.is_file():
-        base = json.loads(saved.read_text())
+        cfg = PretrainConfig.read(saved)
     elif args.config:
         from medcontext.engine.config import load_config
 
-        base = PretrainConfig.from_train_config(load_config(_config_file(args.config))).to_dict()
+        cfg = PretrainConfig.from_train_config(load_config(_config_file(args.config)))
     else:
-        base = PretrainConfig().to_dict()
-    test_cases = args.test_cases
-    if test_cases is not None and float(test_cases).is_integer():
-        test_cases = int(test_cases)
+        cfg = PretrainConfig()
+    section = TrainConfig(data=cfg.data)  # the data flags are `train`'s data.* keys, typed and checked as there
+    for key, value in _pretrain_data_flags(args).items():
+        section.set(f"data.{key}", value, source=f"--{key.replace('_', '-')}")
     flags = {
-        "data": args.data, "data_preset": args.data_preset, "unlabeled": args.unlabeled,
-        "train_cases": args.train_cases, "val_cases": args.val_cases, "test_cases": test_cases,
-        "split_seed": args.split_seed, "model": args.model, "roi": list(args.roi) if args.roi else None,
+        "model": args.model, "roi": list(args.roi) if args.roi else None,
         "mask_ratio": args.mask_ratio, "mask_shape": args.mask_shape, "mask_space": args.mask_space,
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-        "warmup_steps": args.warmup_steps, "seed": args.seed, "device": args.device,
-        "save_every": args.save_every, "cache_dir": args.cache_dir,
+        "warmup_steps": args.warmup_steps, "seed": args.seed, "device": args.device, "save_every": args.save_every,
     }
     if args.mask_cell is not None:
         if len(args.mask_cell) not in (1, 3):
             raise ValueError(f"--mask-cell takes 1 or 3 sizes, got {len(args.mask_cell)}")
         flags["mask_cell"] = args.mask_cell[0] if len(args.mask_cell) == 1 else list(args.mask_cell)
-    if args.data:
-        flags["data"] = str(Path(args.data).resolve())
-    base.update({k: v for k, v in flags.items() if v is not None})
+    base = {**cfg.to_dict(), **{k: v for k, v in flags.items() if v is not None}}
     if args.model_size is not None:
         base["model_options"] = {**base.get("model_options", {}), "size": args.model_size}
     if args.no_tensorboard:
         base["tensorboard"] = False
     return PretrainConfig.from_dict(base, source="medcontext pretrain")
+
+
+def _pretrain_data_flags(args: argparse.Namespace) -> dict:
+    """The ``data.*`` settings the options of ``medcontext pretrain`` give (unset ones left out)."""
+    from medcontext.data.unlabeled import LISTED, POOL
+
+    test_cases = args.test_cases
+    if test_cases is not None and float(test_cases).is_integer():
+        test_cases = int(test_cases)
+    flags = {"path": str(Path(args.data).resolve()) if args.data else None, "preset": args.data_preset,
+             "train_cases": args.train_cases, "val_cases": args.val_cases, "test_cases": test_cases,
+             "split_seed": args.split_seed, "cache_dir": args.cache_dir}
+    if args.unlabeled:  # folders resolved, as `train --unlabeled` does: a resume from elsewhere finds them
+        flags["unlabeled"] = [item if item in (POOL, LISTED) else str(Path(item).resolve()) for item in args.unlabeled]
+    if args.test_split:
+        from medcontext.shipped import find_split
+        from medcontext.study.definitions import load_test_split
+
+        if test_cases is not None:
+            raise ValueError("--test-split and --test-cases both choose the test cases; give one of them")
+        flags["test_cases"] = load_test_split(find_split(args.test_split))
+        flags["use_official_test"] = False  # the given list, as `medcontext experiment` uses its split
+    return {k: v for k, v in flags.items() if v is not None}
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -528,7 +549,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from medcontext.shipped import find_split
-    from medcontext.study import STUDIES, collect_runs, load_test_split, run_study, write_report
+    from medcontext.study import STUDIES, StudyRun, collect_runs, load_test_split, run_study, write_report
     from medcontext.study.execution import DONE_MARKER, LAST_STEP_EVAL, format_status, study_status
 
     study = STUDIES[args.study]
@@ -547,16 +568,17 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     test_ids = load_test_split(find_split(args.test_split or study.test_split))
     run_study(runs, args.data, args.out, test_ids, max_runs=args.max_runs, progress=not args.no_progress,
               trust_checkpoint=args.trust_checkpoint, last_step=study.last_step)
-    finished = [Path(args.out) / r.name for r in plan if (Path(args.out) / r.name / DONE_MARKER).is_file()]
+    trained = [r for r in plan if isinstance(r, StudyRun)]  # not the pretraining stages
+    finished = [Path(args.out) / r.name for r in trained if (Path(args.out) / r.name / DONE_MARKER).is_file()]
     if finished:
         out = Path(args.report) if args.report else Path(args.out) / "report" / "report.md"
-        write_report(collect_runs(finished), out, title=study.title, preamble=notes)
-        print(f"wrote {out} ({len(finished)} of {len(plan)} runs)")
+        write_report(collect_runs(finished), out, title=study.title, preamble=notes, also_against=study.also_against)
+        print(f"wrote {out} ({len(finished)} of {len(trained)} runs)")
         last = [run for run in finished if (run / LAST_STEP_EVAL / "metrics.csv").is_file()] if study.last_step else []
         if last:  # its own folder: the figures beside a report have fixed names
             out_last = out.parent / "last_step" / out.name
             write_report(collect_runs(last, eval_name=LAST_STEP_EVAL), out_last, title=f"{study.title}, last step",
-                         preamble=notes)
+                         preamble=notes, also_against=study.also_against)
             print(f"wrote {out_last} ({len(last)} runs at their last step)")
     return 0
 

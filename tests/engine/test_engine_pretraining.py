@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,3 +161,85 @@ def test_a_run_folder_held_by_another_writer_is_refused(tmp_path, phantom_dir, c
     with RunFolderLock(run, "medcontext train"):
         assert _pretrain(phantom_dir, run, "--steps", "1") == 2
     assert "medcontext train" in capsys.readouterr().err and not (run / "last.pt").exists()
+
+
+# ------------------------------------------------------------------ the data section is train's
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_data_section_is_trains_own_with_its_defaults_and_split():
+    from medcontext.engine.config import DataConfig, TrainConfig
+    from medcontext.engine.pretraining import PretrainConfig
+
+    assert PretrainConfig().data == DataConfig()  # one home of the defaults
+    train = TrainConfig.from_dict({"data": {"path": "D", "train_cases": 5, "val_cases": 10, "test_cases": ["a", "b"],
+                                            "use_official_test": False, "preprocess": {"target_spacing": [2, 2, 5]},
+                                            "unlabeled": "pool"}, "train": {"seed": 2}})
+    cfg = PretrainConfig.from_train_config(train, steps=7)
+    assert cfg.data == train.data and cfg.data is not train.data and cfg.steps == 7
+    # the split is read from the settings in one place, with the run's seed when split_seed is unset
+    assert cfg.data.split_settings(cfg.seed) == train.data.split_settings(train.train.seed)
+    assert cfg.data.split_settings(2)["seed"] == 2 and cfg.sources == ["pool"]
+    assert PretrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="data.test_cases must be"):
+        PretrainConfig.from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "test_cases": -1}}).validate()
+
+
+def test_a_flat_config_json_of_an_older_run_still_loads():
+    from medcontext.engine.pretraining import PretrainConfig
+
+    old = ROOT / "results" / "pretrain" / "hippocampus_unet3d_small" / "config.json"
+    assert "data_preset" in json.loads(old.read_text())  # the flat format of the first pretraining runs
+    cfg = PretrainConfig.read(old)
+    assert (cfg.data.path, cfg.data.train_cases, cfg.data.val_cases, cfg.data.test_cases) == (
+        "/work/shared/data/Task04_Hippocampus", 5, 1, 0.2)
+    assert (cfg.data.unlabeled, cfg.data.preset, cfg.steps, cfg.roi) == (["pool"], "auto", 300, [32, 48, 32])
+    assert PretrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_a_resume_of_a_run_with_a_flat_config_continues_it(tmp_path, phantom_dir, capsys):
+    run = tmp_path / "pretrain"
+    assert _pretrain(phantom_dir, run, "--steps", "3", "--stop-after", "1") == 0
+    saved = json.loads((run / "config.json").read_text())
+    data = saved.pop("data")
+    flat = {**saved, "data": data["path"], "data_preset": data["preset"], "unlabeled": data["unlabeled"],
+            **{k: data[k] for k in ("train_cases", "train_case_ids", "val_cases", "test_cases", "use_official_test",
+                                    "split_seed", "group_by", "preprocess", "cache_dir")}}
+    (run / "config.json").write_text(json.dumps(flat))  # both records as a run of the old format wrote them
+    state = torch.load(run / "last.pt", weights_only=True)
+    torch.save({**state, "config": flat}, run / "last.pt")
+    assert main(["pretrain", "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert len(_losses(run)) == 3 and isinstance(json.loads((run / "config.json").read_text())["data"], dict)
+    (run / "config.json").write_text("{not json")
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(run), "--resume", "--no-progress"]) == 2
+    assert f"{run / 'config.json'} is not a readable pretraining config.json" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ test split safety
+def test_a_test_image_in_an_unlabeled_folder_is_never_pretrained_on(tmp_path, phantom_dir, capsys):
+    """The fixed test split (``--test-split``) reaches every source: a copy of a test image in a folder
+    given as ``--unlabeled`` is left out, with a line saying how many and why, as in ``train --unlabeled``."""
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    shutil.copyfile(phantom_dir / "imagesTr" / "phantom_005.nii.gz", folder / "phantom_005.nii.gz")  # a test image
+    shutil.copyfile(phantom_dir / "imagesTr" / "phantom_001.nii.gz", folder / "other_001.nii.gz")
+    split = tmp_path / "test_split.json"
+    split.write_text(json.dumps({"test": ["phantom_004", "phantom_005"]}))
+    args = ["--unlabeled", str(folder), "--train-cases", "2", "--val-cases", "1", "--model", "unet3d",
+            "--model-size", "tiny", "--roi", "16", "16", "16", "--steps", "1", "--no-tensorboard", "--no-progress"]
+    run = tmp_path / "pretrain"
+    assert main(["pretrain", "--data", str(phantom_dir), "--out", str(run), "--test-split", str(split), *args]) == 0
+    out = capsys.readouterr().out
+    volumes = json.loads((run / "volumes.json").read_text())
+    assert [c["case_id"] for c in volumes["cases"]] == ["other_001"]
+    assert volumes["excluded"] == {"validation/test cases or cases of their groups": ["phantom_005"]}
+    assert "1 left out as validation/test cases or cases of their groups" in out and "own draw" not in out
+    saved = json.loads((run / "config.json").read_text())["data"]
+    assert (saved["test_cases"], saved["use_official_test"]) == (["phantom_004", "phantom_005"], False)
+    # without the fixed split the run draws its own and says so: nothing ties it to the runs to come
+    assert main(["pretrain", "--data", str(phantom_dir), "--out", str(tmp_path / "drawn"), *args]) == 0
+    assert "are this run's own draw" in capsys.readouterr().out
+    assert main(["pretrain", "--data", str(phantom_dir), "--out", str(tmp_path / "both"), "--test-split", str(split),
+                 "--test-cases", "1", *args]) == 2
+    assert "--test-split and --test-cases" in capsys.readouterr().err

@@ -3,12 +3,12 @@
 ``pretrain(cfg, run_dir)`` builds the network of ``cfg.model`` with as many output channels as
 the images have (its output layer is the reconstruction head), wraps it in
 :class:`~medcontext.method.masked_modelling.MaskedVolumeModelling` and trains it on random crops
-of unlabelled volumes (``cfg.unlabeled``: the sources of ``train --unlabeled``; label files are
-never opened). The run folder holds:
+of unlabelled volumes (``cfg.data.unlabeled``: the sources of ``train --unlabeled``, with the
+split ``train`` draws from the same data section; label files are never opened). The run folder holds:
 
 ==================  ==============================================================
 ``config.json``     the resolved :class:`PretrainConfig`
-``volumes.json``    the volumes pretrained on (case ids and image files)
+``volumes.json``    the volumes pretrained on (case ids and image files) and those left out, why
 ``metrics.jsonl``   one record per step (``total`` = the masked L1 loss, ``lr``, times)
 ``last.pt``         the resumable state (network, mask token, optimizer, random states)
 ``pretrained.pt``   the network's weights without its output layer, for
@@ -26,6 +26,7 @@ each step draws its crops and masks from states saved with the step count.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 import medcontext
+from medcontext.engine.config import DataConfig
 from medcontext.io.atomic import atomic_write, remove_stale_temporaries, write_text_atomic
 from medcontext.models.safe_load import UnreadableFileError, load_weights_file
 
@@ -53,8 +55,19 @@ __all__ = [
 PRETRAINED_FILE = "pretrained.pt"
 PRETRAINED_FORMAT = "medcontext-pretrained"
 STATE_FORMAT = "medcontext-pretrain-state"
-#: settings that may change on ``--resume`` (they do not change the result)
-RESUMABLE_CHANGES = ("data", "device", "save_every", "cache_dir", "tensorboard")
+#: settings that may change on ``--resume`` (they do not change the result): dotted keys of
+#: :meth:`PretrainConfig.flat_dict`; the data section's sampling fields are not read by pretraining
+RESUMABLE_CHANGES = (
+    "data.path", "data.cache_dir", "data.num_workers", "data.num_samples", "data.pos", "data.neg",
+    "data.unlabeled_batch_size", "device", "save_every", "tensorboard",
+)
+#: the keys of a ``config.json`` written before the data section was a ``DataConfig`` -> its field
+_FLAT_DATA_KEYS = {
+    "data": "path", "data_preset": "preset", "unlabeled": "unlabeled", "train_cases": "train_cases",
+    "train_case_ids": "train_case_ids", "val_cases": "val_cases", "test_cases": "test_cases",
+    "use_official_test": "use_official_test", "split_seed": "split_seed", "group_by": "group_by",
+    "preprocess": "preprocess", "cache_dir": "cache_dir",
+}
 
 
 @dataclass
@@ -62,17 +75,18 @@ class PretrainConfig:
     """Settings of a pretraining run (saved as ``config.json``).
 
     Attributes:
-        data: the labelled dataset whose preprocessing, channels and split the volumes follow
-            (its labels are never read).
-        data_preset: dataset preset (``auto`` detects it).
-        unlabeled: the volumes: ``pool`` (the cases a ``train`` split with the split settings
-            below leaves over), ``imagesTs`` (the dataset's unlabelled images) and/or folders.
-        train_cases, train_case_ids, val_cases, test_cases, use_official_test, split_seed,
-            group_by: the split of ``data`` that decides ``pool``, as ``data.*`` of ``train``
-            (the same values as the ``train`` runs that will use the weights; their validation
-            and test cases are never pretrained on). ``split_seed`` ``None``: ``seed``.
-        preprocess: overrides of the dataset's preprocessing (``data.preprocess`` of ``train``,
-            e.g. ``target_spacing``): the crops are preprocessed as the fine-tuning's.
+        data: the data section of ``train`` (:class:`~medcontext.engine.config.DataConfig`, its
+            defaults and checks): ``path`` (the labelled dataset whose preprocessing, channels and
+            split the volumes follow; its labels are never read), ``preset``, ``unlabeled`` (the
+            volumes: ``pool``, the cases a ``train`` split with these settings leaves over;
+            ``imagesTs``; folders), the split settings (``train_cases``, ``train_case_ids``,
+            ``val_cases``, ``test_cases``, ``use_official_test``, ``split_seed``, ``group_by``:
+            the split is drawn by :meth:`DataConfig.split_settings` as ``train`` draws it, so the
+            same values give the same ``pool``, and its validation and test cases and their groups
+            are never pretrained on; ``split_seed`` ``None``: ``seed``), ``preprocess`` (as
+            ``train``'s: the crops are preprocessed as the fine-tuning's) and ``cache_dir``. Its
+            sampling fields (``num_samples``, ``pos``, ``neg``, ``num_workers``,
+            ``unlabeled_batch_size``) are not used: ``batch_size`` random crops per step.
         model, model_options, roi: the network (registry name, builder options) and the crop.
         mask_ratio: fraction of mask cells (cubes) or in-plane positions (tubes) masked.
         mask_cell: voxels per mask cell; ``None``: 16 (smaller for small crops), in token space
@@ -84,21 +98,13 @@ class PretrainConfig:
         seed: weights, crops and masks.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         save_every: steps between checkpoints (and always at the end or on a signal).
-        cache_dir: persistent cache of preprocessed volumes (``None``: in memory).
         tensorboard: also write TensorBoard events.
+
+    ``config.json`` files written before ``data`` was a section (flat keys ``data``, ``data_preset``,
+    ``unlabeled``, ``train_cases``, ..., ``cache_dir``) still load (:meth:`from_dict`).
     """
 
-    data: str | None = None
-    data_preset: str = "auto"
-    unlabeled: list[str] = field(default_factory=list)
-    train_cases: int | None = None
-    train_case_ids: list[str] | None = None
-    val_cases: int = 1
-    test_cases: int | float | list[str] | None = 0.2
-    use_official_test: bool = True
-    split_seed: int | None = None
-    group_by: str | None = None
-    preprocess: dict = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
     model: str = "unet3d"
     model_options: dict = field(default_factory=lambda: {"size": "small"})
     roi: list[int] | None = None
@@ -114,37 +120,77 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     save_every: int = 100
-    cache_dir: str | None = None
     tensorboard: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def flat_dict(self) -> dict[str, Any]:
+        """Every setting under one key, the data section's as ``data.NAME``."""
+        out = {k: v for k, v in self.to_dict().items() if k != "data"}
+        return {**{f"data.{k}": v for k, v in asdict(self.data).items()}, **out}
+
+    @property
+    def sources(self) -> list[str]:
+        """``data.unlabeled`` as a list of sources."""
+        from medcontext.data.unlabeled import parse_unlabeled_sources
+
+        return parse_unlabeled_sources(self.data.unlabeled)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "settings") -> "PretrainConfig":
+        """Build from :meth:`to_dict`'s mapping, or from the flat keys of an older ``config.json``.
+
+        Raises:
+            ValueError: an unknown setting, a data setting of the wrong type (naming ``source``).
+        """
+        from medcontext.engine.config import TrainConfig
+
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{source}: expected a mapping of pretraining settings, got {type(data).__name__}")
+        settings = dict(data)
+        if isinstance(settings.get("data"), DataConfig):
+            settings["data"] = asdict(settings["data"])
+        settings = _nested_data(settings)
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(settings) - known)
         if unknown:
             raise ValueError(f"{source}: unknown pretraining setting(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known))}")
-        return cls(**dict(data))
+        section = settings.get("data") or {}
+        if not isinstance(section, Mapping):
+            raise ValueError(f"{source}: 'data' must be a mapping of data settings, got {section!r}")
+        # the data section of `train`: its fields, types and defaults, unknown keys named with a suggestion
+        settings["data"] = TrainConfig.from_dict({"data": dict(section)}, source=source).data
+        return cls(**settings)
+
+    @classmethod
+    def read(cls, path: str | Path) -> "PretrainConfig":
+        """A run folder's ``config.json`` (this format or the flat one before it).
+
+        Raises:
+            ValueError: the file is not JSON or not pretraining settings (naming the file).
+        """
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is not a readable pretraining config.json ({err}); start a new run "
+                             "in another --out folder, or restore the file") from err
+        return cls.from_dict(data, source=str(path))
 
     @classmethod
     def from_train_config(cls, train: Any, **settings: Any) -> "PretrainConfig":
         """The pretraining of the volumes a ``train`` run with ``train`` (a :class:`TrainConfig`)
-        would leave unlabelled: its dataset, split, preprocessing, network, crop, seed, device and
-        unlabelled sources (where it sets them); ``settings`` set the rest (``steps``, ...)."""
-        data, model = train.data, train.model
+        would leave unlabelled: its data section (dataset, split, preprocessing, unlabelled
+        sources, cache), network, crop, seed and device; ``settings`` set the rest (``steps``,
+        ...) and may replace ``data`` (a :class:`DataConfig`)."""
+        model = train.model
         taken = dict(
-            data=data.path, data_preset=data.preset, train_cases=data.train_cases, train_case_ids=data.train_case_ids,
-            val_cases=data.val_cases, test_cases=data.test_cases, use_official_test=data.use_official_test,
-            split_seed=data.split_seed, group_by=data.group_by, preprocess=dict(data.preprocess),
-            cache_dir=data.cache_dir, model=model.name, model_options=dict(model.options),
-            roi=list(model.roi) if model.roi is not None else None, seed=train.train.seed, device=train.train.device,
+            data=DataConfig(**copy.deepcopy(asdict(train.data))), model=model.name,
+            model_options=dict(model.options), roi=list(model.roi) if model.roi is not None else None,
+            seed=train.train.seed, device=train.train.device,
         )
-        sources = getattr(data, "unlabeled", None)  # data.unlabeled of semi-supervised runs, where it is set
-        if sources:
-            taken["unlabeled"] = [sources] if isinstance(sources, str) else list(sources)
         return cls.from_dict({**cls().to_dict(), **taken, **settings}, source="pretraining settings")
 
     @property
@@ -153,15 +199,17 @@ class PretrainConfig:
         return self.warmup_steps if self.warmup_steps is not None else min(100, self.steps // 10)
 
     def validate(self) -> "PretrainConfig":
-        """Check every value before any data is read; returns ``self``."""
+        """Check every value before any data is read (the data section with ``train``'s checks); returns ``self``."""
+        from medcontext.engine.config import CHECKS, TrainConfig
         from medcontext.method.masked_modelling import MASK_SHAPES
         from medcontext.models import get_model_spec
 
         get_model_spec(self.model)  # unknown names list the known ones
-        problems = []
-        if not self.data:
+        with_data = TrainConfig(data=self.data)
+        problems = [p for p in (c.problem(with_data) for c in CHECKS if c.key.startswith("data.")) if p]
+        if not self.data.path:
             problems.append("no dataset: pass --data DATASET_DIR (its preprocessing and channels; labels are not read)")
-        if not self.unlabeled:
+        if not problems and not self.sources:
             problems.append("no volumes: pass --unlabeled SOURCE (pool, imagesTs or a folder of images; repeatable)")
         if self.steps < 1 or self.batch_size < 1 or self.save_every < 1:
             problems.append(f"steps, batch_size and save_every must be >= 1, got {self.steps}, {self.batch_size}, "
@@ -179,6 +227,16 @@ class PretrainConfig:
         if problems:
             raise ValueError("pretraining settings: " + "; ".join(problems))
         return self
+
+
+def _nested_data(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` with the flat data keys of an older ``config.json`` moved into the ``data`` section."""
+    out = dict(settings)
+    if isinstance(out.get("data"), Mapping) or not any(key in out for key in _FLAT_DATA_KEYS):
+        return out  # this format (flat keys beside a data section are unknown settings)
+    section = {name: out.pop(key) for key, name in _FLAT_DATA_KEYS.items() if key in out}
+    out["data"] = {k: v for k, v in section.items() if not (k == "path" and v is None)}
+    return out
 
 
 @dataclass
@@ -361,7 +419,7 @@ def _read_state(path: Path, *, trust: bool) -> dict:
 
 def _check_same_settings(saved: PretrainConfig, new: PretrainConfig) -> None:
     """A resume continues the same run: every setting but :data:`RESUMABLE_CHANGES` must match."""
-    old, now = saved.to_dict(), new.to_dict()
+    old, now = saved.flat_dict(), new.flat_dict()
     changed = [f"{k}: {old[k]!r} -> {now[k]!r}" for k in old if k not in RESUMABLE_CHANGES and old[k] != now[k]]
     if changed:
         raise ValueError(
@@ -448,15 +506,17 @@ class _PretrainLoop:
 
     def run(self, stop_after: int | None) -> PretrainResult:
         """Train to ``cfg.steps`` (or ``stop_after`` more steps, or a signal), checkpointing on the way."""
-        from medcontext.engine.training_log import RunLog, read_metrics
+        from medcontext.engine.host.machine import machine_record
         from medcontext.engine.host.signals import GracefulStop
+        from medcontext.engine.training_log import RunLog, read_metrics
 
         start, loss, stopped_by = self.step, None, ""
         self._saved_step = start if start else None
         self.mvm.train()
         with GracefulStop() as stop, RunLog(self.run_dir, self.cfg.steps, start, progress=self.progress,
                                             tensorboard=self.cfg.tensorboard) as log:
-            log.start(start, {"device": str(self.device), "volumes": len(self.volumes)})
+            # what it ran on, as `train` records it (reports and `experiment --status` name the machine)
+            log.start(start, {**machine_record(self.device, "fp32"), "volumes": len(self.volumes)})
             while self.step < self.cfg.steps:
                 began = time.perf_counter()
                 loss, data_time, lr = self.train_step()

@@ -382,16 +382,7 @@ def _draw_split(cfg: TrainConfig, spec):
     """A new run's split of the (checked) dataset."""
     from medcontext.data import split_for_spec
 
-    split_seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.train.seed
-    return split_for_spec(
-        spec,
-        train_cases=cfg.data.train_cases,
-        train_case_ids=cfg.data.train_case_ids,
-        val_cases=cfg.data.val_cases,
-        test_cases=cfg.data.test_cases,
-        use_official_test=cfg.data.use_official_test,
-        seed=split_seed,
-    )
+    return split_for_spec(spec, **cfg.data.split_settings(cfg.train.seed))
 
 
 def _build_model(cfg: TrainConfig, spec, roi: tuple[int, ...], *, resume: bool, trust_checkpoint: bool,

@@ -5,8 +5,8 @@ and evaluates each (skipping finished runs, resuming interrupted ones) and the r
 aggregates the runs' ``eval/metrics.csv`` and ``metrics.jsonl``.
 """
 
-from .definitions import STUDIES, Study, StudyRun, acdc_plan, hippocampus_plan, load_test_split
+from .definitions import STUDIES, PretrainStage, Study, StudyRun, acdc_plan, hippocampus_plan, load_test_split
 from .comparison_report import collect_runs, write_report
 from .execution import run_study
 
-__all__ = ["STUDIES", "Study", "StudyRun", "acdc_plan", "hippocampus_plan", "load_test_split", "run_study", "collect_runs", "write_report"]
+__all__ = ["STUDIES", "Study", "StudyRun", "PretrainStage", "acdc_plan", "hippocampus_plan", "load_test_split", "run_study", "collect_runs", "write_report"]

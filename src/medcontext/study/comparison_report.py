@@ -7,8 +7,11 @@ initialisation) with a 95% bootstrap interval over test cases, and over all seed
 hierarchical bootstrap interval (seeds resampled, then test cases within each seed) that
 decides the verdict: "better" or "worse" only when it excludes zero, so a verdict holds across
 training randomness and not only across test cases (the statistics:
-:mod:`medcontext.evaluation.statistics`). Figures: box plots of per-case Dice,
-training curves, validation Dice against training steps (every seed), and an overlay.
+:mod:`medcontext.evaluation.statistics`). A run that started from weights (``model.init_checkpoint``)
+is its own method, labelled ``VARIANT (pretrained)``, and its cost counts the compute of the
+pretraining those weights came from (its study record's, or the ``medcontext pretrain`` folder
+beside the weights). Figures: box plots of per-case Dice, training curves, validation Dice
+against training steps (every seed), and an overlay.
 """
 
 from __future__ import annotations
@@ -30,13 +33,16 @@ from ..evaluation.statistics import hierarchical_bootstrap, paired_bootstrap, su
 from ..io.atomic import write_text_atomic
 from ..method.settings import DEFAULTS, VARIANTS
 
-__all__ = ["RunResult", "collect_runs", "run_machine", "write_report"]
+__all__ = ["RunResult", "collect_runs", "run_machine", "write_report", "pretraining_compute_seconds", "PRETRAIN_SECONDS"]
 
 DEFAULT_RATIO = DEFAULTS.mask_ratio
 DEFAULT_MOMENTUM = DEFAULTS.momentum
 DEFAULT_BETA = DEFAULTS.beta
 #: :func:`run_machine`'s answer (or its ending) for a log without ``start`` records
 UNRECORDED_MACHINE = "machine not recorded"
+#: the key of a fine-tuning run's ``study_done.json`` with the compute seconds of the pretraining
+#: its weights came from (counted in the run's cost; every run of one pretraining repeats it)
+PRETRAIN_SECONDS = "pretrain_compute_seconds"
 
 
 @dataclass
@@ -58,6 +64,8 @@ class RunResult:
     raw_dice: dict[str, dict[str, float]] | None = None
     raw_hd95: dict[str, dict[str, float]] | None = None
     postprocessing: str = ""  # what was applied ("" = the run has no decision)
+    # compute seconds of the pretraining its initial weights came from (None: from scratch, or not known)
+    pretrain_seconds: float | None = None
 
     def case_mean_dice(self, cases: Sequence[str]) -> np.ndarray:
         """Mean Dice over classes per case, in the order of ``cases``."""
@@ -65,13 +73,14 @@ class RunResult:
 
 
 def _method_label(variant: str, ratio: float, momentum: float, beta: float = DEFAULT_BETA,
-                  horizon: float | None = None) -> str:
-    """The variant's name, with each setting it uses that differs from the defaults in brackets."""
+                  horizon: float | None = None, pretrained: bool = False) -> str:
+    """The variant's name, with each setting it uses that differs from the defaults in brackets
+    (first ``pretrained`` for a run that started from weights, ``model.init_checkpoint``)."""
     known = VARIANTS.get(variant)  # a variant this version does not know: every setting may matter
     uses_ratio, uses_momentum, uses_beta = (
         (known.uses_mask_ratio, known.uses_momentum, known.uses_beta) if known else (True, True, True)
     )
-    notes = []
+    notes = ["pretrained"] if pretrained else []
     if uses_ratio and not math.isclose(ratio, DEFAULT_RATIO):
         notes.append(f"ratio {ratio:g}")
     if uses_momentum and horizon is not None:
@@ -125,7 +134,7 @@ def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> 
                 path=run_dir,
                 setting=f"{cfg.model.name}, k={k}, {cfg.train.steps} steps",
                 method=_method_label(cfg.method.variant, cfg.method.mask_ratio, cfg.method.momentum, cfg.method.beta,
-                                     cfg.method.momentum_horizon),
+                                     cfg.method.momentum_horizon, pretrained=bool(cfg.model.init_checkpoint)),
                 seed=cfg.train.seed,
                 classes=list(table.class_names),
                 dice=dict(dice),
@@ -137,9 +146,34 @@ def collect_runs(run_dirs: Iterable[str | Path], *, eval_name: str = "eval") -> 
                 raw_dice=raw_dice,
                 raw_hd95=raw_hd95,
                 postprocessing=_postprocessing_text(run_dir),
+                pretrain_seconds=_pretraining_seconds(run_dir, cfg.model.init_checkpoint),
             )
         )
     return results
+
+
+def _pretraining_seconds(run_dir: Path, init_checkpoint: str | None) -> float | None:
+    """The compute of the pretraining a run started from: its study record's
+    (:data:`PRETRAIN_SECONDS`), else the log of the ``medcontext pretrain`` folder that holds its
+    ``model.init_checkpoint``; ``None`` from scratch, or for weights of unknown cost."""
+    from .execution import DONE_MARKER
+
+    if not init_checkpoint:
+        return None
+    record = run_dir / DONE_MARKER
+    if record.is_file():
+        seconds = json.loads(record.read_text(encoding="utf-8")).get(PRETRAIN_SECONDS)
+        if seconds is not None:
+            return float(seconds)
+    folder = Path(init_checkpoint).parent
+    return pretraining_compute_seconds(folder) if (folder / "config.json").is_file() else None
+
+
+def pretraining_compute_seconds(run_dir: str | Path) -> float | None:
+    """Seconds of training steps of a ``medcontext pretrain`` run folder, from its
+    ``metrics.jsonl`` by the rule of :func:`run_compute_seconds`; ``None`` without step times."""
+    timed = _steps_seconds(read_metrics(Path(run_dir) / "metrics.jsonl", kind="train"))
+    return timed[0] if timed is not None else None
 
 
 def _unlabeled_count(run_dir: Path) -> int:
@@ -426,13 +460,42 @@ def run_compute_seconds(run: RunResult) -> tuple[float, float, float] | None:
     steps after its last checkpoint twice; the last record of a step counts), plus every
     validation's time. None when the log has no step times.
     """
-    step_times = {int(r["step"]): float(r["step_time"]) for r in run.train_log if "step_time" in r}
-    if not step_times:
+    timed = _steps_seconds(run.train_log)
+    if timed is None:
         return None
     val_times = {int(r["step"]): float(r.get("time", 0.0)) for r in run.val_log}
-    steps = max(step_times)
-    return (steps * float(np.mean(list(step_times.values()))), float(sum(val_times.values())),
-            float(np.median(list(step_times.values()))))
+    return timed[0], float(sum(val_times.values())), timed[1]
+
+
+def _steps_seconds(train_log: Sequence[dict]) -> tuple[float, float] | None:
+    """``(steps x mean step time, median step time)`` of a log's training records (the last
+    record of a step counts); ``None`` without step times."""
+    step_times = {int(r["step"]): float(r["step_time"]) for r in train_log if "step_time" in r}
+    if not step_times:
+        return None
+    times = list(step_times.values())
+    return max(step_times) * float(np.mean(times)), float(np.median(times))
+
+
+def _cost_lines(runs: list[RunResult]) -> list[str]:
+    """Each method's cost with the pretraining of its initial weights counted in (only where some
+    run started from pretrained weights)."""
+    if not any(run.pretrain_seconds is not None for run in runs):
+        return []
+    by_method: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    for run in runs:
+        compute = run_compute_seconds(run)
+        if compute is not None:
+            by_method[run.method].append((run.pretrain_seconds or 0.0, compute[0], compute[1]))
+    lines = ["Cost per method with its pretraining (minutes, mean over seeds, from the logged step and validation "
+             "times; test evaluation not included): the pretraining of a seed serves every run fine-tuned from its "
+             "weights and is counted in each of them, so the total is what one arm costs from nothing.", "",
+             "| method | seeds | pretraining | fine-tuning steps | validation | total |", "|---|---:|---:|---:|---:|---:|"]
+    for method, values in sorted(by_method.items(), key=lambda item: _method_order(item[0])):
+        pre, steps, validation = (float(np.mean([v[i] for v in values])) for i in range(3))
+        lines.append(f"| {method} | {len(values)} | {pre / 60:.1f} | {steps / 60:.1f} | {validation / 60:.1f} | "
+                     f"{(pre + steps + validation) / 60:.1f} |")
+    return lines + [""]
 
 
 def _time_lines(runs: list[RunResult]) -> list[str]:
@@ -582,6 +645,7 @@ def write_report(
             lines += [*final_losses, ""]
         lines += _validation_lines(setting_runs)
         lines += _time_lines(setting_runs)
+        lines += _cost_lines(setting_runs)
     box_path, curve_path, overlay_path = figure_dir / "dice_boxplots.png", figure_dir / "training_curves.png", figure_dir / "overlay.png"
     _plot_boxes(by_setting, box_path)
     _plot_curves(by_setting, curve_path)

@@ -1,6 +1,7 @@
 """The studies' settings: few-shot MedContext against the baseline on real MRI.
 
-Three studies, each a list of :class:`StudyRun` (see :data:`STUDIES`):
+Four studies, each a list of :class:`StudyRun` (and, where a run starts from pretrained weights,
+the :class:`PretrainStage` that makes them; see :data:`STUDIES`):
 
 - ``hippocampus``: MSD Task04_Hippocampus, 300-step runs (the first study of RESULTS.md) and
   the long-budget k = 5 comparison (``hippo_long``).
@@ -8,6 +9,8 @@ Three studies, each a list of :class:`StudyRun` (see :data:`STUDIES`):
   patients, at a budget where the baseline's validation Dice has converged (fixed by the pilot).
 - ``acdc_semi``: the same k = 5 with the unlabelled pool, semi-supervised arms against the
   labelled ones (:mod:`medcontext.study.semi_supervised_plan`).
+- ``acdc_pretrain``: the same k = 5, pretraining on the unlabelled pool then fine-tuning, against
+  MedContext from scratch (the paper's Tables 5 and 6; :mod:`medcontext.study.pretraining_plan`).
 
 A fixed test split (``benchmarks/splits``) is never trained or selected on; training subsets
 of k cases and a validation subset (for checkpoint selection) are drawn per seed from the other
@@ -22,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .pretraining_plan import ALSO_AGAINST, acdc_pretrain_plan
 from .semi_supervised_plan import acdc_semi_plan, pilot_lines
 
 __all__ = [
-    "Study", "StudyRun", "STUDIES", "hippocampus_plan", "acdc_plan", "load_test_split", "BASE_SETTINGS", "MODEL_SETTINGS",
-    "ACDC_BASE_SETTINGS", "ACDC_MODEL_SETTINGS",
+    "Study", "StudyRun", "PretrainStage", "STUDIES", "hippocampus_plan", "acdc_plan", "load_test_split",
+    "BASE_SETTINGS", "MODEL_SETTINGS", "ACDC_BASE_SETTINGS", "ACDC_MODEL_SETTINGS",
 ]
 
 SEEDS = (0, 1, 2)
@@ -64,7 +68,11 @@ MODEL_SETTINGS: dict = {
 
 @dataclass(frozen=True)
 class StudyRun:
-    """One training run of the study."""
+    """One training run of the study.
+
+    ``pretrain``: the stage whose ``pretrained.pt`` initialises the network (``model.init_checkpoint``,
+    set by the runner, which runs the stage first when it is not finished); ``None``: from scratch.
+    """
 
     group: str
     model: str
@@ -75,6 +83,7 @@ class StudyRun:
     ablation: str = ""
     overrides: dict = field(default_factory=dict, hash=False, compare=False)
     study: str = "hippocampus"
+    pretrain: "PretrainStage | None" = None
 
     @property
     def name(self) -> str:
@@ -101,6 +110,55 @@ class StudyRun:
         )
         settings.update(self.overrides)
         return settings
+
+
+@dataclass(frozen=True)
+class PretrainStage:
+    """The pretraining of one (model, seed) of a study: ``medcontext pretrain`` on the unlabelled
+    pool of ``base``'s split, whose ``pretrained.pt`` the runs that name it start from.
+
+    Attributes:
+        base: the labelled run whose settings it shares: dataset, split (so ``pool`` is what that
+            run leaves unlabelled, never a validation or test patient), preprocessing, network,
+            crop, seed and device (:meth:`PretrainConfig.from_train_config`).
+        budget: the pretraining settings (``steps``, ``batch_size``, masking, optimizer), fixed
+            before any run (e.g. :data:`~medcontext.study.pretraining_plan.ACDC_PRETRAIN_BUDGET`).
+    """
+
+    base: StudyRun
+    budget: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def group(self) -> str:
+        return self.base.group
+
+    @property
+    def model(self) -> str:
+        return self.base.model
+
+    @property
+    def seed(self) -> int:
+        return self.base.seed
+
+    @property
+    def name(self) -> str:
+        """Folder name below the study folder, e.g. ``acdc_pcrlv2_k5/pretrain_s0``."""
+        return f"{self.base.group}/pretrain_s{self.base.seed}"
+
+    @property
+    def steps(self) -> int:
+        return int(self.budget["steps"])
+
+    def config(self, data: str, test_ids: list[str]):
+        """The :class:`~medcontext.engine.pretraining.PretrainConfig` of the stage: ``base``'s data
+        section with ``unlabeled: pool``, its network, crop, seed and device, then :attr:`budget`."""
+        from medcontext.data.unlabeled import POOL
+        from medcontext.engine.config import load_config
+        from medcontext.engine.pretraining import PretrainConfig
+
+        train = load_config(None, self.base.settings(data, test_ids))
+        train.data.unlabeled = POOL
+        return PretrainConfig.from_train_config(train, **self.budget).validate()
 
 
 #: candidate run-relative teacher horizons of the 300-step Hippocampus runs (fractions of the run)
@@ -194,10 +252,13 @@ ACDC_BASE_SETTINGS: dict = {
 #: step 750 and stayed level or lower after it (RESULTS.md), so 3000 steps is 4x past its plateau.
 ACDC_PILOT_STEPS = 3000
 
+#: ``pcrlv2`` (the pretraining study): a CNN like ``unet3d``, so its learning rate; the crop of every
+#: ACDC run suits it (sides multiples of 8 and >= 16: 80 x 80 x 16 pools to 10 x 10 x 2)
 ACDC_MODEL_SETTINGS: dict = {
     "unet3d": {"model.name": "unet3d", "model.options": {"size": "small"}, "train.steps": ACDC_PILOT_STEPS},
     "unetr": {"model.name": "unetr", "model.options": {"size": "small"}, "optim.lr": 5e-4,
               "train.steps": ACDC_PILOT_STEPS},
+    "pcrlv2": {"model.name": "pcrlv2", "model.options": {"size": "small"}, "train.steps": ACDC_PILOT_STEPS},
 }
 
 
@@ -223,19 +284,23 @@ def acdc_plan(seeds=SEEDS) -> list[StudyRun]:
 class Study:
     """A study: its runs, its data and its fixed test split (a shipped split name).
 
-    ``last_step``: every run is also evaluated at its last step (``eval_last/``), beside the
-    checkpoint validation chose (``eval/``), and the report is written for both.
-    ``notes``: markdown lines about the study folder that ``--status`` prints and the report
-    starts with (``acdc_semi``: its budget rule applied to the pilot's validation curves).
+    ``plan`` lists :class:`StudyRun` and :class:`PretrainStage` items (a stage before the runs
+    that start from it). ``last_step``: every run is also evaluated at its last step
+    (``eval_last/``), beside the checkpoint validation chose (``eval/``), and the report is
+    written for both. ``notes``: markdown lines about the study folder that ``--status`` prints
+    and the report starts with (``acdc_semi``: its budget rule applied to the pilot's validation
+    curves). ``also_against``: method labels of the report that every other method is also
+    compared with, paired per seed (as ``medcontext report --also-against``).
     """
 
     name: str
-    plan: Callable[[], list[StudyRun]]
+    plan: Callable[[], list]
     test_split: str
     title: str
     description: str
     last_step: bool = False
     notes: Callable[[Path], list[str]] | None = None
+    also_against: tuple[str, ...] = ()
 
 
 _SETTINGS = {"hippocampus": (BASE_SETTINGS, MODEL_SETTINGS), "acdc": (ACDC_BASE_SETTINGS, ACDC_MODEL_SETTINGS)}
@@ -261,6 +326,15 @@ STUDIES: dict[str, Study] = {
         "medcontext_semi / medcontext_bcp, 3 seeds, the pilot (seed 0) first; test Dice at the validation-chosen "
         "checkpoint and at the last step (21 runs; --out on the acdc study's folder reuses its runs)",
         last_step=True, notes=pilot_lines,
+    ),
+    "acdc_pretrain": Study(
+        "acdc_pretrain", acdc_pretrain_plan, "acdc_test",
+        "Pretraining then fine-tuning against MedContext: ACDC (k = 5 patients + the pool)",
+        "ACDC k=5 (the paper's Tables 5 and 6): unet3d and pcrlv2 small, per seed (0-2) a masked-volume "
+        "pretraining on the unlabelled pool (3000 steps) then baseline and medcontext fine-tuned from it, against "
+        "medcontext and baseline from scratch (unet3d: the acdc study's runs); each arm's cost includes its "
+        "pretraining (6 stages, 18 new runs; --out on the acdc study's folder reuses its runs)",
+        also_against=ALSO_AGAINST,
     ),
 }
 

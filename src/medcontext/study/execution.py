@@ -4,6 +4,13 @@ A run is finished when ``RUN/study_done.json`` exists (written atomically after 
 evaluation). An interrupted run with a ``last.pt`` resumes from it. The study can therefore be
 stopped at any time (Ctrl-C, a closed laptop) and continued with the same command;
 :func:`study_status` says where each run stands without training anything.
+
+A pretraining stage (:class:`~medcontext.study.definitions.PretrainStage`) is run the same way
+with ``medcontext pretrain``: finished when ``STAGE/pretrain_done.json`` exists (its compute time
+from the logged step times, its wall-clock time summed over the calls that ran it), resumed from
+its ``last.pt``. A run that starts from a stage's ``pretrained.pt`` runs the stage first when it is
+not finished (also when ``--only`` did not select it), and its ``study_done.json`` repeats the
+stage's times, so that the report counts them in the run's cost.
 """
 
 from __future__ import annotations
@@ -24,32 +31,44 @@ from ..engine.host.signals import stop_if_interrupted
 from ..io.atomic import write_text_atomic
 from ..models.safe_load import UntrustedFileError
 from ..run_scoring import evaluate_run
-from .definitions import StudyRun
-from .comparison_report import run_machine
+from .definitions import PretrainStage, StudyRun
+from .comparison_report import PRETRAIN_SECONDS, pretraining_compute_seconds, run_machine
 
-__all__ = ["run_study", "study_status", "format_status", "RunStatus", "DONE_MARKER", "LAST_STEP_EVAL"]
+__all__ = ["run_study", "study_status", "format_status", "RunStatus", "DONE_MARKER", "PRETRAIN_DONE",
+           "STAGE_WALL_TIME", "LAST_STEP_EVAL", "done_marker"]
 
 DONE_MARKER = "study_done.json"
+#: a pretraining stage's marker: finished, with its compute and wall-clock seconds
+PRETRAIN_DONE = "pretrain_done.json"
+#: a stage's wall-clock seconds so far, summed over the calls that ran it (a resume adds its own)
+STAGE_WALL_TIME = "stage_wall_time.json"
 #: the run's subfolder of its test evaluation at the last step (studies with ``last_step``)
 LAST_STEP_EVAL = "eval_last"
+
+
+def done_marker(item: StudyRun | PretrainStage) -> str:
+    """The file that marks a plan item finished: :data:`PRETRAIN_DONE` for a stage, else :data:`DONE_MARKER`."""
+    return PRETRAIN_DONE if isinstance(item, PretrainStage) else DONE_MARKER
 
 
 def _run_one(
     run: StudyRun, data: str, test_ids: list[str], run_dir: Path, echo: Callable[[str], None], progress: bool,
     trust_checkpoint: bool = False, last_step: bool = False,
 ) -> dict | None:
-    """Train (or resume) and evaluate one run; ``None`` when training ended early without a signal.
+    """Train (or resume) and evaluate one run (after its pretraining stage, if it has one); ``None``
+    when the training or the stage ended early without a signal.
 
     Raises:
         RunInterrupted: SIGINT/SIGTERM stopped the training (``last.pt`` is saved; nothing of
             this run is evaluated or recorded).
     """
-    settings = run.settings(data, test_ids)
-    resume = (run_dir / "last.pt").is_file()
-    if resume and (run_dir / "config.yaml").is_file():
-        # a run continues in the precision it started with (runs begun before `auto` saved bf16)
-        settings["train.precision"] = load_config(run_dir / "config.yaml").train.precision
-    cfg = load_config(None, settings)
+    stage_record = None
+    if run.pretrain is not None:
+        stage_record = _finished_stage(run.pretrain, data, test_ids, _study_folder(run_dir, run), echo, progress,
+                                       trust_checkpoint)
+        if stage_record is None:
+            return None
+    cfg, resume = _run_config(run, data, test_ids, run_dir)
     start = time.perf_counter()
     result = train(cfg, run_dir, resume=resume, progress=progress, echo=echo, trust_checkpoint=trust_checkpoint)
     stop_if_interrupted(result, f"the study run {run_dir}", "Run the same command again to continue the study.")
@@ -76,10 +95,95 @@ def _run_one(
         "best_step": getattr(result, "best_step", None),
         "test_mean_dice": summary.mean_dice,
     }
+    if stage_record is not None:  # the stage's cost, counted in this run's (once per stage, in every run of it)
+        record.update({"pretrain": run.pretrain.name, PRETRAIN_SECONDS: stage_record["compute_seconds"],
+                       "pretrain_wall_seconds": stage_record["wall_seconds"]})
     if last_step:
         record["test_mean_dice_last"] = _evaluate_last_step(run_dir, progress, trust_checkpoint)
     write_text_atomic(run_dir / DONE_MARKER, json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _run_config(run: StudyRun, data: str, test_ids: list[str], run_dir: Path):
+    """``(TrainConfig, resume)`` of a study run: its settings, the stage's ``pretrained.pt`` as
+    ``model.init_checkpoint`` when it has one, and, when it resumes, the precision and initial
+    weights it started with (runs begun before ``auto`` saved bf16; the study folder may have moved)."""
+    from ..engine.pretraining import PRETRAINED_FILE
+
+    settings = run.settings(data, test_ids)
+    if run.pretrain is not None:
+        settings["model.init_checkpoint"] = str(_study_folder(run_dir, run) / run.pretrain.name / PRETRAINED_FILE)
+    resume = (run_dir / "last.pt").is_file()
+    if resume and (run_dir / "config.yaml").is_file():
+        saved = load_config(run_dir / "config.yaml")
+        settings["train.precision"] = saved.train.precision
+        settings["model.init_checkpoint"] = saved.model.init_checkpoint
+    return load_config(None, settings), resume
+
+
+def _study_folder(run_dir: Path, run: StudyRun) -> Path:
+    """The study folder that holds ``run_dir`` (``STUDY/GROUP/RUN``)."""
+    return run_dir.parents[len(Path(run.name).parts) - 1]
+
+
+def _finished_stage(stage: PretrainStage, data: str, test_ids: list[str], out: Path, echo: Callable[[str], None],
+                    progress: bool, trust_checkpoint: bool) -> dict | None:
+    """The record of a finished pretraining stage, running (or resuming) it first when needed;
+    ``None`` when it ended early without a signal."""
+    marker = out / stage.name / PRETRAIN_DONE
+    if marker.is_file():
+        return json.loads(marker.read_text())
+    echo(f"{stage.name}: pretraining first ({stage.steps} steps)")
+    record = _pretrain_one(stage, data, test_ids, out / stage.name, echo, progress, trust_checkpoint)
+    if record is not None:
+        echo(f"{stage.name}: {_record_line(record)}")
+        with (out / "study.jsonl").open("a") as log:
+            log.write(json.dumps(record) + "\n")
+    return record
+
+
+def _pretrain_one(stage: PretrainStage, data: str, test_ids: list[str], stage_dir: Path,
+                  echo: Callable[[str], None], progress: bool, trust_checkpoint: bool) -> dict | None:
+    """Pretrain (or resume) one stage and write :data:`PRETRAIN_DONE`; ``None`` when it ended early
+    without a signal.
+
+    Raises:
+        RunInterrupted: SIGINT/SIGTERM stopped it (``last.pt`` is saved, its time so far kept).
+    """
+    from ..engine.pretraining import pretrain
+
+    cfg = stage.config(data, test_ids)
+    resume = (stage_dir / "last.pt").is_file()
+    start = time.perf_counter()
+    try:
+        result = pretrain(cfg, stage_dir, resume=resume, progress=progress, echo=echo,
+                          trust_checkpoint=trust_checkpoint)
+    finally:
+        wall = _add_wall_time(stage_dir, time.perf_counter() - start)
+    stop_if_interrupted(result, f"the pretraining stage {stage_dir}", "Run the same command again to continue the study.")
+    if not result.finished:
+        return None
+    volumes = json.loads((stage_dir / "volumes.json").read_text())
+    losses = [r["total"] for r in read_metrics(stage_dir / "metrics.jsonl", kind="train") if "total" in r]
+    record = {
+        "run": stage.name, "kind": "pretrain", "group": stage.group, "model": stage.model, "seed": stage.seed,
+        "steps": result.step, "resumed": resume, "volumes": volumes["count"],
+        # a stage killed after its last checkpoint but before its marker resumes with no step left to log
+        "final_loss": result.loss if result.loss is not None else (losses[-1] if losses else None),
+        "wall_seconds": round(wall, 1),
+        "compute_seconds": round(pretraining_compute_seconds(stage_dir) or 0.0, 1),
+    }
+    write_text_atomic(stage_dir / PRETRAIN_DONE, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _add_wall_time(stage_dir: Path, seconds: float) -> float:
+    """Add one call's wall-clock seconds to the stage's total (kept in the stage folder); the total."""
+    path = stage_dir / STAGE_WALL_TIME
+    total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + seconds
+    if stage_dir.is_dir():  # a stage refused before it wrote anything leaves no folder
+        write_text_atomic(path, json.dumps({"seconds": round(total, 3)}) + "\n")
+    return total
 
 
 def _evaluate_last_step(run_dir: Path, progress: bool, trust_checkpoint: bool) -> float:
@@ -107,7 +211,7 @@ def _add_last_step(runs: Sequence[StudyRun], out: Path, echo: Callable[[str], No
 
 
 def run_study(
-    runs: Sequence[StudyRun],
+    runs: Sequence[StudyRun | PretrainStage],
     data: str | Path,
     out: str | Path,
     test_ids: Sequence[str],
@@ -121,7 +225,8 @@ def run_study(
     """Train and evaluate ``runs`` under ``out`` (one folder each); returns the new records.
 
     Args:
-        runs: the plan (e.g. :func:`~medcontext.study.definitions.hippocampus_plan`).
+        runs: the plan (e.g. :func:`~medcontext.study.definitions.hippocampus_plan`): runs and
+            pretraining stages (each a stage finished before the runs that start from it).
         data: dataset folder.
         out: study folder.
         test_ids: the fixed test case ids (never trained or selected on).
@@ -138,28 +243,43 @@ def run_study(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = str(Path(data).resolve())
-    done = [r for r in runs if (out / r.name / DONE_MARKER).is_file()]
+    done = [r for r in runs if (out / r.name / done_marker(r)).is_file()]
     todo = [r for r in runs if r not in done]
-    echo(f"study {out}: {len(runs)} runs, {len(done)} finished, {len(todo)} to go")
+    stages = sum(isinstance(r, PretrainStage) for r in runs)
+    echo(f"study {out}: {len(runs) - stages} runs" + (f" and {stages} pretraining stages" if stages else "")
+         + f", {len(done)} finished, {len(todo)} to go")
     if last_step:
-        _add_last_step(done, out, echo, progress, trust_checkpoint)
+        _add_last_step([r for r in done if isinstance(r, StudyRun)], out, echo, progress, trust_checkpoint)
     records = []
-    for index, run in enumerate(todo, start=1):
+    for index, item in enumerate(todo, start=1):
         if max_runs is not None and len(records) >= max_runs:
             break
-        echo(f"[{index}/{len(todo)}] {run.name}")
-        record = _run_one(run, data, list(test_ids), out / run.name, echo, progress, trust_checkpoint, last_step)
+        echo(f"[{index}/{len(todo)}] {item.name}")
+        if isinstance(item, PretrainStage):
+            record = _pretrain_one(item, data, list(test_ids), out / item.name, echo, progress, trust_checkpoint)
+        else:
+            record = _run_one(item, data, list(test_ids), out / item.name, echo, progress, trust_checkpoint, last_step)
         if record is None:
-            echo(f"study stopped during {run.name} before its last step; run the same command again to continue")
+            echo(f"study stopped during {item.name} before its last step; run the same command again to continue")
             break
-        echo(
-            f"[{index}/{len(todo)}] {run.name}: test mean Dice {record['test_mean_dice']:.4f} "
-            f"(train {record['train_seconds']:.0f} s, eval {record['eval_seconds']:.0f} s)"
-        )
+        echo(f"[{index}/{len(todo)}] {item.name}: {_record_line(record)}")
         with (out / "study.jsonl").open("a") as log:
             log.write(json.dumps(record) + "\n")
         records.append(record)
     return records
+
+
+def _record_line(record: dict) -> str:
+    """What a finished run or stage reports on its line."""
+    if record.get("kind") == "pretrain":
+        loss = f", last loss {record['final_loss']:.4f}" if record.get("final_loss") is not None else ""
+        return (f"pretrained on {record['volumes']} volumes{loss} ({record['compute_seconds']:.0f} s of steps, "
+                f"{record['wall_seconds']:.0f} s wall-clock)")
+    text = (f"test mean Dice {record['test_mean_dice']:.4f} (train {record['train_seconds']:.0f} s, "
+            f"eval {record['eval_seconds']:.0f} s")
+    if record.get("pretrain"):
+        text += f", plus {record[PRETRAIN_SECONDS]:.0f} s of steps of {record['pretrain']}"
+    return text + ")"
 
 
 @dataclass(frozen=True)
@@ -195,8 +315,9 @@ class RunStatus:
         return (self.steps - self.step) * self.median_step_s / 3600
 
 
-def study_status(runs: Sequence[StudyRun], out: str | Path) -> list[RunStatus]:
-    """The state of every run of ``runs`` in the study folder ``out``; reads, never trains.
+def study_status(runs: Sequence[StudyRun | PretrainStage], out: str | Path) -> list[RunStatus]:
+    """The state of every run and pretraining stage of ``runs`` in the study folder ``out``; reads,
+    never trains.
 
     An interrupted run's step is read from its ``last.pt`` (weights-only), so it is the step a
     resume starts from, not the last logged one.
@@ -204,29 +325,40 @@ def study_status(runs: Sequence[StudyRun], out: str | Path) -> list[RunStatus]:
     statuses = []
     for run in runs:
         run_dir = Path(out) / run.name
-        steps = int(run.settings("", [])["train.steps"])
+        stage = isinstance(run, PretrainStage)
+        steps = run.steps if stage else int(run.settings("", [])["train.steps"])
         log = read_metrics(run_dir / "metrics.jsonl")
         times = [float(r["step_time"]) for r in log if r.get("kind") == "train" and "step_time" in r]
         median = float(np.median(times)) if times else None
         config = run_dir / "config.yaml"
-        precision = load_config(config).train.precision if config.is_file() else "auto"
+        precision = "fp32" if stage else load_config(config).train.precision if config.is_file() else "auto"
         machine = run_machine(log, precision) if log else ""
         common = {"name": run.name, "steps": steps, "median_step_s": median, "machine": machine}
-        if (run_dir / DONE_MARKER).is_file():
-            record = json.loads((run_dir / DONE_MARKER).read_text())
+        if (run_dir / done_marker(run)).is_file():
+            record = json.loads((run_dir / done_marker(run)).read_text())
             dice = record.get("test_mean_dice")
             statuses.append(RunStatus(state="finished", step=steps, test_mean_dice=dice, **common))
         elif (run_dir / "last.pt").is_file():
-            try:
-                step, note = int(read_checkpoint(run_dir / "last.pt")["step"]), ""
-            except (CheckpointError, UntrustedFileError) as err:  # a resume would refuse it too
-                step, note = 0, f"last.pt unreadable: {err}"
+            step, note = _saved_step(run_dir / "last.pt", stage)
             statuses.append(RunStatus(state="interrupted", step=step, note=note, **common))
         elif run_dir.is_dir():
             statuses.append(RunStatus(state="started", step=0, **common))
         else:
             statuses.append(RunStatus(state="not started", step=0, **common))
     return statuses
+
+
+def _saved_step(path: Path, stage: bool) -> tuple[int, str]:
+    """``(step, note)``: the step a resume starts from (read weights-only), or 0 and why the file
+    cannot be read (a resume would refuse it too)."""
+    from ..models.safe_load import UnreadableFileError, load_weights_file
+
+    try:
+        if stage:
+            return int(load_weights_file(path, map_location="cpu")["step"]), ""
+        return int(read_checkpoint(path)["step"]), ""
+    except (CheckpointError, UntrustedFileError, UnreadableFileError, KeyError, TypeError) as err:
+        return 0, f"last.pt unreadable: {err}"
 
 
 def format_status(statuses: Sequence[RunStatus]) -> str:

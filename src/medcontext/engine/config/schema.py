@@ -96,6 +96,23 @@ class DataConfig:
     unlabeled: str | list[str] | None = None
     unlabeled_batch_size: int | None = None
 
+    def split_settings(self, seed: int) -> dict[str, Any]:
+        """The keyword arguments of :func:`medcontext.data.split_for_spec` that this section gives:
+        the one place a split is read from the settings, so that ``train`` and ``pretrain`` with the
+        same data settings draw the same split (and the same ``pool``).
+
+        Args:
+            seed: the run's seed (``train.seed``), the split's seed when ``split_seed`` is ``None``.
+        """
+        return {
+            "train_cases": self.train_cases,
+            "train_case_ids": self.train_case_ids,
+            "val_cases": self.val_cases,
+            "test_cases": self.test_cases,
+            "use_official_test": self.use_official_test,
+            "seed": self.split_seed if self.split_seed is not None else seed,
+        }
+
 
 @dataclass
 class ModelConfig:
