@@ -103,3 +103,11 @@ def test_bad_roi_and_options_are_refused():
         PCRLv2(1, 2, norm="layer")
     with pytest.raises(ValueError, match="unknown size 'huge'"):
         create_model("pcrlv2", 1, 2, 32, size="huge")
+
+
+@pytest.mark.parametrize("size, base, parameters", [("medium", 16, 4_190_116), ("small", 8, 1_048_660)])
+def test_the_cpu_sizes_are_the_published_layout_at_a_narrower_base_width(size, base, parameters):
+    # 1 channel in, 4 classes out (ACDC); the count scales as the published layout at base width `base`
+    network = create_model("pcrlv2", 1, 4, (32, 32, 16), size=size)
+    assert _count(network) == _count(PCRLv2(1, 4, base_channels=base)) == parameters
+    assert network.down_tr512.ops[1].conv1.out_channels == 16 * base
