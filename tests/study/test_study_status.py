@@ -50,3 +50,23 @@ def test_status_reads_finished_interrupted_and_missing_runs(tmp_path, capsys):
     assert not (tmp_path / "report").exists()
     assert main(["experiment", "acdc", "--out", str(tmp_path)]) == 2
     assert "needs --data" in capsys.readouterr().err
+
+
+def test_a_run_whose_writer_lock_is_held_by_a_live_process_is_running_at_its_logged_step(tmp_path, dead_pid):
+    from medcontext.io.run_lock import LOCK_NAME, RunFolderLock
+
+    running, killed = acdc_plan()[:2]
+    for run in (running, killed):
+        (tmp_path / run.name).mkdir(parents=True)
+        _log(tmp_path / run.name, [2.0] * 7)
+        torch.save({"format": CHECKPOINT_FORMAT, "step": 5}, tmp_path / run.name / "last.pt")
+    # a writer killed with -9 leaves its lock file behind, naming a process that no longer exists
+    (tmp_path / killed.name / LOCK_NAME).write_text(json.dumps(
+        {"pid": dead_pid, "host": __import__("socket").gethostname(), "started": "2026-01-01T00:00:00Z",
+         "command": "medcontext train"}))
+    with RunFolderLock(tmp_path / running.name, "medcontext train"):
+        by_name = {s.name: s for s in study_status(acdc_plan()[:2], tmp_path)}
+        assert (by_name[running.name].state, by_name[running.name].step) == ("running", 7)
+        assert (by_name[killed.name].state, by_name[killed.name].step) == ("interrupted", 5)
+    assert not (tmp_path / running.name / LOCK_NAME).exists()
+    assert study_status(acdc_plan()[:1], tmp_path)[0].state == "interrupted"

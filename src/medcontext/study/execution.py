@@ -16,6 +16,7 @@ stage's times, so that the report counts them in the run's cost.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from ..engine.run_folder import train
 from ..engine.training_log import read_metrics
 from ..engine.host.signals import stop_if_interrupted
 from ..io.atomic import write_text_atomic
+from ..io.run_lock import read_holder
 from ..models.safe_load import UntrustedFileError
 from ..run_scoring import evaluate_run
 from .definitions import PretrainStage, StudyRun
@@ -287,10 +289,13 @@ class RunStatus:
     """Where one run of a study stands.
 
     Attributes:
-        state: ``finished`` (trained and evaluated), ``interrupted`` (resumes from ``last.pt``),
+        state: ``finished`` (trained and evaluated), ``running`` (a live process on this host holds
+            the folder's writer lock; ``step`` is its last logged step), ``interrupted`` (resumes
+            from ``last.pt``),
             ``started`` (a folder without a checkpoint yet: starts again from step 0) or
             ``not started``.
-        step: completed steps that a resume keeps (the checkpoint's step; ``steps`` when finished).
+        step: completed steps that a resume keeps (the checkpoint's step; ``steps`` when finished;
+            the last logged step while running).
         median_step_s: median logged step time in seconds (None before the first step).
         machine: where it trained (:func:`~medcontext.study.comparison_report.run_machine`).
         note: why a checkpoint could not be read, when it could not.
@@ -338,6 +343,9 @@ def study_status(runs: Sequence[StudyRun | PretrainStage], out: str | Path) -> l
             record = json.loads((run_dir / done_marker(run)).read_text())
             dice = record.get("test_mean_dice")
             statuses.append(RunStatus(state="finished", step=steps, test_mean_dice=dice, **common))
+        elif _writer_alive(run_dir):
+            logged = [int(r["step"]) for r in log if r.get("kind") == "train" and "step" in r]
+            statuses.append(RunStatus(state="running", step=max(logged, default=0), **common))
         elif (run_dir / "last.pt").is_file():
             step, note = _saved_step(run_dir / "last.pt", stage)
             statuses.append(RunStatus(state="interrupted", step=step, note=note, **common))
@@ -346,6 +354,13 @@ def study_status(runs: Sequence[StudyRun | PretrainStage], out: str | Path) -> l
         else:
             statuses.append(RunStatus(state="not started", step=0, **common))
     return statuses
+
+
+def _writer_alive(run_dir: Path) -> bool:
+    """A live process on this host holds the run folder's writer lock (read from the lock file's
+    content, never by locking it: a status must not make a starting writer think the folder busy)."""
+    holder = read_holder(run_dir)
+    return holder is not None and holder.host == socket.gethostname() and not holder.is_dead_here()
 
 
 def _saved_step(path: Path, stage: bool) -> tuple[int, str]:
