@@ -21,7 +21,7 @@ def test_the_plan_has_a_stage_then_four_arms_per_model_and_seed_with_the_acdc_se
     stages = [item for item in plan if isinstance(item, PretrainStage)]
     runs = [item for item in plan if isinstance(item, StudyRun)]
     assert len(stages) == 6 and len(runs) == 24 and len({i.name for i in plan}) == 30
-    assert study.test_split == STUDIES["acdc"].test_split and study.also_against == ALSO_AGAINST
+    assert study.test_split == STUDIES["acdc"].test_split and study.also_against == ALSO_AGAINST and study.last_step
     assert [i.name for i in plan[:5]] == ["acdc_unet3d_k5/pretrain_s0", "acdc_unet3d_k5/baseline_pretrained_s0",
                                           "acdc_unet3d_k5/medcontext_pretrained_s0", "acdc_unet3d_k5/medcontext_s0",
                                           "acdc_unet3d_k5/baseline_s0"]

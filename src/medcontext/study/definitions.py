@@ -335,8 +335,9 @@ STUDIES: dict[str, Study] = {
         "ACDC k=5 (the paper's Tables 5 and 6): unet3d and pcrlv2 small, per seed (0-2) a masked-volume "
         "pretraining on the unlabelled pool (3000 steps) then baseline and medcontext fine-tuned from it, against "
         "medcontext and baseline from scratch (unet3d: the acdc study's runs); each arm's cost includes its "
-        "pretraining (6 stages, 18 new runs; --out on the acdc study's folder reuses its runs)",
-        also_against=ALSO_AGAINST,
+        "pretraining; test Dice at the validation-chosen checkpoint and at the last step (6 stages, 18 new runs; "
+        "--out on the acdc study's folder reuses its runs)",
+        also_against=ALSO_AGAINST, last_step=True,
     ),
 }
 
