@@ -7,7 +7,8 @@ A random 3D box covers ``box_ratio`` of the crop side on every axis (BCP's 3D co
 * ``U|X`` (``mix_out``): ``U`` outside the box, ``X`` pasted inside;
 
 and their targets: the labels ``Y`` where the voxel comes from ``X``, the teacher's pseudo-labels
-of ``U`` where it comes from ``U``. One box serves the whole batch, as in BCP.
+of ``U`` where it comes from ``U``. One box serves the whole batch, as in BCP. Targets are label
+maps (B, 1, H, W, D) or binary regions (B, R, H, W, D): a voxel's R region channels move together.
 """
 
 from __future__ import annotations
@@ -65,8 +66,12 @@ class CopyPaste:
     box: torch.Tensor
 
     def targets(self, labels: torch.Tensor, pseudo_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Targets (B, 1, H, W, D) of ``mix_in`` and ``mix_out``: ``labels`` where the voxel
-        comes from the labelled crop, ``pseudo_labels`` where it comes from the unlabelled one."""
+        """Targets of ``mix_in`` and ``mix_out``: ``labels`` where the voxel comes from the labelled
+        crop, ``pseudo_labels`` where it comes from the unlabelled one.
+
+        Both are label maps (B, 1, H, W, D) or binary regions (B, R, H, W, D) (every channel of a
+        voxel from the same crop); the targets have their shape.
+        """
         return torch.where(self.box, pseudo_labels, labels), torch.where(self.box, labels, pseudo_labels)
 
     def labeled_voxels(self) -> tuple[torch.Tensor, torch.Tensor]:

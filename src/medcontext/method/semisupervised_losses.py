@@ -1,4 +1,6 @@
-"""Loss terms on unlabelled crops: softmax consistency, pseudo-labels, region-restricted Dice + CE.
+"""Loss terms on unlabelled crops, for label maps (softmax) and for binary regions (sigmoid).
+
+Softmax outputs (one class per voxel, labels (B, 1, H, W, D)):
 
 * :func:`softmax_mse`: Mean Teacher's consistency, the mean squared error of two softmax outputs.
 * :func:`confident_pseudo_labels` and :func:`pseudo_label_loss`: the teacher's argmax as the
@@ -7,16 +9,48 @@
 * :func:`region_dice_ce`: soft Dice + cross-entropy restricted to a voxel region (BCP's loss on
   the labelled and the pasted part of a copy-paste mix).
 * :func:`largest_component`: BCP's clean-up of the pseudo-labels.
+
+Sigmoid outputs (region tasks such as BraTS WT/TC/ET: one binary problem per output channel,
+targets (B, R, H, W, D)), the same terms with a sigmoid per channel:
+
+* :func:`sigmoid_mse`: the mean squared error of the two outputs' sigmoid probabilities.
+* :func:`confident_sigmoid_pseudo_labels` and :func:`sigmoid_pseudo_label_loss`: per channel the
+  target is teacher probability > 0.5, a (voxel, region) pair is confident when
+  ``max(p, 1 - p)`` exceeds the threshold, ``q`` is the confident share of the pairs of a crop and
+  the loss ``q * BCE``.
+* :func:`region_dice_bce`: sigmoid soft Dice + binary cross-entropy restricted to a voxel region
+  (:class:`~medcontext.method.losses.RegionLoss` over the counted voxels).
+* :func:`largest_component_per_channel`: the largest connected component of every region channel.
+
+:func:`unlabeled_losses` gives the set of one output mode, so that a step is written once.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-__all__ = ["softmax_mse", "confident_pseudo_labels", "pseudo_label_loss", "region_dice_ce", "largest_component"]
+__all__ = [
+    "softmax_mse",
+    "confident_pseudo_labels",
+    "pseudo_label_loss",
+    "region_dice_ce",
+    "largest_component",
+    "sigmoid_mse",
+    "confident_sigmoid_pseudo_labels",
+    "sigmoid_pseudo_label_loss",
+    "region_dice_bce",
+    "largest_component_per_channel",
+    "UnlabeledLosses",
+    "unlabeled_losses",
+]
+
+_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)  # 26-connected
 
 
 def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -86,6 +120,15 @@ def region_dice_ce(logits: torch.Tensor, labels: torch.Tensor, region: torch.Ten
     return dice + ce
 
 
+def _largest_blob(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean volume (all False for an empty one)."""
+    components, count = ndimage.label(mask, structure=_CONNECTIVITY)
+    if count == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    sizes = np.bincount(components.ravel())[1:]
+    return components == int(np.argmax(sizes)) + 1
+
+
 def largest_component(labels: torch.Tensor) -> torch.Tensor:
     """Keep only the largest 26-connected component of every foreground class of every crop.
 
@@ -100,15 +143,160 @@ def largest_component(labels: torch.Tensor) -> torch.Tensor:
     """
     array = labels.detach().cpu().numpy()
     cleaned = np.zeros_like(array)
-    structure = np.ones((3, 3, 3), dtype=bool)
     for b in range(array.shape[0]):
         volume = array[b, 0]
         for value in np.unique(volume):
             if value == 0:
                 continue
-            components, count = ndimage.label(volume == value, structure=structure)
-            if count == 0:
-                continue
-            sizes = np.bincount(components.ravel())[1:]
-            cleaned[b, 0][components == int(np.argmax(sizes)) + 1] = value
+            cleaned[b, 0][_largest_blob(volume == value)] = value
     return torch.from_numpy(cleaned).to(device=labels.device, dtype=labels.dtype)
+
+
+# ---------------------------------------------------------------- sigmoid outputs (binary regions)
+def _check_same_shape(name: str, first: torch.Tensor, second: torch.Tensor) -> None:
+    if first.shape != second.shape:
+        raise ValueError(
+            f"{name} needs one target channel per output channel (equal shapes), got {tuple(first.shape)} "
+            f"and {tuple(second.shape)}"
+        )
+
+
+def sigmoid_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """``mean((sigmoid(student) - sigmoid(teacher))^2)`` over batch, regions and voxels (float32).
+
+    Mean Teacher's consistency for region outputs: every channel is its own probability.
+
+    Args:
+        student_logits: (B, R, H, W, D); teacher_logits: the same shape (a constant target).
+    """
+    _check_same_shape("sigmoid_mse", student_logits, teacher_logits)
+    student = torch.sigmoid(student_logits.float())
+    teacher = torch.sigmoid(teacher_logits.detach().float())
+    return (student - teacher).pow(2).mean()
+
+
+def confident_sigmoid_pseudo_labels(teacher_logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's regions (probability > 0.5 per channel) and, per crop, its confident share.
+
+    A (voxel, region) pair is confident when ``max(p, 1 - p)`` exceeds ``threshold``, with ``p``
+    the teacher's sigmoid probability of the region; ``q`` counts the pairs, every region channel
+    of every voxel.
+
+    Args:
+        teacher_logits: (B, R, H, W, D).
+        threshold: the confidence threshold (MIC: 0.968).
+
+    Returns:
+        ``(targets, q)``: float32 binary targets (B, R, H, W, D) and float32 ``q`` (B,) in [0, 1].
+    """
+    probabilities = torch.sigmoid(teacher_logits.detach().float())
+    targets = (probabilities > 0.5).float()
+    confidence = torch.maximum(probabilities, 1.0 - probabilities)
+    q = (confidence > threshold).float().flatten(1).mean(dim=1)
+    return targets, q
+
+
+def sigmoid_pseudo_label_loss(student_logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``mean_b(weights_b * mean_{regions, voxels} BCE(student_b, targets_b))`` (BCE with logits).
+
+    Args:
+        student_logits: (B, R, H, W, D).
+        targets: binary (B, R, H, W, D), any numeric dtype.
+        weights: (B,) per-crop weights (MIC: the share of confident (voxel, region) pairs).
+    """
+    _check_same_shape("sigmoid_pseudo_label_loss", student_logits, targets)
+    bce = F.binary_cross_entropy_with_logits(student_logits.float(), targets.float(), reduction="none")
+    return (weights.detach().float() * bce.flatten(1).mean(dim=1)).mean()
+
+
+def region_dice_bce(logits: torch.Tensor, targets: torch.Tensor, region: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """Sigmoid soft Dice + binary cross-entropy over the voxels of ``region`` only.
+
+    The sigmoid analogue of :func:`region_dice_ce`:
+    ``Dice = mean_{b,r}(1 - (2 sum(m p t) + s) / (sum(m (p + t)) + s))`` with ``p`` the sigmoid of
+    region channel ``r``, ``t`` its binary target, ``m`` the voxel region, ``s`` the smoothing;
+    ``BCE = sum(m * bce) / sum(m)`` over every counted (voxel, region) pair of all crops. With every
+    voxel counted it equals :class:`~medcontext.method.losses.RegionLoss`.
+
+    Args:
+        logits: (B, R, H, W, D).
+        targets: binary (B, R, H, W, D), any numeric dtype.
+        region: (B or 1, 1, H, W, D), 1 = counted, 0 = ignored (float or bool).
+        smooth: Dice smoothing (BCP and MONAI: 1e-5).
+    """
+    _check_same_shape("region_dice_bce", logits, targets)
+    logits, targets = logits.float(), targets.float()
+    region = region.float().expand(logits.shape[0], 1, *logits.shape[2:])
+    probabilities = torch.sigmoid(logits)
+    intersection = (region * probabilities * targets).flatten(2).sum(dim=2)
+    union = (region * (probabilities + targets)).flatten(2).sum(dim=2)
+    dice = 1.0 - ((2.0 * intersection + smooth) / (union + smooth)).mean()
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    bce = (bce * region).sum() / (region.sum() * logits.shape[1] + 1e-16)
+    return dice + bce
+
+
+def largest_component_per_channel(targets: torch.Tensor) -> torch.Tensor:
+    """Keep only the largest 26-connected component of every region channel of every crop.
+
+    BCP's ``LargestCC`` for binary regions: each channel's foreground is cleaned on its own (a
+    voxel removed from one region may stay in another). Runs on the CPU (scipy).
+
+    Args:
+        targets: binary (B, R, H, W, D), any numeric dtype.
+
+    Returns:
+        The cleaned targets, same shape, dtype and device.
+    """
+    array = targets.detach().cpu().numpy() != 0
+    cleaned = np.zeros(array.shape, dtype=bool)
+    for b in range(array.shape[0]):
+        for r in range(array.shape[1]):
+            cleaned[b, r] = _largest_blob(array[b, r])
+    return torch.from_numpy(cleaned).to(device=targets.device, dtype=targets.dtype)
+
+
+# ---------------------------------------------------------------- one set per output mode
+def _argmax_labels(teacher_logits: torch.Tensor) -> torch.Tensor:
+    return teacher_logits.argmax(dim=1, keepdim=True)
+
+
+def _regions_above_half(teacher_logits: torch.Tensor) -> torch.Tensor:
+    return (torch.sigmoid(teacher_logits.detach().float()) > 0.5).float()
+
+
+@dataclass(frozen=True)
+class UnlabeledLosses:
+    """The unlabelled-crop losses of one output mode (:func:`unlabeled_losses`).
+
+    Attributes:
+        consistency_mse: Mean Teacher's ``(student_logits, teacher_logits) -> scalar``.
+        confident_pseudo_labels: ``(teacher_logits, threshold) -> (targets, q)`` (MIC).
+        pseudo_label_loss: ``(student_logits, targets, q) -> scalar`` (MIC).
+        hard_pseudo_labels: ``teacher_logits -> targets`` (BCP: argmax, or probability > 0.5 per region).
+        largest_component: BCP's clean-up of the hard pseudo-labels.
+        region_loss: ``(logits, targets, voxel region) -> scalar`` (BCP's restricted Dice + CE / BCE).
+    """
+
+    consistency_mse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    confident_pseudo_labels: Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
+    pseudo_label_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    hard_pseudo_labels: Callable[[torch.Tensor], torch.Tensor]
+    largest_component: Callable[[torch.Tensor], torch.Tensor]
+    region_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+_BY_OUTPUT_MODE = {
+    "softmax": UnlabeledLosses(softmax_mse, confident_pseudo_labels, pseudo_label_loss, _argmax_labels,
+                               largest_component, region_dice_ce),
+    "sigmoid": UnlabeledLosses(sigmoid_mse, confident_sigmoid_pseudo_labels, sigmoid_pseudo_label_loss,
+                               _regions_above_half, largest_component_per_channel, region_dice_bce),
+}
+
+
+def unlabeled_losses(output_mode: str) -> UnlabeledLosses:
+    """The unlabelled-crop losses of ``output_mode``: ``"softmax"`` (label maps, targets (B, 1, ...)
+    class indices) or ``"sigmoid"`` (binary regions, targets (B, R, ...))."""
+    if output_mode not in _BY_OUTPUT_MODE:
+        raise ValueError(f"output_mode must be 'softmax' or 'sigmoid', got {output_mode!r}")
+    return _BY_OUTPUT_MODE[output_mode]
