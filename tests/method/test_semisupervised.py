@@ -279,8 +279,8 @@ def test_semi_supervised_configuration_errors_are_clear(tiny_net, batch):
     with pytest.raises(ValueError, match="as many unlabelled crops as labelled"):
         bcp.losses(*batch, unlabeled=batch[0][:1], step=9)
     sigmoid = MedContext(tiny_net, variant="mean_teacher", total_steps=10, output_mode="sigmoid")
-    with pytest.raises(ValueError, match="softmax"):
-        sigmoid.losses(batch[0], torch.zeros(2, 3, 16, 16, 16), unlabeled=batch[0], step=0)
+    with pytest.raises(ValueError, match="one binary target channel per region"):
+        sigmoid.losses(*batch, unlabeled=batch[0], step=0)  # class labels (B, 1, ...) for 3 region outputs
 
 
 def test_the_nnunet_trainer_takes_only_labelled_only_variants():

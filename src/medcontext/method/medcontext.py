@@ -46,7 +46,8 @@ class LossBreakdown:
     The terms of the unlabelled crops are ``None`` for the labelled-only variants; the
     semi-supervised ones set ``cl_unlabeled`` (consistency on the unlabelled crops), ``pseudo``
     (pseudo-label loss), ``ramp`` (the ramp-up weight at the step) and, with MIC's confidence
-    weighting, ``confident`` (mean fraction of confident teacher voxels).
+    weighting, ``confident`` (mean fraction of confident teacher voxels; for sigmoid region
+    outputs, of confident (voxel, region) pairs).
     """
 
     total: torch.Tensor
@@ -347,7 +348,8 @@ class MedContext(nn.Module):
             mask: optional fixed mask (B, *grid); drawn from the mask generator when omitted.
             unlabeled: unlabelled crops (B_u, C, H, W, D), images only; required by the
                 semi-supervised variants (``bcp`` needs ``B_u == B`` and the same crop size),
-                refused by the others.
+                refused by the others. Both output modes: sigmoid region outputs get the
+                sigmoid form of every unlabelled term (:mod:`medcontext.method.semisupervised`).
             step: the optimizer step (0-based), required with ``unlabeled``: the ramp-up of
                 the unlabelled terms and BCP's labelled-only phase follow it.
 

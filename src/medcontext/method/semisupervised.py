@@ -24,6 +24,19 @@ Terms (``LossBreakdown``), with ``r`` the ramp-up weight at the step:
   against the teacher's pseudo-labels; ``medcontext_bcp`` adds ``msl``, the same two terms of the
   masked views of the mixes.
 
+Region tasks (``output_mode="sigmoid"``: one sigmoid per region channel, labels (B, R, H, W, D)
+binary, e.g. BraTS WT/TC/ET) run the same steps with the sigmoid form of every term
+(:func:`~medcontext.method.semisupervised_losses.unlabeled_losses`), as each method would for
+independent binary regions:
+
+* MedContext: ``cl_unlabeled`` is unchanged (it compares logits, whatever they stand for);
+  ``pseudo = mean_b q_b BCE(F_s(U_M), sigmoid F_t(U) > 0.5)`` per region channel, with ``q_b`` the
+  share of (voxel, region) pairs where ``max(p, 1 - p)`` exceeds ``confidence``.
+* Mean Teacher: ``cl_unlabeled = mean((sigmoid F_s(U) - sigmoid F_t(U + noise))^2)``.
+* BCP: sigmoid Dice + BCE over the same voxels, the teacher's regions (probability > 0.5 per
+  channel) as pseudo-labels, their largest connected component kept per channel; the mixes
+  paste all R target channels of a voxel together.
+
 Where this differs from the published code, on purpose:
 
 * The supervised loss of every variant is the project's Dice + CE (SSL4MIS and BCP halve
@@ -50,13 +63,7 @@ import torch
 from .copy_paste import copy_paste, box_mask
 from .losses import consistency_loss, first_head
 from .schedules import check_step, pretrain_steps, sigmoid_rampup
-from .semisupervised_losses import (
-    confident_pseudo_labels,
-    largest_component,
-    pseudo_label_loss,
-    region_dice_ce,
-    softmax_mse,
-)
+from .semisupervised_losses import UnlabeledLosses, unlabeled_losses
 from .token_masking import TokenMasker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -131,17 +138,14 @@ def semi_supervised_losses(
     """Loss terms of one step of ``mc``'s semi-supervised variant (see the module docstring).
 
     Args:
-        mc: a :class:`~medcontext.method.MedContext` built with a semi-supervised variant.
-        images: labelled crops (B, C, H, W, D); labels: (B, 1, H, W, D) integer classes.
+        mc: a :class:`~medcontext.method.MedContext` built with a semi-supervised variant; its
+            ``output_mode`` picks the losses (:func:`~medcontext.method.semisupervised_losses.unlabeled_losses`).
+        images: labelled crops (B, C, H, W, D); labels: (B, 1, H, W, D) integer classes (softmax)
+            or (B, R, H, W, D) binary regions (sigmoid).
         unlabeled: unlabelled crops (B_u, C, H', W', D'), images only.
         step: the optimizer step (0-based) of the ramp-up and of BCP's labelled-only phase.
         mask: optional fixed tube mask of the labelled crops (B, *grid).
     """
-    if mc.output_mode != "softmax":
-        raise ValueError(
-            f"the semi-supervised variant {mc.variant!r} needs softmax outputs (pseudo-labels are class "
-            "indices); output_mode='sigmoid' is not supported"
-        )
     if unlabeled.ndim != images.ndim or unlabeled.shape[1] != images.shape[1]:
         raise ValueError(
             f"unlabelled crops must be (B_u, C, H, W, D) with the labelled crops' {images.shape[1]} channels, "
@@ -182,8 +186,9 @@ def _medcontext_step(mc, images, labels, unlabeled, step, mask) -> "LossBreakdow
     pseudo = torch.zeros((), device=images.device)
     confident = None
     if mc.config.unlabeled.pseudo_labels == "confidence":
-        pseudo_labels, q = confident_pseudo_labels(teacher_u, semi.confidence)
-        pseudo = pseudo_label_loss(first_head(masked_u), pseudo_labels, q)
+        losses = unlabeled_losses(mc.output_mode)
+        pseudo_labels, q = losses.confident_pseudo_labels(teacher_u, semi.confidence)
+        pseudo = losses.pseudo_label_loss(first_head(masked_u), pseudo_labels, q)
         confident = q.mean()
     ramp = sigmoid_rampup(step, mc.total_steps, semi.rampup)
     unlabeled_terms = ramp * (semi.consistency_weight * cl_unlabeled + semi.pseudo_weight * pseudo)
@@ -205,7 +210,7 @@ def _mean_teacher_step(mc, images, labels, unlabeled, step) -> "LossBreakdown":
     (teacher_u,) = teacher_views(mc, [unlabeled + _teacher_noise(mc, unlabeled)])
     clean, clean_u = student_views(mc, [(images, None), (unlabeled, None)])
     sup = mc.criterion(clean, labels)
-    cl_unlabeled = softmax_mse(first_head(clean_u), teacher_u)
+    cl_unlabeled = unlabeled_losses(mc.output_mode).consistency_mse(first_head(clean_u), teacher_u)
     ramp = sigmoid_rampup(step, mc.total_steps, semi.rampup)
     zero = torch.zeros((), device=images.device)
     total = sup + ramp * semi.consistency_weight * cl_unlabeled + _zero_grad_heads(clean_u)
@@ -226,35 +231,41 @@ def _copy_paste_pretrain_step(mc, images, labels) -> "LossBreakdown":
     (output,) = student_views(mc, [(mixes.mix_in, None)])
     own, _ = mixes.labeled_voxels()
     head = first_head(output)
-    sup = region_dice_ce(head, labels, own) + region_dice_ce(head, labels.roll(1, dims=0), 1.0 - own)
+    region_loss = unlabeled_losses(mc.output_mode).region_loss
+    sup = region_loss(head, labels, own) + region_loss(head, labels.roll(1, dims=0), 1.0 - own)
     return _breakdown(sup + zero + _zero_grad_heads(output), sup, zero, zero, zero, zero, 0.0)
 
 
-def _copy_paste_terms(outputs: Sequence[Output], labels, pseudo_labels, mixes) -> tuple[torch.Tensor, torch.Tensor]:
-    """(labelled-voxel, pseudo-labelled-voxel) Dice + CE of the outputs on ``mix_in``, ``mix_out``."""
+def _copy_paste_terms(
+    losses: UnlabeledLosses, outputs: Sequence[Output], labels, pseudo_labels, mixes
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labelled-voxel, pseudo-labelled-voxel) Dice + CE (sigmoid: Dice + BCE) of the outputs on
+    ``mix_in``, ``mix_out``."""
     labeled_in, labeled_out = mixes.labeled_voxels()
     head_in, head_out = first_head(outputs[0]), first_head(outputs[1])
-    sup = region_dice_ce(head_in, labels, labeled_in) + region_dice_ce(head_out, labels, labeled_out)
-    pseudo = region_dice_ce(head_in, pseudo_labels, 1.0 - labeled_in) + region_dice_ce(head_out, pseudo_labels, 1.0 - labeled_out)
+    region_loss = losses.region_loss
+    sup = region_loss(head_in, labels, labeled_in) + region_loss(head_out, labels, labeled_out)
+    pseudo = region_loss(head_in, pseudo_labels, 1.0 - labeled_in) + region_loss(head_out, pseudo_labels, 1.0 - labeled_out)
     return sup, pseudo
 
 
 def _copy_paste_step(mc, images, labels, unlabeled) -> "LossBreakdown":
     semi = mc.semi
+    losses = unlabeled_losses(mc.output_mode)
     (teacher_u,) = teacher_views(mc, [unlabeled])
-    pseudo_labels = teacher_u.argmax(dim=1, keepdim=True)
+    pseudo_labels = losses.hard_pseudo_labels(teacher_u)
     if semi.largest_component:
-        pseudo_labels = largest_component(pseudo_labels)
+        pseudo_labels = losses.largest_component(pseudo_labels)
     mixes = copy_paste(images, unlabeled, box_mask(images.shape[2:], semi.box_ratio, mc.mask_generator))
     views = [(mixes.mix_in, None), (mixes.mix_out, None)]
     if mc.config.unlabeled.masked_mixes:
         batch, spatial = images.shape[0], images.shape[2:]
         views += [(mixes.mix_in, mc.draw_mask(batch, spatial)), (mixes.mix_out, mc.draw_mask(batch, spatial))]
     outputs = student_views(mc, views)
-    sup, pseudo = _copy_paste_terms(outputs[:2], labels, pseudo_labels, mixes)
+    sup, pseudo = _copy_paste_terms(losses, outputs[:2], labels, pseudo_labels, mixes)
     msl = torch.zeros((), device=images.device)
     if mc.config.unlabeled.masked_mixes:
-        masked_sup, masked_pseudo = _copy_paste_terms(outputs[2:], labels, pseudo_labels, mixes)
+        masked_sup, masked_pseudo = _copy_paste_terms(losses, outputs[2:], labels, pseudo_labels, mixes)
         msl = masked_sup + semi.pseudo_weight * masked_pseudo
     keep = sum(_zero_grad_heads(o) for o in outputs)
     total = sup + semi.pseudo_weight * pseudo + msl + keep

@@ -48,6 +48,12 @@ medcontext_bcp       student on the two mixes and their masked views; teacher U 
 * ``medcontext_bcp``: ``bcp`` plus MedContext's masked view of each mix, trained on the same
   targets (the masked-view supervised term ``msl`` of the copy-pasted images).
 
+Every variant also takes sigmoid region outputs (``output_mode="sigmoid"``, BraTS): the same terms
+per region channel, with sigmoid probabilities for the softmax ones (Mean Teacher's MSE), binary
+cross-entropy for the cross-entropy, targets at probability > 0.5 per region and the confident
+share counted over (voxel, region) pairs (``medcontext_semi``), sigmoid Dice + BCE and the largest
+component per region channel (BCP).
+
 Every weight is a field of :class:`SemiSupervision`; :func:`semi_supervision` gives a variant's
 defaults with overrides. The steps are :mod:`medcontext.method.semisupervised`, which lists the
 differences from the published code.
@@ -99,14 +105,16 @@ class SemiSupervision:
         pseudo_weight: weight of the pseudo-label term.
         rampup: fraction of the run over which the two weights ramp up by
             ``exp(-5 (1 - t)^2)`` (:func:`~medcontext.method.schedules.sigmoid_rampup`); 0 = none.
-        confidence: teacher probability above which a voxel counts as confident (MIC: 0.968).
+        confidence: teacher probability above which a voxel counts as confident (MIC: 0.968);
+            for sigmoid region outputs, a (voxel, region) pair with ``max(p, 1 - p)`` above it.
         momentum: the teacher's EMA momentum (its schedule is the variant's).
         noise_std: sd of the Gaussian noise added to the teacher's input (Mean Teacher).
         noise_clip: the noise is clipped to ``[-noise_clip, noise_clip]``.
         box_ratio: copy-paste box side as a fraction of the crop side, per axis (BCP: 2/3).
         pretrain: fraction of the run trained on labelled crops only (BCP's pre-training).
         largest_component: keep only the largest connected component of every pseudo-label
-            class of a crop (BCP's post-processing of the teacher's argmax).
+            class of a crop (BCP's post-processing of the teacher's argmax), or of every region
+            channel for sigmoid region outputs.
     """
 
     consistency_weight: float = 0.0
@@ -156,7 +164,8 @@ class UnlabeledStep:
             ``"noisy_teacher"`` (the clean student against the teacher on ``U`` + noise) or
             ``"copy_paste"`` (labelled and unlabelled crops pasted into each other).
         consistency: ``"relative"`` (the relative squared error of the logits),
-            ``"softmax_mse"`` or ``None``.
+            ``"softmax_mse"`` (the mean squared error of the probabilities: softmax, or sigmoid
+            per channel for region outputs) or ``None``.
         pseudo_labels: ``"confidence"`` (MIC's weighting), ``"argmax"`` (BCP) or ``None``.
         masked_mixes: also train the masked view of each copy-paste mix.
         teacher_schedule: ``"cosine"`` (the paper's 0.996 -> 1), ``"mean_teacher"``
