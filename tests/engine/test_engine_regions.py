@@ -1,5 +1,5 @@
-"""A BraTS-like region task end to end through the engine's API: sigmoid regions trained, validated and
-evaluated per region."""
+"""A BraTS-like region task end to end through the engine's API: sigmoid regions trained (also by
+semi-supervised variants on unlabelled volumes), validated and evaluated per region."""
 
 import json
 
@@ -47,3 +47,20 @@ def test_brats_like_phantom_trains_validates_and_evaluates_per_region(tumour_dir
     # prediction still writes the conventional label map (values 0..3)
     painted = np.asanyarray(nib.load(out / "eval" / "predictions" / f"{table.case_ids[0]}.nii.gz").dataobj)
     assert painted.shape == (24, 24, 24) and set(np.unique(painted)) <= {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("variant", ["medcontext_semi", "bcp"])
+def test_a_semi_supervised_variant_trains_a_region_task_on_unlabelled_volumes(tumour_dir, tmp_path, variant):
+    out = tmp_path / "run"
+    cfg = load_config(None, [f"data.path={tumour_dir}", "data.preset=brats17", f"method.variant={variant}",
+                             "train.steps=2", "train.seed=0", "model.name=unet3d", "model.options={size: tiny}",
+                             "model.roi=[24, 24, 24]", "data.num_samples=1", "data.val_cases=1", "data.test_cases=2",
+                             "data.train_cases=1", "data.unlabeled=pool", "eval.every=2", "train.tensorboard=false",
+                             "train.precision=fp32"])
+    assert train(cfg, out, progress=False, echo=lambda _: None).finished
+    assert json.loads((out / "unlabeled.json").read_text())["count"] == 1  # 5 cases: 2 test, 1 val, 1 labelled
+    rows = read_metrics(out / "metrics.jsonl", "train")
+    assert [r["step"] for r in rows] == [1, 2]
+    live = "cl_unlabeled" if variant == "medcontext_semi" else "pseudo"  # MIC's pseudo term may find no confident pair
+    assert all(np.isfinite([r["total"], r["pseudo"]]).all() and r[live] > 0 for r in rows), rows
+    assert list(read_metrics(out / "metrics.jsonl", "val")[-1]["dice"]) == ["WT", "TC", "ET"]
