@@ -157,10 +157,42 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
 
 
+def collect_records_script():
+    """``scripts/collect_study_records.py`` as a module (scripts are not a package)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "collect_study_records.py"
+    spec = importlib.util.spec_from_file_location("collect_study_records", script)
+    collect = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(collect)
+    return collect
+
+
+def _sign_net_class():
+    import torch
+    from torch import nn
+
+    class SignNet(nn.Module):
+        """logits (x, -x): a 1x1x1 convolution with weights (1, -1), no bias (losses worked out by hand)."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv3d(1, 2, 1, bias=False)
+            with torch.no_grad():
+                self.conv.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1, 1))
+
+        def forward(self, x):
+            return self.conv(x)
+
+    return SignNet
+
+
 @pytest.fixture(scope="session")
 def helpers() -> SimpleNamespace:
-    """The writers above, for tests (``--import-mode=importlib`` cannot import this file)."""
-    return SimpleNamespace(write_nifti=write_nifti, blob_case=blob_case, write_msd=write_msd, snapshot=snapshot)
+    """The writers above, ``SignNet`` and the records script, for tests (``--import-mode=importlib``
+    cannot import this file)."""
+    return SimpleNamespace(write_nifti=write_nifti, blob_case=blob_case, write_msd=write_msd, snapshot=snapshot,
+                           SignNet=_sign_net_class(), collect_records_script=collect_records_script)
 
 
 # ---------------------------------------------------------------------------------- broken datasets

@@ -11,7 +11,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from medcontext import MedContext
 from medcontext.method import VARIANTS, semi_supervised_variants, semi_supervision
@@ -24,19 +23,6 @@ A = math.log(99) / 2  # softmax((A, -A)) = (0.99, 0.01)
 SUP = 1.3598136736  # Dice + CE of zero logits against labels all 1 (2/3 + ln 2)
 
 
-class SignNet(nn.Module):
-    """logits (x, -x): a 1x1x1 convolution with weights (1, -1), no bias."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv3d(1, 2, 1, bias=False)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1, 1))
-
-    def forward(self, x):
-        return self.conv(x)
-
-
 def _crops():
     """Labelled zeros with labels all 1, unlabelled crop constant A; one crop each, 4^3 voxels."""
     images = torch.zeros(1, 1, 4, 4, 4)
@@ -45,7 +31,7 @@ def _crops():
     return images, labels, unlabeled
 
 
-def test_medcontext_semi_loss_by_hand():
+def test_medcontext_semi_loss_by_hand(helpers):
     # masked student on U_M: half the tubes masked (grid 2x2x2, 2 of 4 in-plane positions), the
     # masked voxels become the zero token -> logits 0; the teacher (a copy) sees U: (A, -A).
     # cl_unlabeled = masked share of sum (F_s - F_t)^2 / sum F_t^2 = 0.5
@@ -54,7 +40,7 @@ def test_medcontext_semi_loss_by_hand():
     # labelled zeros: sup = msl = SUP, cl = 0 (student and teacher logits both 0)
     # step 25 of 100 ends the ramp (rampup 0.25): total = 2 SUP + 0.5 * 0.5 + 1.0 * 0.351599
     images, labels, unlabeled = _crops()
-    mc = MedContext(SignNet(), variant="medcontext_semi", total_steps=100, mask_cell=2, seed=0)
+    mc = MedContext(helpers.SignNet(), variant="medcontext_semi", total_steps=100, mask_cell=2, seed=0)
     out = mc.losses(images, labels, unlabeled=unlabeled, step=25)
     assert out.sup.item() == pytest.approx(SUP, rel=1e-6) and out.msl.item() == pytest.approx(SUP, rel=1e-6)
     assert out.cl.item() == pytest.approx(0.0, abs=1e-9)
@@ -62,28 +48,28 @@ def test_medcontext_semi_loss_by_hand():
     assert out.pseudo.item() == pytest.approx(0.3515987582, rel=1e-6)
     assert out.confident.item() == 1.0 and out.ramp.item() == 1.0
     assert out.total.item() == pytest.approx(3.3212261054, rel=1e-6)
-    cl_only = MedContext(SignNet(), variant="medcontext_semi_cl", total_steps=100, mask_cell=2, seed=0)
+    cl_only = MedContext(helpers.SignNet(), variant="medcontext_semi_cl", total_steps=100, mask_cell=2, seed=0)
     out = cl_only.losses(images, labels, unlabeled=unlabeled, step=25)
     assert out.pseudo.item() == 0.0 and out.confident is None
     assert out.total.item() == pytest.approx(2.9696273472, rel=1e-6)  # 2 SUP + 0.5 * 0.5
 
 
-def test_medcontext_semi_ramp_scales_only_the_unlabelled_terms():
+def test_medcontext_semi_ramp_scales_only_the_unlabelled_terms(helpers):
     images, labels, unlabeled = _crops()
-    mc = MedContext(SignNet(), variant="medcontext_semi", total_steps=100, mask_cell=2, seed=0)
+    mc = MedContext(helpers.SignNet(), variant="medcontext_semi", total_steps=100, mask_cell=2, seed=0)
     out = mc.losses(images, labels, unlabeled=unlabeled, step=0)
     # step 0: ramp exp(-5) = 0.0067379
     assert out.ramp.item() == pytest.approx(0.006737947, rel=1e-6)
     assert out.total.item() == pytest.approx(2 * SUP + 0.006737947 * (0.25 + 0.3515987582), rel=1e-6)
 
 
-def test_confidence_weight_is_the_share_of_confident_voxels():
+def test_confidence_weight_is_the_share_of_confident_voxels(helpers):
     # teacher on half the voxels at 0.99 (confident), half at 0.5: q = 0.5; target class 0 everywhere
     # (argmax of a tie is class 0); student logits 0 everywhere after masking with mask_ratio 0
     images, labels, _ = _crops()
     unlabeled = torch.zeros(1, 1, 4, 4, 4)
     unlabeled[..., :2] = A
-    mc = MedContext(SignNet(), variant="medcontext_semi", total_steps=100, mask_cell=2, mask_ratio=0.0, seed=0)
+    mc = MedContext(helpers.SignNet(), variant="medcontext_semi", total_steps=100, mask_cell=2, mask_ratio=0.0, seed=0)
     out = mc.losses(images, labels, unlabeled=unlabeled, step=99)
     assert out.confident.item() == 0.5
     # CE: -ln 0.99 on the A half, ln 2 on the zero half, mean 0.351599, times q = 0.5
@@ -91,13 +77,13 @@ def test_confidence_weight_is_the_share_of_confident_voxels():
     assert out.cl_unlabeled.item() == pytest.approx(0.0, abs=1e-9)  # nothing masked: student = teacher
 
 
-def test_mean_teacher_loss_by_hand():
+def test_mean_teacher_loss_by_hand(helpers):
     # teacher zeroed: softmax 0.5; student on U: (0.99, 0.01); MSE = 0.49^2 = 0.2401
     # step 50 of 100, ramp over the whole run: exp(-5 * 0.5^2) = 0.2865048
     # total = SUP + 0.2865048 * 0.2 * 0.2401
     images, labels, unlabeled = _crops()
     mc = MedContext(
-        SignNet(), variant="mean_teacher", total_steps=100, semi=semi_supervision("mean_teacher", noise_std=0.0)
+        helpers.SignNet(), variant="mean_teacher", total_steps=100, semi=semi_supervision("mean_teacher", noise_std=0.0)
     )
     with torch.no_grad():
         mc.teacher.conv.weight.zero_()
@@ -109,9 +95,9 @@ def test_mean_teacher_loss_by_hand():
     assert out.msl.item() == 0 and out.cl.item() == 0
 
 
-def test_mean_teacher_noise_reaches_the_teacher_only_and_is_clipped():
+def test_mean_teacher_noise_reaches_the_teacher_only_and_is_clipped(helpers):
     torch.manual_seed(0)
-    mc = MedContext(SignNet(), variant="mean_teacher", total_steps=10, seed=0)
+    mc = MedContext(helpers.SignNet(), variant="mean_teacher", total_steps=10, seed=0)
     seen = {"student": [], "teacher": []}
     mc.network.register_forward_hook(lambda m, args, out: seen["student"].append(args[0].clone()))
     mc.teacher.register_forward_hook(lambda m, args, out: seen["teacher"].append(args[0].clone()))
@@ -126,14 +112,14 @@ def test_mean_teacher_noise_reaches_the_teacher_only_and_is_clipped():
     assert any(torch.equal(x, unlabeled[0]) for x in student_inputs)  # the student sees the clean crop
 
 
-def test_bcp_loss_by_hand():
+def test_bcp_loss_by_hand(helpers):
     # box 2^3 of the 4^3 crop (box_ratio 0.5); teacher on U: class 0 at 0.99 everywhere.
     # mix X|U: zeros outside (56 voxels, labels 1), U inside (8, pseudo 0); mix U|X the reverse.
     # labelled voxels: 2/3 + ln 2 for each mix (the Dice of every region is 1 - (0 + 2/3) / 2)
     # pseudo voxels: Dice 1 - (2 * 0.99 / 1.99 + ~0) / 2 = 0.502513, CE -ln 0.99: 0.512563 per mix
     # total = sup + 0.5 * pseudo
     images, labels, unlabeled = _crops()
-    mc = MedContext(SignNet(), variant="bcp", total_steps=100, seed=0, semi=semi_supervision("bcp", box_ratio=0.5))
+    mc = MedContext(helpers.SignNet(), variant="bcp", total_steps=100, seed=0, semi=semi_supervision("bcp", box_ratio=0.5))
     out = mc.losses(images, labels, unlabeled=unlabeled, step=50)
     assert out.sup.item() == pytest.approx(2.7196261072, rel=1e-6)
     assert out.pseudo.item() == pytest.approx(1.0250543749, rel=1e-5)
@@ -141,10 +127,10 @@ def test_bcp_loss_by_hand():
     assert out.msl.item() == 0 and out.cl.item() == 0 and out.cl_unlabeled.item() == 0
 
 
-def test_bcp_student_sees_both_mixes_of_one_box():
+def test_bcp_student_sees_both_mixes_of_one_box(helpers):
     unlabeled = torch.ones(1, 1, 12, 9, 6)
     images, labels = torch.zeros(1, 1, 12, 9, 6), torch.ones(1, 1, 12, 9, 6, dtype=torch.long)
-    mc = MedContext(SignNet(), variant="bcp", total_steps=100, seed=0, student_passes="separate")
+    mc = MedContext(helpers.SignNet(), variant="bcp", total_steps=100, seed=0, student_passes="separate")
     seen = []
     mc.network.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
     mc.losses(images, labels, unlabeled=unlabeled, step=50)
@@ -156,9 +142,9 @@ def test_bcp_student_sees_both_mixes_of_one_box():
     assert size.tolist() == [8, 6, 4] and int(mix_in.sum()) == 8 * 6 * 4  # one 2/3 box, no holes
 
 
-def test_bcp_pretrain_phase_uses_labelled_crops_only_and_the_teacher_copies_the_student():
+def test_bcp_pretrain_phase_uses_labelled_crops_only_and_the_teacher_copies_the_student(helpers):
     torch.manual_seed(0)
-    mc = MedContext(SignNet(), variant="bcp", total_steps=100, seed=0)
+    mc = MedContext(helpers.SignNet(), variant="bcp", total_steps=100, seed=0)
     teacher_calls = []
     mc.teacher.register_forward_hook(lambda *a: teacher_calls.append(1))
     images, labels, unlabeled = _crops()
@@ -170,9 +156,9 @@ def test_bcp_pretrain_phase_uses_labelled_crops_only_and_the_teacher_copies_the_
     assert teacher_calls == [1]
 
 
-def test_bcp_pretrain_copy_pastes_labelled_crops_into_each_other():
+def test_bcp_pretrain_copy_pastes_labelled_crops_into_each_other(helpers):
     torch.manual_seed(0)
-    mc = MedContext(SignNet(), variant="bcp", total_steps=100, seed=0)
+    mc = MedContext(helpers.SignNet(), variant="bcp", total_steps=100, seed=0)
     seen = []
     mc.network.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
     images = torch.stack([torch.zeros(1, 6, 6, 6), torch.ones(1, 6, 6, 6)])

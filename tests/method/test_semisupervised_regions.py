@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from medcontext import MedContext
 from medcontext.method import (
@@ -41,19 +40,6 @@ def _dice(p: float, t: float, n: int) -> float:
 
 # zero logits against region 0 everywhere, region 1 nowhere, 64 voxels: Dice + BCE = 2/3 + ln 2 (about)
 SUP = (_dice(0.5, 1, 64) + _dice(0.5, 0, 64)) / 2 + math.log(2)
-
-
-class SignNet(nn.Module):
-    """logits (x, -x): a 1x1x1 convolution with weights (1, -1), no bias."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv3d(1, 2, 1, bias=False)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1, 1))
-
-    def forward(self, x):
-        return self.conv(x)
 
 
 def _crops():
@@ -146,12 +132,12 @@ def test_unlabeled_losses_by_output_mode():
 
 
 # ---------------------------------------------------------------- the steps, by hand
-def test_medcontext_semi_on_regions_by_hand():
+def test_medcontext_semi_on_regions_by_hand(helpers):
     # as the softmax case: half the tubes of U_M masked (logits 0), the teacher sees U: (L, -L).
     # cl_unlabeled = 0.5; pseudo targets (1, 0) everywhere, every pair confident (0.99): q = 1,
     # BCE = (-ln 0.99 + ln 2) / 2 per channel (unmasked / masked halves) = 0.351599
     images, regions, unlabeled = _crops()
-    mc = MedContext(SignNet(), variant="medcontext_semi", total_steps=100, mask_cell=2, seed=0, output_mode="sigmoid")
+    mc = MedContext(helpers.SignNet(), variant="medcontext_semi", total_steps=100, mask_cell=2, seed=0, output_mode="sigmoid")
     out = mc.losses(images, regions, unlabeled=unlabeled, step=25)
     assert out.sup.item() == pytest.approx(SUP, rel=1e-6) and out.msl.item() == pytest.approx(SUP, rel=1e-6)
     assert out.cl.item() == pytest.approx(0.0, abs=1e-9)
@@ -161,10 +147,10 @@ def test_medcontext_semi_on_regions_by_hand():
     assert out.total.item() == pytest.approx(2 * SUP + 0.5 * 0.5 + 0.3515987582, rel=1e-6)
 
 
-def test_mean_teacher_on_regions_by_hand():
+def test_mean_teacher_on_regions_by_hand(helpers):
     # teacher zeroed: sigmoid 0.5 on both channels; student on U: (0.99, 0.01): MSE = 0.49^2
     images, regions, unlabeled = _crops()
-    mc = MedContext(SignNet(), variant="mean_teacher", total_steps=100, output_mode="sigmoid",
+    mc = MedContext(helpers.SignNet(), variant="mean_teacher", total_steps=100, output_mode="sigmoid",
                     semi=semi_supervision("mean_teacher", noise_std=0.0))
     with torch.no_grad():
         mc.teacher.conv.weight.zero_()
@@ -175,12 +161,12 @@ def test_mean_teacher_on_regions_by_hand():
     assert out.total.item() == pytest.approx(SUP + 0.2865047969 * 0.2 * 0.2401, rel=1e-6)
 
 
-def test_bcp_on_regions_by_hand():
+def test_bcp_on_regions_by_hand(helpers):
     # box 2^3 of the 4^3 crop; the teacher's regions of U: (1, 0) everywhere (one component).
     # mix X|U: zeros outside (56 labelled voxels, p 0.5), U inside (8 pseudo-labelled, p 0.99 / 0.01);
     # mix U|X: the reverse (8 labelled, 56 pseudo-labelled).
     images, regions, unlabeled = _crops()
-    mc = MedContext(SignNet(), variant="bcp", total_steps=100, seed=0, output_mode="sigmoid",
+    mc = MedContext(helpers.SignNet(), variant="bcp", total_steps=100, seed=0, output_mode="sigmoid",
                     semi=semi_supervision("bcp", box_ratio=0.5))
     out = mc.losses(images, regions, unlabeled=unlabeled, step=50)
     ln2, bce_u = math.log(2), -math.log(0.99)

@@ -110,7 +110,7 @@ def phantom(tmp_path_factory):
     return generate_phantom(tmp_path_factory.mktemp("phantom") / "Phantom", num_cases=6, shape=(24, 24, 24), seed=0)
 
 
-def test_a_tiny_study_pretrains_once_fine_tunes_from_it_and_counts_its_cost(tmp_path, phantom, monkeypatch):
+def test_a_tiny_study_pretrains_once_fine_tunes_from_it_and_counts_its_cost(tmp_path, phantom, monkeypatch, helpers):
     from medcontext.engine import pretraining
     from medcontext.study import collect_runs, run_study, write_report
     from medcontext.study import execution
@@ -182,7 +182,7 @@ def test_a_tiny_study_pretrains_once_fine_tunes_from_it_and_counts_its_cost(tmp_
         ("baseline (pretrained)", stage_record["compute_seconds"]),
         ("medcontext (pretrained)", stage_record["compute_seconds"]), ("baseline", None)]
     # the records kept in the repository give the same methods and costs (the stage keeps its own)
-    collect = _collect_script()
+    collect = helpers.collect_records_script()
     for item in (stage, arm_a):
         assert collect.collect_run(out / item.name, tmp_path / "records" / item.name, train_every=1)
     marker = out / stage.name / execution.PRETRAIN_DONE
@@ -193,18 +193,6 @@ def test_a_tiny_study_pretrains_once_fine_tunes_from_it_and_counts_its_cost(tmp_
     text = write_report(runs, tmp_path / "report" / "report.md", also_against=ALSO_AGAINST).read_text()
     assert "Cost per method with its pretraining" in text and "| baseline (pretrained) | 1 |" in text
     assert "| method − baseline (pretrained) |" in text and "| method − baseline |" in text
-
-
-def _collect_script():
-    """``scripts/collect_study_records.py`` as a module (scripts are not a package)."""
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "scripts" / "collect_study_records.py"
-    spec = importlib.util.spec_from_file_location("collect_study_records", script)
-    collect = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(collect)
-    return collect
 
 
 def test_on_the_real_acdc_data_a_stage_pretrains_on_the_semi_supervised_studys_pool(require_data):

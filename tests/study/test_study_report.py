@@ -231,24 +231,12 @@ def _evaluated_run(run, variant, seed, dices, horizon=None):
     return run
 
 
-def _collect_script():
-    """``scripts/collect_study_records.py`` as a module (scripts are not a package)."""
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "scripts" / "collect_study_records.py"
-    spec = importlib.util.spec_from_file_location("collect_study_records", script)
-    collect = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(collect)
-    return collect
-
-
-def test_a_run_reported_from_its_collected_records_matches_the_run_folder(tmp_path):
+def test_a_run_reported_from_its_collected_records_matches_the_run_folder(tmp_path, helpers):
     """Run folders do not outlive a machine: the records that scripts/collect_study_records.py keeps in
     the repository (config, thinned log, test metrics) must give the same report rows."""
     from medcontext.study.comparison_report import collect_runs
 
-    collect = _collect_script()
+    collect = helpers.collect_records_script()
 
     run = _evaluated_run(tmp_path / "runs" / "g" / "medcontext_h0.05_s1", "medcontext", 1, (0.7, 0.8, 0.9), 0.05)
     records = tmp_path / "records" / "g" / "medcontext_h0.05_s1"
@@ -262,10 +250,10 @@ def test_a_run_reported_from_its_collected_records_matches_the_run_folder(tmp_pa
     assert [r["step"] for r in from_records.train_log] == [10, 20, 30]
 
 
-def test_collected_study_log_keeps_the_runs_of_earlier_sittings(tmp_path):
+def test_collected_study_log_keeps_the_runs_of_earlier_sittings(tmp_path, helpers):
     """Each sitting's study folder logs only the runs it finished: collecting must not drop the
     lines kept from earlier sittings, and a run finished again replaces its old line."""
-    collect = _collect_script()
+    collect = helpers.collect_records_script()
 
     kept, sitting = tmp_path / "kept.jsonl", tmp_path / "study.jsonl"
     kept.write_text(json.dumps({"run": "g/baseline_s0", "seconds": 1}) + "\n" + json.dumps({"run": "g/x_s0", "seconds": 1}) + "\n")
@@ -310,12 +298,12 @@ def test_method_table_says_how_many_unlabelled_volumes_a_method_trained_on(tmp_p
     assert _unlabeled_count(tmp_path) == 2 and _unlabeled_count(tmp_path / "missing") == 0
 
 
-def test_report_shows_raw_and_post_processed_scores_also_from_collected_records(tmp_path, capsys):
+def test_report_shows_raw_and_post_processed_scores_also_from_collected_records(tmp_path, capsys, helpers):
     from medcontext.cli import main
     from medcontext.evaluation.postprocessing import PostProcessing, write_postprocessing
     from medcontext.evaluation.metric_table import CaseMetric, MetricTable, write_csv
 
-    collect = _collect_script()
+    collect = helpers.collect_records_script()
     runs = []
     for variant in ("baseline", "medcontext"):
         run = _evaluated_run(tmp_path / "runs" / "g" / f"{variant}_s0", variant, 0, (0.8, 0.8, 0.8))
@@ -336,11 +324,11 @@ def test_report_shows_raw_and_post_processed_scores_also_from_collected_records(
     assert "| baseline | 1 | 1 | 1 | 70.0 ± 0.0 | 80.0 ± 0.0 | 40.00 ± 0.00 | 3.00 ± 0.00 |" in text
 
 
-def test_last_step_evaluations_are_recorded_and_reported_apart_from_the_chosen_checkpoints(tmp_path):
+def test_last_step_evaluations_are_recorded_and_reported_apart_from_the_chosen_checkpoints(tmp_path, helpers):
     from medcontext.evaluation.metric_table import CaseMetric, MetricTable, write_csv
     from medcontext.study.comparison_report import collect_runs
 
-    collect = _collect_script()
+    collect = helpers.collect_records_script()
     run = _evaluated_run(tmp_path / "runs" / "g" / "mean_teacher_s0", "baseline", 0, (0.8, 0.8, 0.8))
     last = MetricTable()
     for i in range(3):
