@@ -14,15 +14,13 @@ from medcontext.study import STUDIES, acdc_plan
 from medcontext.study.semi_supervised_plan import ACDC_SEMI_GROUP, LABELLED_ARMS, SEMI_ARMS, acdc_semi_plan
 
 
-def test_the_plan_resolves_to_valid_configs_and_reuses_the_acdc_studys_labelled_runs():
-    study = STUDIES["acdc_semi"]
-    runs = study.plan()
+def test_the_pilot_plan_resolves_to_valid_configs_and_reuses_the_acdc_studys_labelled_runs():
+    runs = acdc_semi_plan()  # the 3000-step pilot's plan (the budget rule's input)
     names = [r.name for r in runs]
     assert len(names) == len(set(names)) == 3 * (len(LABELLED_ARMS) + len(SEMI_ARMS)) == 21
     # the pilot first: seed 0's labelled arms, then every semi-supervised arm of seed 0
     assert names[:7] == ["acdc_unet3d_k5/baseline_s0", "acdc_unet3d_k5/medcontext_s0",
                          *(f"{ACDC_SEMI_GROUP}/{v}_s0" for v in SEMI_ARMS)]
-    assert study.test_split == STUDIES["acdc"].test_split and study.last_step
     acdc = {r.name: r.settings("D", ["t1"]) for r in acdc_plan()}
     for run in runs:
         settings = run.settings("D", ["t1"])
@@ -36,6 +34,17 @@ def test_the_plan_resolves_to_valid_configs_and_reuses_the_acdc_studys_labelled_
             labelled = acdc[f"acdc_unet3d_k5/baseline_s{run.seed}"]
             differing = {k for k in settings if settings[k] != labelled.get(k)}
             assert differing == {"method.variant", "data.unlabeled"}  # same split, seed, crops, optimizer, budget
+
+
+def test_the_study_trains_every_arm_at_the_budget_the_pilot_decided():
+    from medcontext.study.semi_supervised_plan import ACDC_SEMI_BUDGET
+
+    study = STUDIES["acdc_semi"]
+    assert ACDC_SEMI_BUDGET == 6000 and study.test_split == STUDIES["acdc"].test_split and study.last_step
+    runs = study.plan()
+    assert [r.name for r in runs] == [r.name for r in acdc_semi_plan(steps=6000)]
+    assert {r.group for r in runs} == {ACDC_SEMI_GROUP} and len(runs) == 21
+    assert all(load_config(None, r.settings("D", [])).train.steps == 6000 for r in runs)
 
 
 def test_another_budget_gives_every_arm_that_budget_in_the_semi_supervised_group():
@@ -150,5 +159,13 @@ def test_status_prints_the_budget_rule_on_the_pilot_runs_found(tmp_path, capsys)
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     lines = "\n".join(pilot_lines(tmp_path))
     assert "| medcontext_semi | 12 | +5.00 | 77.0 |" in lines and "**6000 steps**" in lines
+    assert "waiting for medcontext_semi_cl_6000steps_s0" in lines
     assert main(["experiment", "acdc_semi", "--out", str(tmp_path), "--status", "--only", "*_s0"]) == 0
     assert "budget: **6000 steps** for every arm" in capsys.readouterr().out
+    # rule 5 at the decided budget: the seed-0 runs at 6000 steps, last validation at step 6000
+    for arm, best in (("medcontext_semi_cl", 0.70), ("medcontext_semi", 0.702), ("medcontext_bcp", 0.69)):
+        run_dir = tmp_path / ACDC_SEMI_GROUP / f"{arm}_6000steps_s0"
+        run_dir.mkdir(parents=True)
+        records = [{"kind": "val", "step": 3000, "mean_dice": best}, {"kind": "val", "step": 6000, "mean_dice": 0.6}]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert "(rule 5, seed 0 at 6000 steps): **medcontext_semi_cl**" in "\n".join(pilot_lines(tmp_path))

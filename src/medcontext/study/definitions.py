@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from .pretraining_plan import ALSO_AGAINST, acdc_pretrain_plan
-from .semi_supervised_plan import acdc_semi_plan, pilot_lines
+from .semi_supervised_plan import acdc_semi_study_plan, pilot_lines
 
 __all__ = [
     "Study", "StudyRun", "PretrainStage", "STUDIES", "hippocampus_plan", "acdc_plan", "load_test_split",
@@ -322,11 +322,11 @@ STUDIES: dict[str, Study] = {
         "past the baseline's plateau, validation curves every 250 steps, run-relative teacher schedule (21 runs)",
     ),
     "acdc_semi": Study(
-        "acdc_semi", acdc_semi_plan, "acdc_test", "Semi-supervised study: ACDC (k = 5 labelled patients + the pool)",
+        "acdc_semi", acdc_semi_study_plan, "acdc_test", "Semi-supervised study: ACDC (k = 5 labelled patients + the pool)",
         "ACDC k=5 labelled patients plus the unlabelled pool (every other non-validation, non-test patient): unet3d "
-        "small, baseline / medcontext (the acdc study's runs) / mean_teacher / bcp / medcontext_semi_cl / "
-        "medcontext_semi / medcontext_bcp, 3 seeds, the pilot (seed 0) first; test Dice at the validation-chosen "
-        "checkpoint and at the last step (21 runs; --out on the acdc study's folder reuses its runs)",
+        "small, baseline / medcontext / mean_teacher / bcp / medcontext_semi_cl / medcontext_semi / medcontext_bcp, "
+        "3 seeds at 6000 steps (the budget its 3000-step pilot decided by validation Dice); test Dice at the "
+        "validation-chosen checkpoint and at the last step (21 runs)",
         last_step=True, notes=pilot_lines,
     ),
     "acdc_pretrain": Study(

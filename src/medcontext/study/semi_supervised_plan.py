@@ -18,7 +18,8 @@ Arms (every one for seeds 0, 1, 2):
   seed 0's validation Dice ranks first (RESULTS.md's rule; no extra run).
 
 The budget is fixed by a pilot on seed 0 (validation only) with the rule written in RESULTS.md
-before any run: :data:`ACDC_SEMI_STEPS` is the pilot's budget, :func:`acdc_semi_plan` takes
+before any run: :data:`ACDC_SEMI_STEPS` is the pilot's budget, :data:`ACDC_SEMI_BUDGET` the one it
+decided (6000 steps, on 2026-12-06) and :func:`acdc_semi_study_plan` the study's runs; :func:`acdc_semi_plan` takes
 another one when the rule asks for it. Every run is evaluated on the test split twice: at the
 checkpoint validation chose and at the last step (``eval/`` and ``eval_last/``).
 """
@@ -34,7 +35,8 @@ import numpy as np
 from ..method.settings import VARIANTS
 
 __all__ = [
-    "ACDC_SEMI_GROUP", "LABELLED_ARMS", "SEMI_ARMS", "COMBINATION_CANDIDATES", "ACDC_SEMI_STEPS", "acdc_semi_plan",
+    "ACDC_SEMI_GROUP", "LABELLED_ARMS", "SEMI_ARMS", "COMBINATION_CANDIDATES", "ACDC_SEMI_STEPS", "ACDC_SEMI_BUDGET",
+    "acdc_semi_plan", "acdc_semi_study_plan",
     "BudgetDecision", "validation_growth", "decide_budget", "choose_combination", "pilot_lines",
 ]
 
@@ -48,6 +50,10 @@ SEMI_ARMS = ("mean_teacher", "bcp", "medcontext_semi_cl", "medcontext_semi", "me
 COMBINATION_CANDIDATES = ("medcontext_semi_cl", "medcontext_semi", "medcontext_bcp")
 #: the pilot's budget: the ACDC study's 3000 steps (the rule in RESULTS.md may double it)
 ACDC_SEMI_STEPS = 3000
+#: the study's budget, decided by the rule on 2026-12-06 from the pilot's validation curves alone:
+#: ``mean_teacher_s0`` rose by g = +5.70 Dice points from steps 1500-2000 to 2500-3000 (> 1.0), so every
+#: arm, the labelled ones included, trains 6000 steps and the 3000-step pilot is learning curves only
+ACDC_SEMI_BUDGET = 6000
 #: what the semi-supervised arms add to the ACDC study's settings
 UNLABELED_SETTINGS = {"data.unlabeled": "pool"}
 
@@ -86,6 +92,13 @@ def acdc_semi_plan(seeds=(0, 1, 2), steps: int = ACDC_SEMI_STEPS) -> list:
         runs += [labelled(variant, seed) for variant in LABELLED_ARMS]
         runs += [semi(variant, seed) for variant in SEMI_ARMS]
     return runs
+
+
+def acdc_semi_study_plan() -> list:
+    """The runs ``medcontext experiment acdc_semi`` trains: every arm and seed at the budget the
+    pilot decided (:data:`ACDC_SEMI_BUDGET`). The pilot's own runs (seed 0 at 3000 steps, folders
+    ``acdc_semi_unet3d_k5/{arm}_s0``) are not rerun: their validation curves are kept as records."""
+    return acdc_semi_plan(steps=ACDC_SEMI_BUDGET)
 
 
 # The budget rule of RESULTS.md (written on 2026-12-04, before any pilot run): validation only.
@@ -206,9 +219,18 @@ def pilot_lines(study_dir: str | Path) -> list[str]:
         if decision.missing:
             verdict += f" (decided before {', '.join(decision.missing)} finished: one g above the limit suffices)"
     lines += ["", verdict + "."]
-    if decision.steps == ACDC_SEMI_STEPS:
-        best = {arm: max(curves[arm].values()) for arm in COMBINATION_CANDIDATES}
-        lines.append(f"Best MedContext combination (rule 5): **{choose_combination(best)}**.")
-    elif decision.steps is not None:
-        lines.append(f"Best MedContext combination: chosen on the seed-0 runs at {decision.steps} steps.")
+    if decision.steps is not None:
+        lines.append(_combination_line(study_dir, decision.steps))
     return lines + [""]
+
+
+def _combination_line(study_dir: Path, steps: int) -> str:
+    """Rule 5 on the seed-0 runs at the decided budget, once each candidate has its last validation."""
+    tag = "" if steps == ACDC_SEMI_STEPS else f"_{steps}steps"
+    curves = {arm: _pilot_curve(study_dir / ACDC_SEMI_GROUP / f"{arm}{tag}_s0") for arm in COMBINATION_CANDIDATES}
+    waiting = [arm for arm, curve in curves.items() if steps not in curve]
+    if waiting:
+        return (f"Best MedContext combination (rule 5, seed 0 at {steps} steps): waiting for "
+                f"{', '.join(f'{arm}{tag}_s0' for arm in waiting)}.")
+    best = {arm: max(curve.values()) for arm, curve in curves.items()}
+    return f"Best MedContext combination (rule 5, seed 0 at {steps} steps): **{choose_combination(best)}**."
