@@ -188,8 +188,8 @@ def choose_combination(best_validation: Mapping[str, float]) -> str:
 def _pilot_curve(run_dir: Path) -> dict[int, float]:
     from ..engine.training_log import read_metrics
 
-    log = read_metrics(run_dir / "metrics.jsonl")
-    return {int(r["step"]): float(r["mean_dice"]) for r in log if r.get("kind") == "val" and "mean_dice" in r}
+    validations = read_metrics(run_dir / "metrics.jsonl", kind="val")
+    return {int(r["step"]): float(r["mean_dice"]) for r in validations if "mean_dice" in r}
 
 
 def pilot_lines(study_dir: str | Path) -> list[str]:
