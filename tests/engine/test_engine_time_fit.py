@@ -1,6 +1,7 @@
 """Plans that fit the time (engine.planning.time_fit): a CPU step-time bound, a time budget, the
-steps chosen for a budget, explicit settings and resumed runs. The step time is a deterministic
-model of the crop's voxels (monkeypatched), so no test depends on this machine's speed."""
+steps chosen for a budget, validation's share of a budget, explicit settings and resumed runs.
+The step and inference times are a deterministic model of the crop's voxels (monkeypatched), so no
+test depends on this machine's speed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from medcontext.engine.config import TrainConfig
 from medcontext.engine.planning import run_planner
+from medcontext.engine.planning.training_plan import PlanError, sliding_window_count, validation_runs
 from medcontext.engine.planning.time_fit import (
     DEFAULT_CPU_STEP_BOUND_S,
     FOREGROUND_MARGIN,
@@ -33,7 +35,11 @@ def voxel_clock(monkeypatch, _no_cpu_step_time_bound):
     def measure(network, in_channels, roi, device, *, crops=1, repeats=2, autocast=None):
         return SECONDS_PER_VOXEL * math.prod(roi) * crops
 
+    def measure_inference(network, in_channels, roi, device, *, windows=1, repeats=2, autocast=None):
+        return SECONDS_PER_VOXEL / 3 * math.prod(roi) * windows  # a forward: a third of forward+backward
+
     monkeypatch.setattr(run_planner, "measure_step_time", measure)
+    monkeypatch.setattr(run_planner, "measure_window_time", measure_inference)
 
 
 def _dataset(root, name, shapes, spacings, box_mm):
@@ -100,23 +106,69 @@ def test_an_acdc_like_cpu_plan_keeps_to_the_default_step_bound_and_keeps_the_mem
 
 
 def test_a_tight_budget_coarsens_the_in_plane_spacing_within_its_limit(acdc):
-    plan = run_planner.plan_run(_cfg(steps=3000, time_budget="40m"), acdc)
-    bound = 0.9 * 2400 / 3000
+    plan = run_planner.plan_run(_cfg(steps=3000, time_budget="42m"), acdc)
+    validation = plan.time["validation_total_s"]
+    assert validation > 0 and plan.time["validation"]["cases"] == 1
+    bound = (0.9 * 2520 - validation) / 3000  # what validation leaves of the budget's share, per step
     assert plan.time_fit["bound_s"] == pytest.approx(bound)
+    assert plan.time["total_s"] <= 0.9 * 2520
     preset = (1.5, 1.5, 5.0)
     assert plan.spacing.value[2] == preset[2]  # the thick-slice axis keeps its spacing
     assert preset[0] < plan.spacing.value[0] <= SPACING_LIMIT * preset[0] + 1e-9
     assert plan.time["step_s"] <= bound and _fits_the_foreground(plan)
-    cfg = run_planner.apply_plan(_cfg(steps=3000, time_budget="40m"), plan)
+    cfg = run_planner.apply_plan(_cfg(steps=3000, time_budget="42m"), plan)
     assert cfg.data.preprocess["spacing"] == plan.spacing.value and cfg.model.roi == plan.roi.value
 
 
 def test_without_steps_a_budget_chooses_them(acdc):
     cfg = _cfg(steps=200, time_budget="2h", steps_from_budget=True)
     plan = run_planner.plan_run(cfg, acdc)
-    expected = int(0.9 * 7200 / plan.time["step_s"])
-    assert plan.time_fit["steps"] == expected and plan.time["steps"] == expected
-    assert run_planner.apply_plan(cfg, plan).train.steps == expected
+    steps, step_s, one_validation = plan.time["steps"], plan.time["step_s"], plan.time["validation"]["one_s"]
+
+    def run_s(n):
+        return n * step_s + validation_runs(n, cfg.eval.every) * one_validation
+
+    assert plan.time_fit["steps"] == steps and plan.time["total_s"] == pytest.approx(run_s(steps))
+    assert run_s(steps) <= 0.9 * 7200 < run_s(steps + 1)  # the most steps whose validations fit too
+    assert steps < int(0.9 * 7200 / step_s)
+    assert run_planner.apply_plan(cfg, plan).train.steps == steps
+
+
+def test_validation_counts_against_the_budget(acdc):
+    """Ten validation cases every 250 steps take a larger share of a 50-minute budget than one
+    case does (issue 29's acceptance run overran its budget by its validations); a budget the
+    validations alone exceed is refused before training with what to change."""
+    def planned(val_cases, every, budget="50m"):
+        cfg = _cfg(steps=3000, time_budget=budget)
+        cfg.data.val_cases, cfg.eval.every = val_cases, every
+        return run_planner.plan_run(cfg, acdc)
+
+    few, many = planned(1, 250), planned(10, 250)
+    assert many.time["validation"]["cases"] == 10 and many.time["validation_total_s"] > few.time["validation_total_s"]
+    assert many.time_fit["bound_s"] < few.time_fit["bound_s"]
+    assert math.prod(many.roi.value) <= math.prod(few.roi.value)
+    for plan in (few, many):
+        assert plan.time["total_s"] <= 0.9 * 3000 or any("still takes" in w for w in plan.warnings)
+    assert "validation 12 x" in many.format()
+    with pytest.raises(PlanError, match="eval.every"):
+        planned(10, 1, budget="1m")
+
+
+def test_the_window_count_is_monai_s(acdc):
+    """sliding_window_count against the windows MONAI's sliding_window_inference runs."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    for shape, roi, overlap in [((40, 37, 9), (16, 16, 8), 0.5), ((16, 16, 8), (16, 16, 8), 0.5),
+                                ((10, 50, 20), (16, 16, 16), 0.25), ((33, 33, 33), (16, 24, 8), 0.5)]:
+        calls = []
+
+        def predictor(window):
+            calls.append(window.shape[0])
+            return window
+
+        sliding_window_inference(torch.zeros(1, 1, *shape), roi, 1, predictor, overlap=overlap)
+        assert sliding_window_count(shape, roi, overlap) == sum(calls), (shape, roi, overlap)
 
 
 def test_explicit_crop_and_spacing_win(acdc):

@@ -33,8 +33,10 @@ from medcontext.engine.planning.training_plan import (
     add_time_estimate,
     build_on_meta,
     measure_step_time,
+    measure_window_time,
     memory_budget,
     plan_training,
+    validation_estimate,
 )
 
 __all__ = ["plan_run", "apply_plan", "read_plan", "PlanError", "PLAN_FILE"]
@@ -176,7 +178,7 @@ def plan_run(
         )
     if not measure_time:
         return plan
-    timed = _timer(cfg, device, build, in_channels, crops, steps or cfg.train.steps)
+    timed = _timer(cfg, device, build, in_channels, crops, steps or cfg.train.steps, fingerprint)
     timed(plan)
     if previous is not None:  # a resumed run keeps its plan
         return plan
@@ -184,21 +186,40 @@ def plan_run(
                         crop_fixed=roi_source != "plan", spacing_fixed=spacing_source == "setting")
 
 
-def _timer(cfg: TrainConfig, device, build, in_channels: int, crops: int, steps: int):
-    """``plan -> plan`` with its time estimate: one forward and backward timed on the device."""
+def _timer(cfg: TrainConfig, device, build, in_channels: int, crops: int, steps: int, fingerprint):
+    """``plan -> plan`` with its time estimate: one forward and backward timed on the device,
+    and one inference forward for validation's share."""
     precision = resolve_precision(cfg.train.precision, device)
     devices = [device.index or 0] if device.type == "cuda" else []
+    val_cases = validation_cases(cfg)
 
     def timed(plan: TrainingPlan) -> TrainingPlan:
+        validation = None
         with torch.random.fork_rng(devices=devices):  # planning leaves the run's random streams alone
             network = build(plan.roi.value)
             seconds = measure_step_time(
                 network, in_channels, plan.roi.value, device, crops=crops, autocast=precision.autocast
             )
+            if val_cases:
+                forward_s = measure_window_time(network, in_channels, plan.roi.value, device,
+                                                windows=cfg.eval.sw_batch_size, autocast=precision.autocast)
+                validation = validation_estimate(
+                    fingerprint, plan.spacing.value, plan.roi.value, forward_s=forward_s, overlap=cfg.eval.overlap,
+                    sw_batch_size=cfg.eval.sw_batch_size, cases=val_cases, every=cfg.eval.every)
             del network
-        return add_time_estimate(plan, seconds, crops=crops, variant=cfg.method.variant, steps=steps)
+        return add_time_estimate(plan, seconds, crops=crops, variant=cfg.method.variant, steps=steps,
+                                 validation=validation)
 
     return timed
+
+
+def validation_cases(cfg: TrainConfig) -> int:
+    """Cases one validation of the run reads: ``data.val_cases``, at most ``eval.max_val_cases``
+    (the dataset may hold fewer; several processes share them, which this does not count)."""
+    cases = int(cfg.data.val_cases)
+    if cfg.eval.max_val_cases is not None:
+        cases = min(cases, int(cfg.eval.max_val_cases))
+    return max(cases, 0)
 
 
 def _fit_to_time(cfg: TrainConfig, spec, plan: TrainingPlan, fingerprint, device, common: dict, timed, *,

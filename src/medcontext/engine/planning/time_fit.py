@@ -15,12 +15,14 @@ for the largest plan within the bound:
    the chosen crop is timed again; if it is still above the bound, the prediction is
    corrected once with the new measurement.
 
-The bound: ``train.time_budget`` (``--time-budget 2h``) divided by ``train.steps`` (with
-:data:`BUDGET_SHARE` of the budget for training steps, the rest for validation and start-up);
-without a budget, ``train.max_step_s`` (``auto``: :data:`DEFAULT_CPU_STEP_BOUND_S` on a CPU,
+The bound: :data:`BUDGET_SHARE` of ``train.time_budget`` (``--time-budget 2h``; the rest for
+start-up and the loop's own overhead), less the estimated time of every validation (the plan's
+sliding windows per case x validation cases x validations, from one timed inference forward),
+divided by ``train.steps``; without a budget, ``train.max_step_s`` (``auto``: :data:`DEFAULT_CPU_STEP_BOUND_S` on a CPU,
 no bound on a GPU, whose plan stays memory-driven). With a budget and
 ``train.steps_from_budget`` (what ``--time-budget`` without ``--steps`` sets), the bound is
-the CPU default (none on a GPU) and the steps are chosen to fill the budget. A crop or
+the CPU default (none on a GPU) and the steps are chosen so that steps and validations fill
+the budget. A crop or
 spacing set explicitly (``--roi``, ``data.preprocess.spacing``) or by the preset's crop is
 never changed; a resumed run keeps its ``plan.json``.
 """
@@ -36,6 +38,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from medcontext.data.fingerprint import DatasetFingerprint, format_axes, thick_slice_axis
+from medcontext.engine.planning.training_plan import PlanError, plan_validation, set_steps, validation_runs
 
 __all__ = [
     "DEFAULT_CPU_STEP_BOUND_S",
@@ -47,6 +50,7 @@ __all__ = [
     "time_target",
     "foreground_extent_mm",
     "fit_plan_to_time",
+    "steps_for_budget",
 ]
 
 DEFAULT_CPU_STEP_BOUND_S = 1.5
@@ -57,7 +61,8 @@ SPACING_LIMIT = 1.5
 FOREGROUND_MARGIN = 1.25
 """A crop covers at least the median foreground extent times this (per axis)."""
 BUDGET_SHARE = 0.9
-"""Share of ``train.time_budget`` planned for training steps (validation, start-up: the rest)."""
+"""Share of ``train.time_budget`` planned for training steps and validation (start-up, data
+loading and the loop's overhead over a timed forward+backward: the rest)."""
 _SPACING_FACTORS = (1.0, 1.25, SPACING_LIMIT)
 _UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -88,12 +93,35 @@ def parse_duration(value: str | float | int) -> float:
 @dataclass(frozen=True)
 class TimeTarget:
     """What the plan must fit: ``step_bound_s`` per step (``None``: no bound), why, and whether
-    the steps are chosen to fill ``budget_s``."""
+    the steps are chosen to fill ``budget_s``. With a budget and fixed ``steps``,
+    ``step_bound_s`` is the bound before validation's share (see :meth:`bound_for`)."""
 
     step_bound_s: float | None
     reason: str
     budget_s: float | None = None
     choose_steps: bool = False
+    steps: int | None = None
+
+    def bound_for(self, plan: Any) -> float | None:
+        """The step-time bound for ``plan``: with a budget and fixed steps, what is left of
+        :data:`BUDGET_SHARE` of the budget after the plan's validations, per step.
+
+        Raises:
+            PlanError: the validations alone take the budget's share.
+        """
+        if self.budget_s is None or self.choose_steps or self.steps is None:
+            return self.step_bound_s
+        validation = plan_validation(plan)
+        validation_s = validation.total_s(self.steps) if validation is not None else 0.0
+        left = BUDGET_SHARE * self.budget_s - validation_s
+        if left <= 0:
+            runs = validation_runs(self.steps, validation.every)  # type: ignore[union-attr]
+            raise PlanError(
+                f"validating {validation.cases} case(s) {runs} times takes about {validation_s / 60:.0f} min "  # type: ignore[union-attr]
+                f"on this device, more than {BUDGET_SHARE:g} x the time budget ({self.budget_s / 60:.0f} min): "
+                "validate less often (eval.every), on fewer cases (eval.max_val_cases) or give more time"
+            )
+        return left / self.steps
 
 
 def time_target(train_cfg: Any, device_type: str) -> TimeTarget:
@@ -115,8 +143,8 @@ def time_target(train_cfg: Any, device_type: str) -> TimeTarget:
         return TimeTarget(default, default_reason + f"; the steps fill train.time_budget={train_cfg.time_budget}",
                           budget, True)
     bound = BUDGET_SHARE * budget / train_cfg.steps
-    return TimeTarget(bound, f"train.time_budget={train_cfg.time_budget} x {BUDGET_SHARE:g} / {train_cfg.steps} steps",
-                      budget, False)
+    return TimeTarget(bound, f"train.time_budget={train_cfg.time_budget} x {BUDGET_SHARE:g}, less validation, / "
+                      f"{train_cfg.steps} steps", budget, False, int(train_cfg.steps))
 
 
 def foreground_extent_mm(spec: Any, orientation: str = "RAS", max_cases: int = 60) -> tuple[tuple[float, float, float], int]:
@@ -232,7 +260,7 @@ def fit_plan_to_time(
         holds the memory-driven plan when they differ.
     """
     step_s = plan.time["step_s"]
-    bound = target.step_bound_s
+    bound = target.bound_for(plan)
     record: dict[str, Any] = {"bound_s": bound, "bound_reason": target.reason, "unconstrained_step_s": step_s}
     if bound is None or step_s <= bound:
         record["reason"] = ("no step-time bound" if bound is None else
@@ -258,6 +286,8 @@ def fit_plan_to_time(
             break
     spacing, crop, smallest = chosen
     fitted = replan(spacing, crop)
+    bound = target.bound_for(fitted)  # validation's share at the fitted crop
+    record["bound_s"] = bound
     if fitted.time["step_s"] > bound:  # correct the prediction once with this measurement
         corrected = _shrink_to(crop, smallest, step, bound * math.prod(crop) / fitted.time["step_s"])
         if corrected != crop:
@@ -288,11 +318,25 @@ def _fit_reason(plan, fitted, spacing, base, crop, smallest, extent, bound) -> s
 def _with_steps(plan: Any, target: TimeTarget, record: dict[str, Any]) -> Any:
     """Record the fit; with ``choose_steps``, set the steps that fill the budget."""
     if target.choose_steps and target.budget_s is not None:
-        steps = max(1, int(BUDGET_SHARE * target.budget_s / plan.time["step_s"]))
+        steps = steps_for_budget(plan, BUDGET_SHARE * target.budget_s)
         record["steps"] = steps
-        record["steps_reason"] = (f"{BUDGET_SHARE:g} x the budget {target.budget_s / 3600:.3g} h / "
-                                  f"{plan.time['step_s']:.3g} s per step")
-        plan.time = {**plan.time, "steps": steps, "total_s": steps * plan.time["step_s"]}
+        record["steps_reason"] = (f"{BUDGET_SHARE:g} x the budget {target.budget_s / 3600:.3g} h at "
+                                  f"{plan.time['step_s']:.3g} s per step and its validations")
+        set_steps(plan, steps)
         plan.warnings = [w for w in plan.warnings if "take about" not in w]
     plan.time_fit = record
     return plan
+
+
+def steps_for_budget(plan: Any, seconds: float) -> int:
+    """The most steps (at least 1) whose time and validations (the plan's estimate) fit in
+    ``seconds``."""
+    step_s = plan.time["step_s"]
+    validation = plan_validation(plan)
+    if validation is None or not validation.cases:
+        return max(1, int(seconds / step_s))
+    per_step = step_s + (validation.one_s / validation.every if validation.every > 0 else 0.0)
+    steps = max(1, int(seconds / per_step))
+    while steps > 1 and steps * step_s + validation.total_s(steps) > seconds:
+        steps -= 1
+    return steps

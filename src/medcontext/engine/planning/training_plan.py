@@ -68,9 +68,16 @@ __all__ = [
     "estimate_memory",
     "build_on_meta",
     "measure_step_time",
+    "measure_window_time",
+    "sliding_window_count",
+    "ValidationEstimate",
+    "validation_estimate",
+    "validation_runs",
     "memory_budget",
     "plan_training",
     "add_time_estimate",
+    "plan_validation",
+    "set_steps",
     "variant_cost",
     "PlannedValue",
 ]
@@ -245,6 +252,105 @@ def measure_step_time(
     return elapsed
 
 
+def measure_window_time(
+    network: nn.Module,
+    in_channels: int,
+    roi: Sequence[int],
+    device: torch.device,
+    *,
+    windows: int = 1,
+    repeats: int = 2,
+    autocast: Callable[[], ContextManager] | None = None,
+) -> float:
+    """Seconds of one inference forward (eval mode, no gradients) of a batch of ``windows``
+    sliding windows of ``roi``: the unit of validation's cost. One untimed warm-up pass, then
+    the fastest of ``repeats``; the network's mode is restored."""
+    was_training = network.training
+    network = network.to(device).eval()
+    x = torch.randn(windows, in_channels, *roi, device=device)
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with torch.no_grad(), autocast() if autocast is not None else torch.autocast(device.type, enabled=False):
+            network(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    try:
+        once()
+        return min(once() for _ in range(max(1, repeats)))
+    finally:
+        network.train(was_training)
+
+
+def sliding_window_count(shape: Sequence[float], roi: Sequence[int], overlap: float) -> int:
+    """Windows MONAI's ``sliding_window_inference`` runs over a volume of ``shape`` voxels:
+    per axis one window if the axis fits in the crop, else ``ceil((size - roi) / interval) + 1``
+    with ``interval = max(1, int(roi * (1 - overlap)))``."""
+    count = 1
+    for size, side in zip(shape, roi):
+        size = int(round(float(size)))
+        if size > side:
+            interval = max(1, int(side * (1 - overlap)))
+            count *= math.ceil((size - side) / interval) + 1
+    return count
+
+
+def validation_runs(steps: int, every: int) -> int:
+    """Validations of a run of ``steps`` steps validated every ``every`` steps and after the
+    last one (``every`` 0: only after the last)."""
+    if every <= 0:
+        return 1
+    return steps // every + (1 if steps % every else 0)
+
+
+@dataclass(frozen=True)
+class ValidationEstimate:
+    """What validation adds to a run's time.
+
+    Attributes:
+        forward_s: seconds of one inference forward of ``sw_batch_size`` windows (measured).
+        windows_per_case: mean sliding windows per case of the dataset at the plan's spacing.
+        sw_batch_size: windows per forward.
+        cases: validation cases per validation.
+        every: validate every this many steps (0: after the last step only).
+    """
+
+    forward_s: float
+    windows_per_case: float
+    sw_batch_size: int
+    cases: int
+    every: int
+
+    @property
+    def one_s(self) -> float:
+        """Seconds of one validation (every case's windows; the Dice and post-processing
+        candidates are small next to them)."""
+        return self.cases * math.ceil(self.windows_per_case / self.sw_batch_size) * self.forward_s
+
+    def total_s(self, steps: int) -> float:
+        """Seconds of every validation of a run of ``steps`` steps."""
+        return validation_runs(steps, self.every) * self.one_s if self.cases else 0.0
+
+
+def validation_estimate(
+    fingerprint: DatasetFingerprint, spacing: Sequence[float] | None, roi: Sequence[int], *, forward_s: float,
+    overlap: float, sw_batch_size: int, cases: int, every: int,
+) -> ValidationEstimate:
+    """The :class:`ValidationEstimate` of validating ``cases`` cases with windows of ``roi`` at
+    ``spacing`` (``None``: as stored), from one measured forward of ``sw_batch_size`` windows;
+    the windows per case are the mean over the dataset's cases (the validation cases are drawn
+    later)."""
+    shapes = np.asarray(fingerprint.shapes, dtype=float)
+    if spacing is not None:
+        shapes = shapes * np.asarray(fingerprint.spacings, dtype=float) / np.asarray(spacing, dtype=float)
+    windows = float(np.mean([sliding_window_count(shape, roi, overlap) for shape in shapes]))
+    return ValidationEstimate(float(forward_s), windows, int(sw_batch_size), int(cases), int(every))
+
+
 # ---------------------------------------------------------------------------------- the plan
 @dataclass
 class PlannedValue:
@@ -309,10 +415,20 @@ class TrainingPlan:
         ]
         if self.time:
             t = self.time
+            steps_s = t["step_s"] * t["steps"]
             lines.append(
                 f"  time      {t['step_s']:.3g} s/step estimated ({t['batch_s']:.3g} s measured for one forward+backward "
-                f"of {t['crops']} crops, x {t['units']}/3 for the variant), {t['steps']} steps ~ {_duration(t['total_s'])}"
+                f"of {t['crops']} crops, x {t['units']}/3 for the variant), {t['steps']} steps ~ {_duration(steps_s)}"
             )
+            validation = plan_validation(self)
+            if validation is not None and validation.cases:
+                runs = validation_runs(t["steps"], validation.every)
+                lines.append(
+                    f"  validation {runs} x {validation.one_s:.3g} s ({validation.cases} cases x "
+                    f"{validation.windows_per_case:.3g} windows, {validation.forward_s:.3g} s per forward of "
+                    f"{validation.sw_batch_size}) ~ {_duration(t.get('validation_total_s', 0.0))}; "
+                    f"run ~ {_duration(t['total_s'])}"
+                )
         fit = self.time_fit
         if fit:
             lines.append(f"  time fit  [{fit.get('bound_reason')}] {fit.get('reason')}")
@@ -522,17 +638,39 @@ def _shrink(crop: list[int], median: Sequence[float], step: Sequence[int], floor
 
 
 def add_time_estimate(
-    plan: TrainingPlan, batch_seconds: float, *, crops: int, variant: str, steps: int, warn_after_s: float = 24 * 3600
+    plan: TrainingPlan, batch_seconds: float, *, crops: int, variant: str, steps: int,
+    validation: ValidationEstimate | None = None, warn_after_s: float = 24 * 3600,
 ) -> TrainingPlan:
     """Add the time estimate from a measured forward+backward of one batch of ``crops``
-    crops; warns (in the plan) when the run would take longer than ``warn_after_s``."""
+    crops, plus ``validation``'s time when given; warns (in the plan) when the run would take
+    longer than ``warn_after_s``."""
     units, _graphs, _teacher = variant_cost(variant)
     step_s = batch_seconds * units / 3
-    total = step_s * steps
-    plan.time = {"batch_s": batch_seconds, "crops": crops, "units": units, "step_s": step_s, "steps": steps, "total_s": total}
+    plan.time = {"batch_s": batch_seconds, "crops": crops, "units": units, "step_s": step_s, "steps": steps}
+    if validation is not None:
+        plan.time["validation"] = asdict(validation) | {"one_s": validation.one_s}
+    set_steps(plan, steps)
+    total = plan.time["total_s"]
     if total > warn_after_s:
         plan.warnings.append(
             f"{steps} steps at about {step_s:.3g} s/step take about {_duration(total)} on this device; "
             "consider a GPU, fewer steps (--steps), a smaller crop (--roi) or a smaller model (--model-size)"
         )
+    return plan
+
+
+def plan_validation(plan: TrainingPlan) -> ValidationEstimate | None:
+    """The :class:`ValidationEstimate` stored in ``plan.time`` (``None``: none)."""
+    stored = (plan.time or {}).get("validation")
+    if not stored:
+        return None
+    return ValidationEstimate(**{k: v for k, v in stored.items() if k != "one_s"})
+
+
+def set_steps(plan: TrainingPlan, steps: int) -> TrainingPlan:
+    """Set the plan's steps and its estimated total time: steps plus every validation."""
+    validation = plan_validation(plan)
+    validation_s = validation.total_s(steps) if validation is not None else 0.0
+    plan.time = {**plan.time, "steps": steps, "validation_total_s": validation_s,
+                 "total_s": steps * plan.time["step_s"] + validation_s}
     return plan
