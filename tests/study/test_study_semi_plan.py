@@ -169,3 +169,23 @@ def test_status_prints_the_budget_rule_on_the_pilot_runs_found(tmp_path, capsys)
         records = [{"kind": "val", "step": 3000, "mean_dice": best}, {"kind": "val", "step": 6000, "mean_dice": 0.6}]
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert "(rule 5, seed 0 at 6000 steps): **medcontext_semi_cl**" in "\n".join(pilot_lines(tmp_path))
+
+
+def test_the_field_table_puts_finished_arms_beside_the_published_figures(tmp_path):
+    """Published rows always; an arm's row holds the mean over its finished seeds at the study's
+    budget (checkpoint chosen on validation, and the last step); the pilot's records are not read."""
+    from medcontext.study.semi_supervised_plan import PUBLISHED_ACDC, acdc_semi_notes, field_lines
+
+    for seed, (chosen, last) in enumerate([(0.80, 0.78), (0.70, 0.74)]):
+        run_dir = tmp_path / ACDC_SEMI_GROUP / f"mean_teacher_6000steps_s{seed}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "study_done.json").write_text(json.dumps(
+            {"variant": "mean_teacher", "seed": seed, "test_mean_dice": chosen, "test_mean_dice_last": last}))
+    pilot = tmp_path / ACDC_SEMI_GROUP / "bcp_s0"  # a 3000-step pilot run: not part of the table
+    pilot.mkdir(parents=True)
+    (pilot / "study_done.json").write_text(json.dumps({"variant": "bcp", "seed": 0, "test_mean_dice": 0.99}))
+    text = "\n".join(field_lines(tmp_path))
+    assert all(f"| {row.method} | {row.labelled} | {row.mean_dice} |" in text for row in PUBLISHED_ACDC)
+    assert "| `mean_teacher` (ours, 2 seeds) | 5 | 75.0 (last step 76.0) |" in text
+    assert "| `bcp` (ours) | 5 | not run yet |" in text and "99.0" not in text
+    assert text in "\n".join(acdc_semi_notes(tmp_path))

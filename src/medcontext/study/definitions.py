@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from .pretraining_plan import ALSO_AGAINST, acdc_pretrain_plan
-from .semi_supervised_plan import acdc_semi_study_plan, pilot_lines
+from .semi_supervised_plan import acdc_semi_notes, acdc_semi_study_plan
 
 __all__ = [
     "Study", "StudyRun", "PretrainStage", "STUDIES", "hippocampus_plan", "acdc_plan", "load_test_split",
@@ -327,7 +327,7 @@ STUDIES: dict[str, Study] = {
         "small, baseline / medcontext / mean_teacher / bcp / medcontext_semi_cl / medcontext_semi / medcontext_bcp, "
         "3 seeds at 6000 steps (the budget its 3000-step pilot decided by validation Dice); test Dice at the "
         "validation-chosen checkpoint and at the last step (21 runs)",
-        last_step=True, notes=pilot_lines,
+        last_step=True, notes=acdc_semi_notes,
     ),
     "acdc_pretrain": Study(
         "acdc_pretrain", acdc_pretrain_plan, "acdc_test",

@@ -26,6 +26,7 @@ checkpoint validation chose and at the last step (``eval/`` and ``eval_last/``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -38,6 +39,7 @@ __all__ = [
     "ACDC_SEMI_GROUP", "LABELLED_ARMS", "SEMI_ARMS", "COMBINATION_CANDIDATES", "ACDC_SEMI_STEPS", "ACDC_SEMI_BUDGET",
     "acdc_semi_plan", "acdc_semi_study_plan",
     "BudgetDecision", "validation_growth", "decide_budget", "choose_combination", "pilot_lines",
+    "PublishedFigure", "PUBLISHED_ACDC", "field_lines", "acdc_semi_notes",
 ]
 
 #: the folder group of the semi-supervised runs (and of labelled runs at another budget)
@@ -234,3 +236,78 @@ def _combination_line(study_dir: Path, steps: int) -> str:
                 f"{', '.join(f'{arm}{tag}_s0' for arm in waiting)}.")
     best = {arm: max(curve.values()) for arm, curve in curves.items()}
     return f"Best MedContext combination (rule 5, seed 0 at {steps} steps): **{choose_combination(best)}**."
+
+
+# Beside the field: published ACDC figures (issue 31's list: the ACDC table of the BCP paper, Bai et al.,
+# CVPR 2023, on the split of the SSL4MIS code base) and this study's arms.
+
+
+@dataclass(frozen=True)
+class PublishedFigure:
+    """One published ACDC mean Dice (percent): ``method`` with ``labelled`` labelled patients."""
+
+    method: str
+    labelled: int
+    mean_dice: str
+    source: str
+
+
+#: the published protocol: 2D U-Net on slices, 100 patients split 70 training / 10 validation / 20 test
+PUBLISHED_PROTOCOL = "2D U-Net, 70 / 10 / 20 patients (train / validation / test)"
+PUBLISHED_ACDC = (
+    PublishedFigure("U-Net, labelled only", 3, "47.8", "BCP paper's ACDC table"),
+    PublishedFigure("U-Net, labelled only", 7, "79.4", "BCP paper's ACDC table"),
+    PublishedFigure("UA-MT (Mean Teacher family)", 3, "46.0", "BCP paper's ACDC table"),
+    PublishedFigure("UA-MT (Mean Teacher family)", 7, "81.7", "BCP paper's ACDC table"),
+    PublishedFigure("BCP", 3, "87.6", "BCP paper's ACDC table"),
+    PublishedFigure("BCP", 7, "88.8", "BCP paper's ACDC table"),
+    PublishedFigure("ABD / AD-MT (2024)", 3, "about 89", "their papers, as quoted in issue 31"),
+)
+#: this study's protocol, for the same table
+OUR_PROTOCOL = "3D `unet3d` small (80 x 80 x 16 crops), 80 patients: 5 labelled{} / 5 validation / 20 test"
+#: what the arms add to the labelled patients
+_POOL = {True: " + 50 unlabelled", False: " (the other 50 unused)"}
+
+
+def field_lines(study_dir: str | Path) -> list[str]:
+    """Markdown: the published ACDC figures beside this study's arms at :data:`ACDC_SEMI_BUDGET`
+    (mean test Dice over the finished seeds, at the validation-chosen checkpoint and at the last
+    step), with each protocol. Reads the finished runs' study records only; the pilot's are not
+    among them."""
+    from .execution import DONE_MARKER
+
+    study_dir = Path(study_dir)
+    found: dict[str, list[dict]] = {}
+    for run in acdc_semi_study_plan():
+        marker = study_dir / run.name / DONE_MARKER
+        if marker.is_file():
+            found.setdefault(run.variant, []).append(json.loads(marker.read_text(encoding="utf-8")))
+    lines = [
+        "Beside the field (not the same protocol: the published rows are 2D networks on slices of 100 patients "
+        "with 3 or 7 labelled; ours are 3D on the 80 patients of the shared data with 5 labelled; read the "
+        "columns before the numbers):",
+        "",
+        "| method | labelled patients | mean Dice (%) | protocol | source |",
+        "|---|---:|---:|---|---|",
+    ]
+    for row in PUBLISHED_ACDC:
+        lines.append(f"| {row.method} | {row.labelled} | {row.mean_dice} | {PUBLISHED_PROTOCOL} | {row.source} |")
+    for variant in (*LABELLED_ARMS, *SEMI_ARMS):
+        records = found.get(variant, [])
+        protocol = OUR_PROTOCOL.format(_POOL[variant not in LABELLED_ARMS])
+        if not records:
+            lines.append(f"| `{variant}` (ours) | 5 | not run yet | {protocol} | this study |")
+            continue
+        chosen = 100 * float(np.mean([r["test_mean_dice"] for r in records]))
+        last = [r["test_mean_dice_last"] for r in records if r.get("test_mean_dice_last") is not None]
+        value = f"{chosen:.1f}" + (f" (last step {100 * float(np.mean(last)):.1f})" if last else "")
+        seeds = f"{len(records)} seed{'s' if len(records) > 1 else ''}"
+        lines.append(f"| `{variant}` (ours, {seeds}) | 5 | {value} | {protocol} | this study, "
+                     f"{ACDC_SEMI_BUDGET} steps |")
+    return lines + [""]
+
+
+def acdc_semi_notes(study_dir: str | Path) -> list[str]:
+    """What ``experiment acdc_semi --status`` prints and its report starts with: the budget rule on
+    the pilot (:func:`pilot_lines`) and the table beside the field (:func:`field_lines`)."""
+    return pilot_lines(study_dir) + field_lines(study_dir)
