@@ -251,7 +251,7 @@ def _add_demo_parser(sub) -> None:
     )
     _add_common(demo)
     demo.add_argument("--out", default="medcontext-demo", metavar="DIR", help="output folder")
-    demo.add_argument("--quick", action="store_true", help="a smaller budget (about 2 minutes on 2 CPU cores)")
+    demo.add_argument("--quick", action="store_true", help="a smaller budget (about 2 minutes on 2 idle CPU cores)")
     demo.add_argument("--steps", type=int, help="training steps per run (overrides the budget)")
     demo.add_argument("--train-cases", type=int, default=2, metavar="K", help="training cases (few-shot)")
     demo.add_argument("--seed", type=int, default=0, help="seed of data, weights, split and masks")

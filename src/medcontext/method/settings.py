@@ -164,7 +164,7 @@ class UnlabeledStep:
             ``"noisy_teacher"`` (the clean student against the teacher on ``U`` + noise) or
             ``"copy_paste"`` (labelled and unlabelled crops pasted into each other).
         consistency: ``"relative"`` (the relative squared error of the logits),
-            ``"softmax_mse"`` (the mean squared error of the probabilities: softmax, or sigmoid
+            ``"probability_mse"`` (the mean squared error of the probabilities: softmax, or sigmoid
             per channel for region outputs) or ``None``.
         pseudo_labels: ``"confidence"`` (MIC's weighting), ``"argmax"`` (BCP) or ``None``.
         masked_mixes: also train the masked view of each copy-paste mix.
@@ -175,7 +175,7 @@ class UnlabeledStep:
     """
 
     crops: Literal["masked", "noisy_teacher", "copy_paste"]
-    consistency: Literal["relative", "softmax_mse"] | None
+    consistency: Literal["relative", "probability_mse"] | None
     pseudo_labels: Literal["confidence", "argmax"] | None
     masked_mixes: bool
     teacher_schedule: Literal["cosine", "mean_teacher", "constant_after_pretrain"]
@@ -301,7 +301,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("mean_teacher", masked_pass=False, msl=False, cl=False, teacher=True, nnunet_token="",
                 summary="Mean Teacher (SSL4MIS 3D): softmax MSE to the EMA teacher on noisy unlabelled crops",
                 unlabeled=UnlabeledStep(
-                    crops="noisy_teacher", consistency="softmax_mse", pseudo_labels=None, masked_mixes=False,
+                    crops="noisy_teacher", consistency="probability_mse", pseudo_labels=None, masked_mixes=False,
                     teacher_schedule="mean_teacher", passes=("student X", "student U", "teacher U+noise"),
                     # SSL4MIS: 0.5 * (Dice + CE) + 0.1 * MSE; the supervised loss here is Dice + CE: 0.2
                     defaults=SemiSupervision(consistency_weight=0.2, rampup=1.0, momentum=0.99, noise_std=0.1,
