@@ -13,7 +13,9 @@ from medcontext.engine.planning.training_plan import (
     TrainingPlan,
     add_time_estimate,
     estimate_memory,
+    measure_window_time,
     plan_training,
+    validation_estimate,
 )
 from medcontext.method.masking import default_cell_size
 from medcontext.models import create_model
@@ -160,3 +162,23 @@ def test_a_run_of_days_is_said_up_front_and_the_plan_round_trips():
     short = add_time_estimate(unet3d_plan(fingerprint([(48, 48, 48)] * 4, [(1.0,) * 3] * 4)), 0.5, crops=2,
                               variant="baseline", steps=100)
     assert short.time["step_s"] == pytest.approx(0.5) and not short.warnings
+
+
+def test_the_validation_estimate_counts_windows_cases_and_validations():
+    """One validation = cases x windows of the mean case (at the plan's spacing) x one timed
+    forward; a run validates every ``every`` steps and after the last one."""
+    import torch
+
+    network = create_model("unet3d", 1, 2, (16, 16, 16), size="small").train()
+    seconds = measure_window_time(network, 1, (16, 16, 16), torch.device("cpu"), windows=2)
+    assert seconds > 0 and network.training  # the mode is restored
+    fp = fingerprint([(40, 16, 16), (16, 16, 16)], [(1.0, 1.0, 1.0), (1.0, 1.0, 1.0)])
+    # at 1 mm: 4 windows (40 voxels, interval 8) and 1; at 3 mm both fit one window
+    estimate = validation_estimate(fp, (1.0, 1.0, 1.0), (16, 16, 16), forward_s=0.5, overlap=0.5,
+                                   sw_batch_size=2, cases=3, every=100)
+    assert estimate.windows_per_case == 2.5
+    assert estimate.one_s == pytest.approx(3 * math.ceil(2.5 / 2) * 0.5)
+    assert estimate.total_s(250) == pytest.approx(3 * estimate.one_s)  # steps 100, 200 and 250
+    coarse = validation_estimate(fp, (3.0, 3.0, 3.0), (16, 16, 16), forward_s=0.5, overlap=0.5,
+                                 sw_batch_size=1, cases=3, every=0)
+    assert coarse.windows_per_case == 1 and coarse.total_s(250) == pytest.approx(1.5)

@@ -216,6 +216,27 @@ def _cpu_available_bytes() -> tuple[int, str]:
 
 
 # ---------------------------------------------------------------------------------- time
+def _fastest(run: Callable[[], None], device: torch.device, repeats: int) -> float:
+    """Seconds of the fastest of ``repeats`` timed calls of ``run`` after one untimed warm-up
+    call (a CUDA device is synchronised around each)."""
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    once()
+    return min(once() for _ in range(max(1, repeats)))
+
+
+def _autocast_or_off(autocast: Callable[[], ContextManager] | None, device: torch.device) -> ContextManager:
+    return autocast() if autocast is not None else torch.autocast(device.type, enabled=False)
+
+
 def measure_step_time(
     network: nn.Module,
     in_channels: int,
@@ -234,20 +255,13 @@ def measure_step_time(
     network = network.to(device).train()
     x = torch.randn(crops, in_channels, *roi, device=device)
 
-    def once() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        with autocast() if autocast is not None else torch.autocast(device.type, enabled=False):
+    def forward_backward() -> None:
+        with _autocast_or_off(autocast, device):
             out = network(x)
         heads = out if isinstance(out, (list, tuple)) else [out]
         sum(h.float().square().mean() for h in heads).backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
 
-    once()
-    elapsed = min(once() for _ in range(max(1, repeats)))
+    elapsed = _fastest(forward_backward, device, repeats)
     network.zero_grad(set_to_none=True)
     return elapsed
 
@@ -269,19 +283,12 @@ def measure_window_time(
     network = network.to(device).eval()
     x = torch.randn(windows, in_channels, *roi, device=device)
 
-    def once() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        with torch.no_grad(), autocast() if autocast is not None else torch.autocast(device.type, enabled=False):
+    def forward() -> None:
+        with torch.no_grad(), _autocast_or_off(autocast, device):
             network(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
 
     try:
-        once()
-        return min(once() for _ in range(max(1, repeats)))
+        return _fastest(forward, device, repeats)
     finally:
         network.train(was_training)
 
