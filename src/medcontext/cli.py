@@ -277,7 +277,9 @@ def _add_experiment_parser(sub) -> None:
         "experiment", formatter_class=_Formatter, help="run a multi-run study (resumable) and write its report",
         description=(
             "Run every training run of a study, skipping finished runs and resuming interrupted ones, then\n"
-            "write the study report (tables, paired differences with bootstrap intervals, plots).\nStudies:\n"
+            "write the study report (tables, paired differences with bootstrap intervals, plots). The same\n"
+            "command started again (another terminal) works beside it: each process takes the next run no\n"
+            "other process holds, and the trainings share the cores.\nStudies:\n"
             + studies
         ),
     )
@@ -559,9 +561,12 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if not runs:
         groups = sorted({r.group for r in plan})
         raise ValueError(f"--only {args.only} selects no run of study {args.study!r}; its groups are {groups}")
-    notes = "\n".join(study.notes(Path(args.out))) if study.notes else ""
+    def notes() -> str:  # read when printed: the runs this call finishes change them
+        return "\n".join(study.notes(Path(args.out))) if study.notes else ""
+
     if args.status:
-        print(format_status(study_status(runs, args.out)) + (f"\n\n{notes}" if notes else ""))
+        lines = notes()
+        print(format_status(study_status(runs, args.out)) + (f"\n\n{lines}" if lines else ""))
         return 0
     if not args.data:
         raise ValueError("medcontext experiment needs --data DATASET_DIR to train (only --status works without it)")
@@ -572,13 +577,14 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     finished = [Path(args.out) / r.name for r in trained if (Path(args.out) / r.name / DONE_MARKER).is_file()]
     if finished:
         out = Path(args.report) if args.report else Path(args.out) / "report" / "report.md"
-        write_report(collect_runs(finished), out, title=study.title, preamble=notes, also_against=study.also_against)
+        preamble = notes()
+        write_report(collect_runs(finished), out, title=study.title, preamble=preamble, also_against=study.also_against)
         print(f"wrote {out} ({len(finished)} of {len(trained)} runs)")
         last = [run for run in finished if (run / LAST_STEP_EVAL / "metrics.csv").is_file()] if study.last_step else []
         if last:  # its own folder: the figures beside a report have fixed names
             out_last = out.parent / "last_step" / out.name
             write_report(collect_runs(last, eval_name=LAST_STEP_EVAL), out_last, title=f"{study.title}, last step",
-                         preamble=notes, also_against=study.also_against)
+                         preamble=preamble, also_against=study.also_against)
             print(f"wrote {out_last} ({len(last)} runs at their last step)")
     return 0
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -345,3 +346,34 @@ def test_last_step_evaluations_are_recorded_and_reported_apart_from_the_chosen_c
     with pytest.raises(FileNotFoundError, match="eval_last"):  # never the chosen checkpoint's metrics instead
         collect_runs([_evaluated_run(tmp_path / "runs" / "g" / "baseline_s0", "baseline", 0, (0.5,))],
                      eval_name="eval_last")
+
+
+def test_two_workers_share_a_study_each_run_trained_once(tmp_path, monkeypatch):
+    """A run another process has claimed is skipped (and named), the others are trained; run
+    again once the claim is gone, the skipped run is trained and the finished ones are not."""
+    from types import SimpleNamespace
+
+    from medcontext.io.run_lock import RunFolderLock
+    from medcontext.study import execution
+
+    trained, lines = [], []
+
+    def fake_train(cfg, run_dir, **kw):
+        trained.append(run_dir.name)
+        return SimpleNamespace(finished=True, step=300, total_steps=300, stopped_by=None, best_step=300)
+
+    summary = SimpleNamespace(mean_dice=0.5)
+    monkeypatch.setattr(execution, "train", fake_train)
+    monkeypatch.setattr(execution, "evaluate_run",
+                        lambda *a, **kw: SimpleNamespace(table=SimpleNamespace(summary=lambda: summary)))
+    plan = hippocampus_plan()[:3]
+    study = tmp_path / "study"
+    with RunFolderLock(study / plan[0].name, "medcontext experiment", name=execution.STUDY_CLAIM):
+        records = execution.run_study(plan, tmp_path, study, ["x"], progress=False, echo=lines.append)
+    assert [r["run"] for r in records] == [plan[1].name, plan[2].name]
+    assert trained == [Path(plan[1].name).name, Path(plan[2].name).name]
+    assert any("skipped" in line and "medcontext experiment" in line for line in lines)
+    assert any("held by other processes" in line and plan[0].name in line for line in lines)
+    assert not (study / plan[1].name / execution.STUDY_CLAIM).exists()  # a claim is let go when its run is done
+    records = execution.run_study(plan, tmp_path, study, ["x"], progress=False, echo=lines.append)
+    assert [r["run"] for r in records] == [plan[0].name] and len(trained) == 3

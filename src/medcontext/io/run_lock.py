@@ -49,11 +49,13 @@ class RunFolderBusyError(RunFolderError):
 
     Attributes:
         holder: the :class:`LockHolder` read from the lock file (``None`` if unreadable).
+        folder: the folder whose lock is held (``None`` if not given).
     """
 
-    def __init__(self, message: str, holder: "LockHolder | None"):
+    def __init__(self, message: str, holder: "LockHolder | None", folder: Path | None = None):
         super().__init__(message)
         self.holder = holder
+        self.folder = folder
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,10 @@ class LockHolder:
         return False
 
 
-def read_holder(run_dir: str | os.PathLike) -> LockHolder | None:
-    """The holder written in ``run_dir``'s lock file; ``None`` when there is none or it is unreadable."""
+def read_holder(run_dir: str | os.PathLike, name: str = LOCK_NAME) -> LockHolder | None:
+    """The holder written in ``run_dir``'s lock file ``name``; ``None`` when there is none or it is unreadable."""
     try:
-        data = json.loads((Path(run_dir) / LOCK_NAME).read_text(encoding="utf-8"))
+        data = json.loads((Path(run_dir) / name).read_text(encoding="utf-8"))
         return LockHolder(int(data["pid"]), str(data["host"]), str(data["started"]), str(data["command"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -140,6 +142,9 @@ class RunFolderLock:
             created it and nothing else was written).
         command: what the holder does, shown to a refused second writer (``"medcontext train"``).
         warn: where the warning about a taken-over stale lock goes (stderr by default).
+        name: the lock file's name: :data:`LOCK_NAME` for the writer lock; another name is a
+            separate lock of the same kind (a study worker's claim on a run, held around the
+            writer locks of its training and evaluations).
 
     Raises (on entry):
         RunFolderBusyError: another live process holds the lock (names it).
@@ -147,9 +152,9 @@ class RunFolderLock:
     """
 
     def __init__(self, run_dir: str | os.PathLike, command: str = "medcontext", *,
-                 warn: Callable[[str], None] | None = None):
+                 warn: Callable[[str], None] | None = None, name: str = LOCK_NAME):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_NAME
+        self.path = self.run_dir / name
         self.command = command
         self._warn = warn or (lambda line: print(line, file=sys.stderr))
         self._fd: int | None = None
@@ -179,7 +184,8 @@ class RunFolderLock:
                 raise
             os.close(fd)
         else:  # pragma: no cover - only under a storm of concurrent takers
-            raise RunFolderBusyError(f"{self.run_dir}: could not take the lock {self.path}", read_holder(self.run_dir))
+            raise RunFolderBusyError(f"{self.run_dir}: could not take the lock {self.path}",
+                                     read_holder(self.run_dir, self.path.name), self.run_dir)
         self._fd = fd
         self._write_holder(fd)
 
@@ -221,7 +227,7 @@ class RunFolderLock:
         return RunFolderBusyError(
             f"{self.run_dir} is in use: {who} is writing it (lock file {self.path}). Only one process may write "
             "a run folder: wait for that one to finish or stop it, or choose another folder",
-            holder,
+            holder, self.run_dir,
         )
 
     def _write_holder(self, fd: int) -> None:

@@ -11,6 +11,13 @@ from the logged step times, its wall-clock time summed over the calls that ran i
 its ``last.pt``. A run that starts from a stage's ``pretrained.pt`` runs the stage first when it is
 not finished (also when ``--only`` did not select it), and its ``study_done.json`` repeats the
 stage's times, so that the report counts them in the run's cost.
+
+Several processes may work on one study folder at once (the same command started again, in
+another terminal or on another machine that mounts the folder): each takes the next run or stage
+no other process holds. A worker claims a run for all of its work (training, both evaluations,
+its pretraining stage) with a lock file of its own, :data:`STUDY_CLAIM`, beside the run's writer
+lock; a run another process holds is skipped and named at the end, and the cores are shared
+between the trainings (``train.threads: auto``).
 """
 
 from __future__ import annotations
@@ -30,20 +37,22 @@ from ..engine.run_folder import train
 from ..engine.training_log import read_metrics
 from ..engine.host.signals import stop_if_interrupted
 from ..io.atomic import write_text_atomic
-from ..io.run_lock import read_holder
+from ..io.run_lock import RunFolderBusyError, RunFolderLock, read_holder
 from ..models.safe_load import UntrustedFileError
 from ..run_scoring import evaluate_run
 from .definitions import PretrainStage, StudyRun
 from .comparison_report import PRETRAIN_SECONDS, pretraining_compute_seconds, run_machine
 
 __all__ = ["run_study", "study_status", "format_status", "RunStatus", "DONE_MARKER", "PRETRAIN_DONE",
-           "STAGE_WALL_TIME", "LAST_STEP_EVAL", "done_marker"]
+           "STAGE_WALL_TIME", "LAST_STEP_EVAL", "STUDY_CLAIM", "done_marker"]
 
 DONE_MARKER = "study_done.json"
 #: a pretraining stage's marker: finished, with its compute and wall-clock seconds
 PRETRAIN_DONE = "pretrain_done.json"
 #: a stage's wall-clock seconds so far, summed over the calls that ran it (a resume adds its own)
 STAGE_WALL_TIME = "stage_wall_time.json"
+#: a study worker's claim on a run or stage folder (held while it trains and evaluates it)
+STUDY_CLAIM = ".study_worker.lock"
 #: the run's subfolder of its test evaluation at the last step (studies with ``last_step``)
 LAST_STEP_EVAL = "eval_last"
 
@@ -135,8 +144,11 @@ def _finished_stage(stage: PretrainStage, data: str, test_ids: list[str], out: P
     marker = out / stage.name / PRETRAIN_DONE
     if marker.is_file():
         return json.loads(marker.read_text())
-    echo(f"{stage.name}: pretraining first ({stage.steps} steps)")
-    record = _pretrain_one(stage, data, test_ids, out / stage.name, echo, progress, trust_checkpoint)
+    with _claim(out / stage.name, echo):
+        if marker.is_file():  # another worker finished it while this one waited for nothing
+            return json.loads(marker.read_text())
+        echo(f"{stage.name}: pretraining first ({stage.steps} steps)")
+        record = _pretrain_one(stage, data, test_ids, out / stage.name, echo, progress, trust_checkpoint)
     if record is not None:
         echo(f"{stage.name}: {_record_line(record)}")
         with (out / "study.jsonl").open("a") as log:
@@ -206,10 +218,23 @@ def _add_last_step(runs: Sequence[StudyRun], out: Path, echo: Callable[[str], No
         if not (run_dir / "last.pt").is_file():
             echo(f"{run.name}: finished, but without last.pt its last step cannot be evaluated")
             continue
-        record = json.loads((run_dir / DONE_MARKER).read_text())
-        record["test_mean_dice_last"] = _evaluate_last_step(run_dir, progress, trust_checkpoint)
-        write_text_atomic(run_dir / DONE_MARKER, json.dumps(record, indent=2) + "\n")
+        try:
+            with _claim(run_dir, echo):
+                if (run_dir / LAST_STEP_EVAL / "metrics.csv").is_file():
+                    continue
+                record = json.loads((run_dir / DONE_MARKER).read_text())
+                record["test_mean_dice_last"] = _evaluate_last_step(run_dir, progress, trust_checkpoint)
+                write_text_atomic(run_dir / DONE_MARKER, json.dumps(record, indent=2) + "\n")
+        except RunFolderBusyError:
+            echo(f"{run.name}: another process holds it; its last step is evaluated there")
+            continue
         echo(f"{run.name}: test mean Dice at the last step {record['test_mean_dice_last']:.4f}")
+
+
+def _claim(folder: Path, echo: Callable[[str], None]) -> RunFolderLock:
+    """This worker's claim on a run or stage folder (raises :class:`RunFolderBusyError` on entry
+    when another live process holds it)."""
+    return RunFolderLock(folder, "medcontext experiment", name=STUDY_CLAIM, warn=echo)
 
 
 def run_study(
@@ -252,15 +277,25 @@ def run_study(
          + f", {len(done)} finished, {len(todo)} to go")
     if last_step:
         _add_last_step([r for r in done if isinstance(r, StudyRun)], out, echo, progress, trust_checkpoint)
-    records = []
+    records, elsewhere = [], []
     for index, item in enumerate(todo, start=1):
         if max_runs is not None and len(records) >= max_runs:
             break
-        echo(f"[{index}/{len(todo)}] {item.name}")
-        if isinstance(item, PretrainStage):
-            record = _pretrain_one(item, data, list(test_ids), out / item.name, echo, progress, trust_checkpoint)
-        else:
-            record = _run_one(item, data, list(test_ids), out / item.name, echo, progress, trust_checkpoint, last_step)
+        try:
+            with _claim(out / item.name, echo):
+                if (out / item.name / done_marker(item)).is_file():  # another worker finished it meanwhile
+                    continue
+                echo(f"[{index}/{len(todo)}] {item.name}")
+                if isinstance(item, PretrainStage):
+                    record = _pretrain_one(item, data, list(test_ids), out / item.name, echo, progress, trust_checkpoint)
+                else:
+                    record = _run_one(item, data, list(test_ids), out / item.name, echo, progress, trust_checkpoint,
+                                      last_step)
+        except RunFolderBusyError as err:
+            holder = err.holder.describe() if err.holder is not None else "another process"
+            echo(f"[{index}/{len(todo)}] {item.name}: skipped, {holder} holds {err.folder or item.name}")
+            elsewhere.append(item.name)
+            continue
         if record is None:
             echo(f"study stopped during {item.name} before its last step; run the same command again to continue")
             break
@@ -268,6 +303,8 @@ def run_study(
         with (out / "study.jsonl").open("a") as log:
             log.write(json.dumps(record) + "\n")
         records.append(record)
+    if elsewhere:
+        echo(f"{len(elsewhere)} run(s) held by other processes, not run here: {', '.join(elsewhere)}")
     return records
 
 
