@@ -145,7 +145,7 @@ def _finished_stage(stage: PretrainStage, data: str, test_ids: list[str], out: P
     if marker.is_file():
         return json.loads(marker.read_text())
     with _claim(out / stage.name, echo):
-        if marker.is_file():  # another worker finished it while this one waited for nothing
+        if marker.is_file():  # another worker finished it since the check above
             return json.loads(marker.read_text())
         echo(f"{stage.name}: pretraining first ({stage.steps} steps)")
         record = _pretrain_one(stage, data, test_ids, out / stage.name, echo, progress, trust_checkpoint)

@@ -18,13 +18,13 @@ for the largest plan within the bound:
 The bound: :data:`BUDGET_SHARE` of ``train.time_budget`` (``--time-budget 2h``; the rest for
 start-up and the loop's own overhead), less the estimated time of every validation (the plan's
 sliding windows per case x validation cases x validations, from one timed inference forward),
-divided by ``train.steps``; without a budget, ``train.max_step_s`` (``auto``: :data:`DEFAULT_CPU_STEP_BOUND_S` on a CPU,
-no bound on a GPU, whose plan stays memory-driven). With a budget and
-``train.steps_from_budget`` (what ``--time-budget`` without ``--steps`` sets), the bound is
-the CPU default (none on a GPU) and the steps are chosen so that steps and validations fill
-the budget. A crop or
-spacing set explicitly (``--roi``, ``data.preprocess.spacing``) or by the preset's crop is
-never changed; a resumed run keeps its ``plan.json``.
+divided by ``train.steps``; without a budget, ``train.max_step_s`` (``auto``:
+:data:`DEFAULT_CPU_STEP_BOUND_S` on a CPU, no bound on a GPU, whose plan stays memory-driven).
+With a budget and ``train.steps_from_budget`` (what ``--time-budget`` without ``--steps``
+sets), the bound is the CPU default (none on a GPU) and the steps are chosen so that steps and
+validations fill the budget. A crop or spacing set explicitly (``--roi``,
+``data.preprocess.spacing``) or by the preset's crop is never changed; a resumed run keeps its
+``plan.json``.
 """
 
 from __future__ import annotations
@@ -114,10 +114,11 @@ class TimeTarget:
         validation = plan_validation(plan)
         validation_s = validation.total_s(self.steps) if validation is not None else 0.0
         left = BUDGET_SHARE * self.budget_s - validation_s
-        if left <= 0:
-            runs = validation_runs(self.steps, validation.every)  # type: ignore[union-attr]
+        if left <= 0:  # only validation can take it: the budget is positive
+            assert validation is not None
+            runs = validation_runs(self.steps, validation.every)
             raise PlanError(
-                f"validating {validation.cases} case(s) {runs} times takes about {validation_s / 60:.0f} min "  # type: ignore[union-attr]
+                f"validating {validation.cases} case(s) {runs} times takes about {validation_s / 60:.0f} min "
                 f"on this device, more than {BUDGET_SHARE:g} x the time budget ({self.budget_s / 60:.0f} min): "
                 "validate less often (eval.every), on fewer cases (eval.max_val_cases) or give more time"
             )
