@@ -15,6 +15,10 @@ thinned log; ``pretrained.pt`` and ``last.pt`` stay behind (the fine-tuned runs'
 repeat the stage's cost).
 
     python scripts/collect_study_records.py runs/acdc_study results/acdc
+    python scripts/collect_study_records.py runs/acdc_study results/acdc_semi --only 'acdc_semi_unet3d_k5/*_6000steps_*'
+
+``--only PATTERN`` (shell patterns on ``GROUP/RUN``) keeps the other runs of a shared study folder,
+and their lines of ``study.jsonl``, out of the records.
 
 ``medcontext report`` reads such records folders like run folders (without the overlay figure).
 """
@@ -22,6 +26,7 @@ repeat the stage's cost).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import shutil
 from pathlib import Path
@@ -78,14 +83,20 @@ def collect_run(run: Path, target: Path, train_every: int) -> bool:
     return True
 
 
-def merge_study_log(source: Path, target: Path) -> None:
+def selected(name: str, patterns: list[str] | None) -> bool:
+    """Whether the run ``GROUP/RUN`` matches one of ``patterns`` (``None``: every run)."""
+    return not patterns or any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+
+
+def merge_study_log(source: Path, target: Path, patterns: list[str] | None = None) -> None:
     """Merge the study's ``study.jsonl`` (one line per finished run) into the kept one: runs of
-    earlier sittings stay, a run finished again replaces its old line. Written atomically."""
+    earlier sittings stay, a run finished again replaces its old line; of the source, only the
+    runs ``patterns`` select. Written atomically."""
     entries: dict[str, str] = {}
     for path in (target, source):
         if path.is_file():
             for line in path.read_text().splitlines():
-                if line.strip():
+                if line.strip() and (path == target or selected(json.loads(line)["run"], patterns)):
                     entries[json.loads(line)["run"]] = line
     write_text_atomic(target, "".join(line + "\n" for line in entries.values()))
 
@@ -95,14 +106,18 @@ def main() -> None:
     parser.add_argument("study", type=Path, help="study folder (GROUP/RUN sub-folders)")
     parser.add_argument("target", type=Path, help="where the records go (same GROUP/RUN layout)")
     parser.add_argument("--train-every", type=int, default=10, help="keep one training record in N (default 10)")
+    parser.add_argument("--only", nargs="+", metavar="PATTERN",
+                        help="copy only the runs GROUP/RUN matching these shell patterns (default: every run)")
     args = parser.parse_args()
     copied = []
     for run in sorted(p for p in args.study.glob("*/*") if p.is_dir()):
+        if not selected(f"{run.parent.name}/{run.name}", args.only):
+            continue
         if collect_run(run, args.target / run.parent.name / run.name, args.train_every):
             done = "finished" if (run / DONE_MARKER).is_file() or (run / PRETRAIN_DONE).is_file() else "unfinished"
             copied.append(f"{run.parent.name}/{run.name} ({done})")
     if (args.study / "study.jsonl").is_file():
-        merge_study_log(args.study / "study.jsonl", args.target / "study.jsonl")
+        merge_study_log(args.study / "study.jsonl", args.target / "study.jsonl", args.only)
     print(f"copied {len(copied)} run(s) to {args.target}:", *copied, sep="\n  ")
 
 

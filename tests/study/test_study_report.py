@@ -262,6 +262,10 @@ def test_collected_study_log_keeps_the_runs_of_earlier_sittings(tmp_path, helper
     collect.merge_study_log(sitting, kept)
     lines = [json.loads(line) for line in kept.read_text().splitlines()]
     assert lines == [{"run": "g/baseline_s0", "seconds": 1}, {"run": "g/x_s0", "seconds": 2}, {"run": "g/y_s0", "seconds": 3}]
+    # --only: the other runs of a shared study folder stay out of the records
+    only = tmp_path / "only.jsonl"
+    collect.merge_study_log(sitting, only, ["g/y_*"])
+    assert [json.loads(line)["run"] for line in only.read_text().splitlines()] == ["g/y_s0"]
 
 
 def test_report_also_compares_with_another_method_per_seed(tmp_path, capsys):
