@@ -295,7 +295,7 @@ def _add_experiment_parser(sub) -> None:
                             help="run only the groups or runs matching these shell patterns "
                                  "(e.g. unet3d_k5, 'acdc_unet3d_k5/*_s0')")
     experiment.add_argument("--max-runs", type=int, metavar="N", help="stop after N newly finished runs")
-    experiment.add_argument("--report", metavar="MD", help="report path (default: DIR/report/report.md)")
+    experiment.add_argument("--report", metavar="MD", help="report path (default: DIR/report/STUDY/report.md)")
     experiment.add_argument("--status", action="store_true",
                             help="train nothing: list each selected run's state (finished with its test Dice, "
                                  "interrupted at step N, not started), its step time, machine and hours left")
@@ -576,7 +576,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     trained = [r for r in plan if isinstance(r, StudyRun)]  # not the pretraining stages
     finished = [Path(args.out) / r.name for r in trained if (Path(args.out) / r.name / DONE_MARKER).is_file()]
     if finished:
-        out = Path(args.report) if args.report else Path(args.out) / "report" / "report.md"
+        # one folder per study: several studies share a study folder (acdc_semi and acdc_pretrain reuse acdc's runs)
+        out = Path(args.report) if args.report else Path(args.out) / "report" / study.name / "report.md"
         preamble = notes()
         write_report(collect_runs(finished), out, title=study.title, preamble=preamble, also_against=study.also_against)
         print(f"wrote {out} ({len(finished)} of {len(trained)} runs)")

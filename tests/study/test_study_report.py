@@ -381,3 +381,25 @@ def test_two_workers_share_a_study_each_run_trained_once(tmp_path, monkeypatch):
     assert not (study / plan[1].name / execution.STUDY_CLAIM).exists()  # a claim is let go when its run is done
     records = execution.run_study(plan, tmp_path, study, ["x"], progress=False, echo=lines.append)
     assert [r["run"] for r in records] == [plan[0].name] and len(trained) == 3
+
+
+def test_each_study_writes_its_report_in_its_own_folder(tmp_path, monkeypatch):
+    """Two studies sharing a study folder (acdc_pretrain reuses acdc's runs) must not overwrite
+    each other's report: the default is DIR/report/STUDY/report.md."""
+    from types import SimpleNamespace
+
+    import medcontext.study as study_pkg
+    from medcontext.cli import main
+    from medcontext.study import execution
+
+    monkeypatch.setattr(execution, "train", lambda cfg, run_dir, **kw: SimpleNamespace(
+        finished=True, step=300, total_steps=300, stopped_by=None, best_step=300))
+    monkeypatch.setattr(execution, "evaluate_run", lambda *a, **kw: SimpleNamespace(
+        table=SimpleNamespace(summary=lambda: SimpleNamespace(mean_dice=0.5))))
+    written = []
+    monkeypatch.setattr(study_pkg, "collect_runs", lambda runs, **kw: list(runs))
+    monkeypatch.setattr(study_pkg, "write_report", lambda runs, out, **kw: written.append(out))
+    first = hippocampus_plan()[0]
+    assert main(["experiment", "hippocampus", "--data", str(tmp_path), "--out", str(tmp_path / "study"),
+                 "--only", first.name, "--test-split", "hippocampus_test"]) == 0
+    assert written == [tmp_path / "study" / "report" / "hippocampus" / "report.md"]
