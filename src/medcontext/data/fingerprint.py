@@ -85,12 +85,17 @@ class DatasetFingerprint:
         """Median mm per voxel per axis."""
         return tuple(float(v) for v in np.median(np.asarray(self.spacings, dtype=float), axis=0))  # type: ignore[return-value]
 
-    def resampled_median_shape(self, spacing: Sequence[float] | None) -> tuple[float, float, float]:
-        """Median voxels per axis after resampling every case to ``spacing`` (``None``: as stored)."""
+    def resampled_shapes(self, spacing: Sequence[float] | None) -> np.ndarray:
+        """Voxels per axis of every case after resampling to ``spacing`` (``None``: as stored),
+        ``(cases, 3)`` floats."""
         shapes = np.asarray(self.shapes, dtype=float)
         if spacing is not None:
             shapes = shapes * np.asarray(self.spacings, dtype=float) / np.asarray(spacing, dtype=float)
-        return tuple(float(v) for v in np.median(shapes, axis=0))  # type: ignore[return-value]
+        return shapes
+
+    def resampled_median_shape(self, spacing: Sequence[float] | None) -> tuple[float, float, float]:
+        """Median voxels per axis after resampling every case to ``spacing`` (``None``: as stored)."""
+        return tuple(float(v) for v in np.median(self.resampled_shapes(spacing), axis=0))  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form: case count, medians and ranges (not every case)."""

@@ -228,12 +228,13 @@ def pilot_lines(study_dir: str | Path) -> list[str]:
 
 def _combination_line(study_dir: Path, steps: int) -> str:
     """Rule 5 on the seed-0 runs at the decided budget, once each candidate has its last validation."""
-    tag = "" if steps == ACDC_SEMI_STEPS else f"_{steps}steps"
-    curves = {arm: _pilot_curve(study_dir / ACDC_SEMI_GROUP / f"{arm}{tag}_s0") for arm in COMBINATION_CANDIDATES}
+    names = {run.variant: run.name for run in acdc_semi_plan(seeds=(0,), steps=steps)
+             if run.variant in COMBINATION_CANDIDATES}
+    curves = {arm: _pilot_curve(study_dir / names[arm]) for arm in COMBINATION_CANDIDATES}
     waiting = [arm for arm, curve in curves.items() if steps not in curve]
     if waiting:
         return (f"Best MedContext combination (rule 5, seed 0 at {steps} steps): waiting for "
-                f"{', '.join(f'{arm}{tag}_s0' for arm in waiting)}.")
+                f"{', '.join(Path(names[arm]).name for arm in waiting)}.")
     best = {arm: max(curve.values()) for arm, curve in curves.items()}
     return f"Best MedContext combination (rule 5, seed 0 at {steps} steps): **{choose_combination(best)}**."
 

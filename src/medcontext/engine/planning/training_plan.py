@@ -351,9 +351,7 @@ def validation_estimate(
     ``spacing`` (``None``: as stored), from one measured forward of ``sw_batch_size`` windows;
     the windows per case are the mean over the dataset's cases (the validation cases are drawn
     later)."""
-    shapes = np.asarray(fingerprint.shapes, dtype=float)
-    if spacing is not None:
-        shapes = shapes * np.asarray(fingerprint.spacings, dtype=float) / np.asarray(spacing, dtype=float)
+    shapes = fingerprint.resampled_shapes(spacing)
     windows = float(np.mean([sliding_window_count(shape, roi, overlap) for shape in shapes]))
     return ValidationEstimate(float(forward_s), windows, int(sw_batch_size), int(cases), int(every))
 
