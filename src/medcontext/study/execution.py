@@ -184,8 +184,9 @@ def _pretrain_one(stage: PretrainStage, data: str, test_ids: list[str], stage_di
         "steps": result.step, "resumed": resume, "volumes": volumes["count"],
         # a stage killed after its last checkpoint but before its marker resumes with no step left to log
         "final_loss": result.loss if result.loss is not None else (losses[-1] if losses else None),
-        "wall_seconds": round(wall, 1),
-        "compute_seconds": round(pretraining_compute_seconds(stage_dir) or 0.0, 1),
+        # milliseconds: a tiny stage's steps take hundredths of a second, which a tenth would round to zero
+        "wall_seconds": round(wall, 3),
+        "compute_seconds": round(pretraining_compute_seconds(stage_dir) or 0.0, 3),
     }
     write_text_atomic(stage_dir / PRETRAIN_DONE, json.dumps(record, indent=2) + "\n")
     return record
