@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medcontext.method import box_mask, confident_pseudo_labels, copy_paste, pseudo_label_loss, softmax_mse
-from medcontext.method import region_dice_ce, sigmoid_rampup, mean_teacher_momentum
+from medcontext.method import region_dice_ce, sigmoid_rampup, mean_teacher_momentum, split_region_dice_bce, split_region_dice_ce
 from medcontext.method.schedules import momentum_after_pretrain, pretrain_steps
 from medcontext.method.semisupervised_losses import largest_component
 
@@ -109,6 +109,32 @@ def test_region_dice_ce_by_hand():
     # Dice: class 0 (0 + s) / (0.5 + s) ~ 0, class 1 (2 * 0.5 + s) / (0.5 + 1 + s) = 2/3 -> 1 - 1/3
     expected = 1 - (1e-5 / (0.5 + 1e-5) + (1 + 1e-5) / (1.5 + 1e-5)) / 2 + math.log(2)
     assert region_dice_ce(logits, labels, region).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("output_mode", ["softmax", "sigmoid"])
+def test_split_region_loss_is_the_two_region_losses_of_a_mix(output_mode):
+    """BCP's two terms of one mixed crop (a box and its complement, each with its own targets) from
+    one pass over the logits equal the two restricted losses, in value and in gradient."""
+    from medcontext.method import region_dice_bce
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 5, 4, 3, generator=gen, requires_grad=True)
+    if output_mode == "softmax":
+        inside_targets = torch.randint(0, 3, (2, 1, 5, 4, 3), generator=gen)
+        outside_targets = torch.randint(0, 3, (2, 1, 5, 4, 3), generator=gen)
+        single, split = region_dice_ce, split_region_dice_ce
+    else:
+        inside_targets = (torch.rand(2, 3, 5, 4, 3, generator=gen) > 0.5).float()
+        outside_targets = (torch.rand(2, 3, 5, 4, 3, generator=gen) > 0.5).float()
+        single, split = region_dice_bce, split_region_dice_bce
+    box = box_mask((5, 4, 3), 2 / 3, gen).view(1, 1, 5, 4, 3).float()  # one box for the batch
+    expected = (single(logits, inside_targets, box), single(logits, outside_targets, 1.0 - box))
+    (expected_grad,) = torch.autograd.grad(expected[0] + 2 * expected[1], logits)
+    inside, outside = split(logits, inside_targets, outside_targets, box.bool())
+    (grad,) = torch.autograd.grad(inside + 2 * outside, logits)
+    assert inside.item() == pytest.approx(expected[0].item(), rel=1e-6)
+    assert outside.item() == pytest.approx(expected[1].item(), rel=1e-6)
+    assert torch.allclose(grad, expected_grad, rtol=1e-5, atol=1e-8)
 
 
 def test_largest_component_keeps_one_blob_per_class():

@@ -11,6 +11,7 @@ from .medcontext import LossBreakdown, MedContext, TeacherOutOfSyncWarning
 from .copy_paste import CopyPaste, box_mask, copy_paste
 from .schedules import cosine_schedule, mean_teacher_momentum, momentum_at, sigmoid_rampup
 from .semisupervised_losses import confident_pseudo_labels, pseudo_label_loss, region_dice_ce, softmax_mse
+from .semisupervised_losses import split_region_dice_bce, split_region_dice_ce
 from .semisupervised_losses import confident_sigmoid_pseudo_labels, region_dice_bce, sigmoid_mse, sigmoid_pseudo_label_loss
 from .settings import DEFAULTS, VARIANTS, SemiSupervision, Variant, get_variant, register_variant
 from .settings import semi_supervised_variants, semi_supervision
@@ -55,8 +56,10 @@ __all__ = [
     "confident_pseudo_labels",
     "pseudo_label_loss",
     "region_dice_ce",
+    "split_region_dice_ce",
     "sigmoid_mse",
     "confident_sigmoid_pseudo_labels",
     "sigmoid_pseudo_label_loss",
     "region_dice_bce",
+    "split_region_dice_bce",
 ]

@@ -231,8 +231,7 @@ def _copy_paste_pretrain_step(mc, images, labels) -> "LossBreakdown":
     (output,) = student_views(mc, [(mixes.mix_in, None)])
     own, _ = mixes.labeled_voxels()
     head = first_head(output)
-    region_loss = unlabeled_losses(mc.output_mode).region_loss
-    sup = region_loss(head, labels, own) + region_loss(head, labels.roll(1, dims=0), 1.0 - own)
+    sup = sum(unlabeled_losses(mc.output_mode).split_region_loss(head, labels, labels.roll(1, dims=0), own))
     return _breakdown(sup + zero + _zero_grad_heads(output), sup, zero, zero, zero, zero, 0.0)
 
 
@@ -242,11 +241,9 @@ def _copy_paste_terms(
     """(labelled-voxel, pseudo-labelled-voxel) Dice + CE (sigmoid: Dice + BCE) of the outputs on
     ``mix_in``, ``mix_out``."""
     labeled_in, labeled_out = mixes.labeled_voxels()
-    head_in, head_out = first_head(outputs[0]), first_head(outputs[1])
-    region_loss = losses.region_loss
-    sup = region_loss(head_in, labels, labeled_in) + region_loss(head_out, labels, labeled_out)
-    pseudo = region_loss(head_in, pseudo_labels, 1.0 - labeled_in) + region_loss(head_out, pseudo_labels, 1.0 - labeled_out)
-    return sup, pseudo
+    sup_in, pseudo_in = losses.split_region_loss(first_head(outputs[0]), labels, pseudo_labels, labeled_in)
+    sup_out, pseudo_out = losses.split_region_loss(first_head(outputs[1]), labels, pseudo_labels, labeled_out)
+    return sup_in + sup_out, pseudo_in + pseudo_out
 
 
 def _copy_paste_step(mc, images, labels, unlabeled) -> "LossBreakdown":
